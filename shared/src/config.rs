@@ -1,0 +1,124 @@
+//! Configuration: resource names (from the environment in Lambda, from the stack's outputs
+//! for the CLI and the runner) and tuning knobs with defaults.
+
+use std::collections::HashMap;
+
+use crate::messages::SliceLimits;
+
+/// Names of the deployment's resources. In the template's outputs they are
+/// `ControlTableName`, `CopyChunkQueueUrl`, `CheckpointQueueUrl`, `FinalizeQueueUrl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    pub control_table: String,
+    pub copy_chunk_queue_url: String,
+    pub checkpoint_queue_url: String,
+    pub finalize_queue_url: String,
+}
+
+/// Environment variable → stack output, for each resource.
+const RESOURCE_NAMES: [(&str, &str); 4] = [
+    ("CONTROL_TABLE_NAME", "ControlTableName"),
+    ("COPY_CHUNK_QUEUE_URL", "CopyChunkQueueUrl"),
+    ("CHECKPOINT_QUEUE_URL", "CheckpointQueueUrl"),
+    ("FINALIZE_QUEUE_URL", "FinalizeQueueUrl"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(String),
+    #[error("{name}={value:?} is not valid: {why}")]
+    Invalid { name: String, value: String, why: String },
+}
+
+impl Resources {
+    /// From `CONTROL_TABLE_NAME`, `COPY_CHUNK_QUEUE_URL`, `CHECKPOINT_QUEUE_URL`, `FINALIZE_QUEUE_URL`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|env, _| std::env::var(env).ok(), "environment variable")
+    }
+
+    /// From a stack's outputs (`OutputKey` → `OutputValue`).
+    pub fn from_outputs(outputs: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_lookup(|_, out| outputs.get(out).cloned(), "stack output")
+    }
+
+    fn from_lookup(get: impl Fn(&str, &str) -> Option<String>, what: &str) -> Result<Self, ConfigError> {
+        let [a, b, c, d] = RESOURCE_NAMES.map(|(env, out)| {
+            get(env, out).ok_or_else(|| {
+                ConfigError::Missing(format!("{what} {}", if what.starts_with("env") { env } else { out }))
+            })
+        });
+        Ok(Self { control_table: a?, copy_chunk_queue_url: b?, checkpoint_queue_url: c?, finalize_queue_url: d? })
+    }
+}
+
+/// Tuning knobs. All have defaults; each can be set by the environment variable named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tuning {
+    /// `SLICE_MAX_ITEMS`, `SLICE_MAX_BYTES`: how much one copy-chunk invocation reads.
+    pub slice: SliceLimits,
+    /// `WRITE_CONCURRENCY`: concurrent BatchWriteItem calls within one slice.
+    pub write_concurrency: usize,
+    /// `DEFAULT_PARALLELISM`: scan segments of a job that does not say.
+    pub default_parallelism: u32,
+    /// `MAX_WRITE_ATTEMPTS`: attempts per batch (throttling, unprocessed items) before the
+    /// slice is given back to its queue for a later retry.
+    pub max_write_attempts: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            slice: SliceLimits { max_items: 5_000, max_bytes: 16 * 1024 * 1024 },
+            write_concurrency: 8,
+            default_parallelism: 4,
+            max_write_attempts: 12,
+        }
+    }
+}
+
+impl Tuning {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        Ok(Self {
+            slice: SliceLimits {
+                max_items: env_or("SLICE_MAX_ITEMS", d.slice.max_items)?,
+                max_bytes: env_or("SLICE_MAX_BYTES", d.slice.max_bytes)?,
+            },
+            write_concurrency: env_or("WRITE_CONCURRENCY", d.write_concurrency)?,
+            default_parallelism: env_or("DEFAULT_PARALLELISM", d.default_parallelism)?,
+            max_write_attempts: env_or("MAX_WRITE_ATTEMPTS", d.max_write_attempts)?,
+        })
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => {
+            v.parse().map_err(|e: T::Err| ConfigError::Invalid { name: name.into(), value: v, why: e.to_string() })
+        }
+        Err(_) => Ok(default),
+    }
+}
+
+/// Everything a handler needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub resources: Resources,
+    pub tuning: Tuning,
+    /// The deployment's region: the default write region.
+    pub region: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            resources: Resources::from_env()?,
+            tuning: Tuning::from_env()?,
+            region: std::env::var("AWS_REGION").map_err(|_| ConfigError::Missing("AWS_REGION".into()))?,
+        })
+    }
+}

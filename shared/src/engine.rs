@@ -1,0 +1,208 @@
+//! The copy engine: read one bounded slice of a segment and write it to the target, retrying
+//! throttling and unprocessed items with exponential backoff and full jitter, until every item
+//! is written or permanently rejected.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use crate::config::Tuning;
+use crate::error::AwsError;
+use crate::messages::CopyChunk;
+use crate::model::{item_size, render_key, Item, RejectedItem, MAX_REJECTED_SAMPLES};
+use crate::tables::{Tables, WriteError};
+
+/// BatchWriteItem's limit.
+const BATCH: usize = 25;
+/// Items asked of one Scan page (DynamoDB also ends a page at 1 MB).
+const PAGE_LIMIT: u32 = 1_000;
+
+/// What a slice did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SliceOutcome {
+    pub items_written: u64,
+    pub bytes_written: u64,
+    pub rejected_count: u64,
+    pub rejected_samples: Vec<RejectedItem>,
+    /// Where the next slice starts; `None` when the segment is finished.
+    pub next_key: Option<Item>,
+}
+
+impl SliceOutcome {
+    fn add(&mut self, page: SliceOutcome) {
+        self.items_written += page.items_written;
+        self.bytes_written += page.bytes_written;
+        self.rejected_count += page.rejected_count;
+        let room = MAX_REJECTED_SAMPLES.saturating_sub(self.rejected_samples.len());
+        self.rejected_samples.extend(page.rejected_samples.into_iter().take(room));
+    }
+}
+
+/// Exponential backoff with full jitter: a random wait in `[0, min(cap, base·2^attempt))`.
+pub fn backoff(attempt: u32) -> Duration {
+    let base_ms = 25u64;
+    let cap_ms = 2_000u64;
+    let max = cap_ms.min(base_ms.saturating_mul(1u64 << attempt.min(20)));
+    Duration::from_millis(rand::random_range(0..=max))
+}
+
+/// Copy the slice `msg` describes.
+pub async fn copy_slice<T: Tables + ?Sized>(
+    tables: &T,
+    msg: &CopyChunk,
+    tuning: &Tuning,
+) -> Result<SliceOutcome, AwsError> {
+    let limits = msg.limits;
+    let scan = |start: Option<Item>, read: u64| {
+        let limit = PAGE_LIMIT.min(limits.max_items.saturating_sub(read as u32)).max(1);
+        tables.scan_page(&msg.source, msg.segment, msg.total_segments, start, limit)
+    };
+    let mut out = SliceOutcome::default();
+    let mut read = 0u64;
+    let mut read_bytes = 0u64;
+    let mut page = scan(msg.start_key.clone().map(Into::into), 0).await?;
+    loop {
+        read += page.items.len() as u64;
+        read_bytes += page.items.iter().map(item_size).sum::<u64>();
+        let more = page.last_key.is_some() && read < u64::from(limits.max_items) && read_bytes < limits.max_bytes;
+        let next_start = page.last_key.clone();
+        // Write this page while the next one is read.
+        let (written, next) = tokio::join!(write_page(tables, msg, page.items, tuning), async {
+            if more {
+                Some(scan(next_start, read).await)
+            } else {
+                None
+            }
+        });
+        out.add(written?);
+        match next {
+            Some(next) => page = next?,
+            None => {
+                out.next_key = page.last_key;
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Write one page: reject what cannot fit the target's key, write the rest in batches of 25
+/// with distinct target keys, `tuning.write_concurrency` batches at a time.
+async fn write_page<T: Tables + ?Sized>(
+    tables: &T,
+    msg: &CopyChunk,
+    items: Vec<Item>,
+    tuning: &Tuning,
+) -> Result<SliceOutcome, AwsError> {
+    let mut out = SliceOutcome::default();
+    let mut batches: Vec<Vec<Item>> = Vec::new();
+    let mut keys_in_batch: HashSet<String> = HashSet::new();
+    for item in items {
+        if let Some(reason) = msg.target_key.rejection(&item) {
+            out.add(rejected(msg, &item, reason));
+            continue;
+        }
+        // A batch may not hold two puts of one key (possible after a key-schema change).
+        let key = render_key(&msg.target_key.key_of(&item));
+        let full = batches.last().is_none_or(|b| b.len() == BATCH);
+        if full || keys_in_batch.contains(&key) {
+            batches.push(Vec::with_capacity(BATCH));
+            keys_in_batch.clear();
+        }
+        keys_in_batch.insert(key);
+        batches.last_mut().expect("a batch exists").push(item);
+    }
+    let pages: Vec<SliceOutcome> = stream::iter(batches.into_iter().map(|b| write_batch(tables, msg, b, tuning)))
+        .buffer_unordered(tuning.write_concurrency.max(1))
+        .try_collect()
+        .await?;
+    for p in pages {
+        out.add(p);
+    }
+    Ok(out)
+}
+
+fn rejected(msg: &CopyChunk, item: &Item, reason: String) -> SliceOutcome {
+    SliceOutcome {
+        rejected_count: 1,
+        rejected_samples: vec![RejectedItem { key: render_key(&msg.source_key.key_of(item)), reason }],
+        ..Default::default()
+    }
+}
+
+fn gave_up(what: &str, attempts: u32, last: String) -> AwsError {
+    AwsError::Retryable {
+        context: format!("{what}: still throttled or unprocessed after {attempts} attempts"),
+        detail: last.clone(),
+        source: last.into(),
+    }
+}
+
+/// BatchWriteItem until nothing is unprocessed. A batch the service refuses as a whole is
+/// written item by item to find the items it refuses.
+async fn write_batch<T: Tables + ?Sized>(
+    tables: &T,
+    msg: &CopyChunk,
+    batch: Vec<Item>,
+    tuning: &Tuning,
+) -> Result<SliceOutcome, AwsError> {
+    let bytes: u64 = batch.iter().map(item_size).sum();
+    let count = batch.len() as u64;
+    let mut pending = batch;
+    let mut attempt = 0;
+    loop {
+        let last = match tables.batch_put(&msg.target, pending.clone()).await {
+            Ok(unprocessed) if unprocessed.is_empty() => {
+                return Ok(SliceOutcome { items_written: count, bytes_written: bytes, ..Default::default() })
+            }
+            Ok(unprocessed) => {
+                let last = format!("{} unprocessed item(s)", unprocessed.len());
+                pending = unprocessed;
+                last
+            }
+            Err(WriteError::Rejected(_)) => return write_one_by_one(tables, msg, pending, count, bytes, tuning).await,
+            Err(WriteError::Aws(e)) if e.is_retryable() => e.to_string(),
+            Err(WriteError::Aws(e)) => return Err(e),
+        };
+        attempt += 1;
+        if attempt >= tuning.max_write_attempts {
+            return Err(gave_up(&format!("BatchWriteItem to {}", msg.target), attempt, last));
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+    }
+}
+
+/// `pending` is what is left of a batch of `count` items and `bytes` bytes (the rest is written).
+async fn write_one_by_one<T: Tables + ?Sized>(
+    tables: &T,
+    msg: &CopyChunk,
+    pending: Vec<Item>,
+    count: u64,
+    bytes: u64,
+    tuning: &Tuning,
+) -> Result<SliceOutcome, AwsError> {
+    let mut out = SliceOutcome { items_written: count, bytes_written: bytes, ..Default::default() };
+    for item in pending {
+        let mut attempt = 0;
+        loop {
+            match tables.put(&msg.target, item.clone()).await {
+                Ok(()) => break,
+                Err(WriteError::Rejected(reason)) => {
+                    out.items_written -= 1;
+                    out.bytes_written -= item_size(&item);
+                    out.add(rejected(msg, &item, reason));
+                    break;
+                }
+                Err(WriteError::Aws(e)) if e.is_retryable() => {
+                    attempt += 1;
+                    if attempt >= tuning.max_write_attempts {
+                        return Err(gave_up(&format!("PutItem to {}", msg.target), attempt, e.to_string()));
+                    }
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(WriteError::Aws(e)) => return Err(e),
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,59 @@
+use crate::config::Tuning;
+use crate::engine::copy_slice;
+use crate::error::HandlerError;
+use crate::messages::{encode, ChunkResult, CopyChunk, VERSION};
+use crate::model::JobError;
+use crate::queue::{Outbox, QueueKind};
+use crate::tables::Tables;
+
+/// Copy one slice, then report what was written and where the next slice starts to the
+/// checkpoint queue. It never moves the cursor itself. A permanent failure (e.g. a table was
+/// deleted) is reported too, so advance-checkpoint can fail the job with the reason.
+pub async fn copy_chunk<T: Tables + ?Sized, Q: Outbox + ?Sized>(
+    tables: &T,
+    outbox: &Q,
+    tuning: &Tuning,
+    msg: CopyChunk,
+) -> Result<(), HandlerError> {
+    let result = match copy_slice(tables, &msg, tuning).await {
+        Ok(slice) => {
+            tracing::info!(
+                items = slice.items_written,
+                bytes = slice.bytes_written,
+                rejected = slice.rejected_count,
+                segment_done = slice.next_key.is_none(),
+                "slice copied"
+            );
+            ChunkResult {
+                v: VERSION,
+                job: msg.job,
+                segment: msg.segment,
+                seq: msg.seq,
+                items_written: slice.items_written,
+                bytes_written: slice.bytes_written,
+                rejected_count: slice.rejected_count,
+                rejected_samples: slice.rejected_samples,
+                next_key: slice.next_key.map(Into::into),
+                fatal: None,
+            }
+        }
+        Err(e) if e.is_retryable() => return Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "slice failed permanently");
+            ChunkResult {
+                v: VERSION,
+                job: msg.job,
+                segment: msg.segment,
+                seq: msg.seq,
+                items_written: 0,
+                bytes_written: 0,
+                rejected_count: 0,
+                rejected_samples: vec![],
+                next_key: msg.start_key,
+                fatal: Some(JobError { code: e.code().unwrap_or("CopyFailed").to_string(), message: e.to_string() }),
+            }
+        }
+    };
+    outbox.send(QueueKind::Checkpoint, vec![encode(&result)]).await?;
+    Ok(())
+}

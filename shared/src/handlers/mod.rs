@@ -1,0 +1,103 @@
+//! The four functions' handlers. Each takes only the capabilities it uses, so the same code
+//! runs in Lambda, in the local runner and in unit tests with fakes.
+
+mod advance_checkpoint;
+mod copy_chunk;
+mod create_job;
+mod finalize;
+mod sqs;
+
+pub use advance_checkpoint::advance_checkpoint;
+pub use copy_chunk::copy_chunk;
+pub use create_job::{create_job, CreateJobRequest};
+pub use finalize::finalize;
+pub use sqs::process_batch;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use tracing::Instrument;
+
+use crate::config::{Config, ConfigError};
+use crate::error::CreateJobError;
+use crate::messages::{ChunkResult, CopyChunk, Finalize};
+use crate::model::Job;
+use crate::queue::{Outbox, SqsOutbox};
+use crate::store::{ControlStore, DynamoStore};
+use crate::tables::{DynamoTables, Tables};
+
+/// A function's dependencies: the three capabilities and the configuration.
+pub struct Deps<S, Q, T> {
+    pub store: S,
+    pub outbox: Q,
+    pub tables: T,
+    pub config: Config,
+}
+
+/// The real adapters.
+pub type AwsDeps = Deps<DynamoStore, SqsOutbox, DynamoTables>;
+
+impl AwsDeps {
+    pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
+        let ddb = aws_sdk_dynamodb::Client::new(sdk);
+        Self {
+            store: DynamoStore::new(ddb.clone(), config.resources.control_table.clone()),
+            outbox: SqsOutbox::new(aws_sdk_sqs::Client::new(sdk), config.resources.clone()),
+            tables: DynamoTables::new(ddb),
+            config,
+        }
+    }
+
+    /// Lambda's wiring: configuration from the environment, clients from the default chain.
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let config = Config::from_env()?;
+        let sdk = aws_config::load_from_env().await;
+        Ok(Self::new(&sdk, config))
+    }
+}
+
+/// create-job's entry point for a direct invoke.
+pub async fn create_job_invoke<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    request: CreateJobRequest,
+) -> Result<Job, CreateJobError> {
+    let span = tracing::info_span!("create_job", job = %request.job_name, segment = tracing::field::Empty, seq = tracing::field::Empty);
+    create_job(deps, request).instrument(span).await
+}
+
+/// copy-chunk's entry point: an SQS batch of [`CopyChunk`] messages.
+pub async fn copy_chunk_batch<S, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    event: SqsEvent,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    Ok(process_batch(event, |msg: CopyChunk| {
+        let span = tracing::info_span!("copy_chunk", job = %msg.job, segment = msg.segment, seq = msg.seq);
+        copy_chunk(&deps.tables, &deps.outbox, &deps.config.tuning, msg).instrument(span)
+    })
+    .await)
+}
+
+/// advance-checkpoint's entry point: an SQS batch of [`ChunkResult`] messages.
+pub async fn advance_checkpoint_batch<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
+    event: SqsEvent,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    Ok(process_batch(event, |msg: ChunkResult| {
+        let span = tracing::info_span!("advance_checkpoint", job = %msg.job, segment = msg.segment, seq = msg.seq);
+        advance_checkpoint(&deps.store, &deps.outbox, &deps.config.tuning, msg).instrument(span)
+    })
+    .await)
+}
+
+/// finalize's entry point: an SQS batch of [`Finalize`] messages.
+pub async fn finalize_batch<S: ControlStore, Q, T>(
+    deps: &Deps<S, Q, T>,
+    event: SqsEvent,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    Ok(process_batch(event, |msg: Finalize| {
+        let span = tracing::info_span!("finalize", job = %msg.job, segment = tracing::field::Empty, seq = tracing::field::Empty);
+        finalize(&deps.store, msg).instrument(span)
+    })
+    .await)
+}
+
+#[cfg(test)]
+mod tests;

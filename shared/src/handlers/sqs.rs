@@ -1,0 +1,57 @@
+//! SQS batches the way Lambda's event source mapping delivers them: each record is parsed and
+//! handled on its own, and only the failed ones are reported back.
+
+use std::future::Future;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::future::join_all;
+use serde::de::DeserializeOwned;
+
+use crate::error::HandlerError;
+use crate::messages::decode;
+
+/// Handle every record of `event` concurrently. A record whose body cannot be read, or whose
+/// handler failed with a retryable error, is reported as a batch item failure: it returns to
+/// its queue and, after the queue's maxReceiveCount, to its DLQ. A permanent handler error is
+/// logged and the record acknowledged, so it does not loop.
+pub async fn process_batch<M, F, Fut>(event: SqsEvent, handler: F) -> SqsBatchResponse
+where
+    M: DeserializeOwned,
+    F: Fn(M) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    let outcomes = join_all(event.records.into_iter().map(|record| handle_record(record, &handler))).await;
+    let mut response = SqsBatchResponse::default();
+    for failed in outcomes.into_iter().flatten() {
+        response.add_failure(failed);
+    }
+    response
+}
+
+/// `Some(message id)` when the record must be retried.
+async fn handle_record<M, F, Fut>(record: SqsMessage, handler: &F) -> Option<String>
+where
+    M: DeserializeOwned,
+    F: Fn(M) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    let id = record.message_id.clone().unwrap_or_default();
+    let msg = match decode::<M>(record.body.as_deref().unwrap_or("")) {
+        Ok(msg) => msg,
+        Err(e) => {
+            tracing::error!(message_id = %id, error = %e, "unreadable message; it will reach the dead-letter queue");
+            return Some(id);
+        }
+    };
+    match handler(msg).await {
+        Ok(()) => None,
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(message_id = %id, error = %e, "retryable failure; the message returns to its queue");
+            Some(id)
+        }
+        Err(e) => {
+            tracing::error!(message_id = %id, error = %e, "permanent failure; message dropped");
+            None
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Handler tests with in-memory fakes: fast, no network. The proof that copies work is the
+//! LocalStack suite in tests/; these pin down the handlers' logic, including duplicate and
+//! out-of-order deliveries.
+
+use std::collections::HashMap;
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_dynamodb::types::AttributeValue;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::*;
+use crate::config::{Resources, Tuning};
+use crate::fakes::{FakeOutbox, FakeStore, FakeTables};
+use crate::messages::{decode, encode, SliceLimits, VERSION};
+use crate::model::{Item, JobError, JobName, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError};
+use crate::queue::QueueKind;
+
+type FakeDeps = Deps<FakeStore, FakeOutbox, FakeTables>;
+
+fn schema(p: (&str, KeyType), s: Option<(&str, KeyType)>) -> KeySchema {
+    KeySchema {
+        partition: KeyAttribute { name: p.0.into(), kind: p.1 },
+        sort: s.map(|(n, k)| KeyAttribute { name: n.into(), kind: k }),
+    }
+}
+
+fn item(i: u64) -> Item {
+    HashMap::from([
+        ("pk".to_string(), AttributeValue::S(format!("o-{i:04}"))),
+        ("customer".to_string(), AttributeValue::S(format!("c-{}", i % 7))),
+        ("order_no".to_string(), AttributeValue::N(i.to_string())),
+        ("tags".to_string(), AttributeValue::Ss(vec!["a".into(), format!("t{i}")])),
+    ])
+}
+
+/// `n` source items keyed on `pk`, an empty target keyed on `customer` + `order_no`; items in
+/// `without_order_no` lack the target's sort key.
+fn world(n: u64, without_order_no: &[u64]) -> FakeDeps {
+    let tables = FakeTables::default();
+    let items = (0..n)
+        .map(|i| {
+            let mut it = item(i);
+            if without_order_no.contains(&i) {
+                it.remove("order_no");
+            }
+            it
+        })
+        .collect();
+    tables.add("src", schema(("pk", KeyType::S), None), items);
+    tables.add("dst", schema(("customer", KeyType::S), Some(("order_no", KeyType::N))), vec![]);
+    let resources = Resources {
+        control_table: "control".into(),
+        copy_chunk_queue_url: "q1".into(),
+        checkpoint_queue_url: "q2".into(),
+        finalize_queue_url: "q3".into(),
+    };
+    let tuning = Tuning { slice: SliceLimits { max_items: 7, max_bytes: 1 << 20 }, ..Tuning::default() };
+    Deps {
+        store: FakeStore::default(),
+        outbox: FakeOutbox::default(),
+        tables,
+        config: Config { resources, tuning, region: "us-east-1".into() },
+    }
+}
+
+fn request(name: &str, parallelism: u32, on_item_error: OnItemError) -> CreateJobRequest {
+    CreateJobRequest {
+        job_name: name.into(),
+        source_table: "src".into(),
+        target_table: "dst".into(),
+        parallelism: Some(parallelism),
+        on_item_error,
+    }
+}
+
+async fn deliver(d: &FakeDeps, kind: QueueKind, body: &str) {
+    let r = match kind {
+        QueueKind::CopyChunk => copy_chunk(&d.tables, &d.outbox, &d.config.tuning, decode(body).unwrap()).await,
+        QueueKind::Checkpoint => advance_checkpoint(&d.store, &d.outbox, &d.config.tuning, decode(body).unwrap()).await,
+        QueueKind::Finalize => finalize(&d.store, decode(body).unwrap()).await,
+    };
+    r.unwrap();
+}
+
+/// Deliver queued messages until none is left. Each round's messages are shuffled (SQS is not
+/// FIFO) and, with `duplicate`, every message is delivered twice (at-least-once).
+async fn drain(d: &FakeDeps, seed: u64, duplicate: bool) -> usize {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut delivered = 0;
+    loop {
+        let mut batch = d.outbox.take();
+        if batch.is_empty() {
+            return delivered;
+        }
+        if duplicate {
+            batch.extend(batch.clone());
+        }
+        batch.shuffle(&mut rng);
+        for (kind, body) in batch {
+            deliver(d, kind, &body).await;
+            delivered += 1;
+        }
+    }
+}
+
+fn job(d: &FakeDeps, name: &str) -> Job {
+    d.store.state.lock().unwrap().jobs[&JobName::parse(name).unwrap()].clone()
+}
+
+fn sorted_canonical(items: Vec<Item>) -> Vec<String> {
+    let mut v: Vec<String> = items
+        .iter()
+        .map(|i| {
+            let mut kv: Vec<String> = i.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            kv.sort();
+            kv.join(",")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_job_copies_every_item_and_completes() {
+    let d = world(50, &[]);
+    let created = create_job(&d, request("j1", 3, OnItemError::Fail)).await.unwrap();
+    assert_eq!(created.status, JobStatus::Running);
+    assert_eq!(created.estimated_total, 50);
+    assert_eq!(d.outbox.sent.lock().unwrap().len(), 3, "one first slice per segment");
+    drain(&d, 1, false).await;
+
+    let j = job(&d, "j1");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    assert_eq!((j.items_copied, j.items_rejected, j.segments_done), (50, 0, 3));
+    assert!(j.bytes_copied > 0 && j.duration_ms.is_some() && j.completed_at.is_some());
+    let states: Vec<JobStatus> = j.history.iter().map(|h| h.status).collect();
+    assert_eq!(states, [JobStatus::Queued, JobStatus::Running, JobStatus::Completed]);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    assert!(d.store.state.lock().unwrap().slot.is_none(), "the running slot is released");
+}
+
+#[tokio::test]
+async fn duplicate_and_out_of_order_deliveries_count_every_item_once() {
+    for seed in 0..5 {
+        let d = world(60, &[]);
+        create_job(&d, request("dup", 4, OnItemError::Fail)).await.unwrap();
+        drain(&d, seed, true).await;
+        let j = job(&d, "dup");
+        assert_eq!(j.status, JobStatus::Completed, "seed {seed}: {:?}", j.error);
+        assert_eq!(j.items_copied, 60, "seed {seed}");
+        assert_eq!(j.segments_done, 4, "seed {seed}");
+        let cursors = d.store.cursors(&j.name).await.unwrap();
+        assert_eq!(cursors.iter().map(|c| c.items).sum::<u64>(), 60);
+        assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    }
+}
+
+#[tokio::test]
+async fn a_stale_result_changes_nothing_and_sends_nothing() {
+    let d = world(30, &[]);
+    create_job(&d, request("st", 1, OnItemError::Fail)).await.unwrap();
+    // Slice 0 copied and committed; its follow-up (slice 1) copied and committed too.
+    let first = d.outbox.take().remove(0).1;
+    deliver(&d, QueueKind::CopyChunk, &first).await;
+    let result0 = d.outbox.take().remove(0).1;
+    deliver(&d, QueueKind::Checkpoint, &result0).await;
+    let slice1 = d.outbox.take().remove(0).1;
+    deliver(&d, QueueKind::CopyChunk, &slice1).await;
+    let result1 = d.outbox.take().remove(0).1;
+    deliver(&d, QueueKind::Checkpoint, &result1).await;
+    d.outbox.take();
+    let before = d.store.state.lock().unwrap().clone();
+
+    // Result 0 arrives again, late: no state changes, no message.
+    deliver(&d, QueueKind::Checkpoint, &result0).await;
+    let after = d.store.state.lock().unwrap().clone();
+    assert_eq!(before.jobs, after.jobs);
+    assert_eq!(before.cursors, after.cursors);
+    assert_eq!(before.writes, after.writes, "no control-table write");
+    assert!(d.outbox.take().is_empty());
+
+    // Result 1 again (the last committed one): state unchanged, its follow-up sent again.
+    deliver(&d, QueueKind::Checkpoint, &result1).await;
+    let again = d.store.state.lock().unwrap().clone();
+    assert_eq!(before.jobs, again.jobs);
+    assert_eq!(before.cursors, again.cursors);
+    let sent = d.outbox.take();
+    assert_eq!(sent.len(), 1);
+    let next: crate::messages::CopyChunk = decode(&sent[0].1).unwrap();
+    assert_eq!((sent[0].0, next.seq), (QueueKind::CopyChunk, 2));
+}
+
+#[tokio::test]
+async fn items_that_do_not_fit_the_target_key_fail_the_job_by_default() {
+    let d = world(40, &[3, 17, 25]);
+    create_job(&d, request("rej", 2, OnItemError::Fail)).await.unwrap();
+    drain(&d, 7, false).await;
+    let j = job(&d, "rej");
+    assert_eq!(j.status, JobStatus::Failed);
+    let e = j.error.unwrap();
+    assert_eq!(e.code, "ItemsRejected");
+    assert!(e.message.contains("missing key attribute \"order_no\""), "{}", e.message);
+    assert!(e.message.contains("o-00"), "names sample keys: {}", e.message);
+    assert!(e.message.contains("--on-item-error skip"), "{}", e.message);
+    assert!(j.items_rejected >= 1);
+    assert!(d.store.state.lock().unwrap().slot.is_none());
+}
+
+#[tokio::test]
+async fn skipped_items_are_reported_and_the_rest_copied() {
+    let d = world(40, &[3, 17, 25]);
+    create_job(&d, request("skip", 2, OnItemError::Skip)).await.unwrap();
+    drain(&d, 7, true).await;
+    let j = job(&d, "skip");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    assert_eq!((j.items_copied, j.items_rejected), (37, 3));
+    let mut keys: Vec<&str> = j.rejected_samples.iter().map(|r| r.key.as_str()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys, [r#"{"pk":{"S":"o-0003"}}"#, r#"{"pk":{"S":"o-0017"}}"#, r#"{"pk":{"S":"o-0025"}}"#]);
+    assert_eq!(d.tables.items("dst").len(), 37);
+}
+
+#[tokio::test]
+async fn invalid_requests_get_clear_errors_and_leave_nothing_behind() {
+    let d = world(5, &[]);
+    create_job(&d, request("taken", 1, OnItemError::Fail)).await.unwrap();
+    d.outbox.take();
+    let before = d.store.state.lock().unwrap().clone();
+    let cases: Vec<(CreateJobRequest, &str)> = vec![
+        (CreateJobRequest { target_table: "src".into(), ..request("same", 1, OnItemError::Fail) }, "same table"),
+        (request("bad name!", 1, OnItemError::Fail), "invalid job name"),
+        (
+            CreateJobRequest { source_table: "nope".into(), ..request("j", 1, OnItemError::Fail) },
+            "source table \"nope\"",
+        ),
+        (
+            CreateJobRequest { target_table: "missing".into(), ..request("j", 1, OnItemError::Fail) },
+            "Owner resource does not exist: the target table \"missing\"",
+        ),
+        (CreateJobRequest { target_table: "a".into(), ..request("j", 1, OnItemError::Fail) }, "invalid table name"),
+        (request("j", 0, OnItemError::Fail), "parallelism 0 is out of range"),
+        (request("j", 65, OnItemError::Fail), "parallelism 65 is out of range"),
+        (request("taken", 1, OnItemError::Fail), "a job named \"taken\" already exists"),
+    ];
+    for (req, expected) in cases {
+        let err = create_job(&d, req).await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+        let after = d.store.state.lock().unwrap().clone();
+        assert_eq!(before.jobs, after.jobs);
+        assert_eq!(before.cursors, after.cursors);
+        assert!(d.outbox.take().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_second_job_waits_queued_while_one_runs() {
+    let d = world(5, &[]);
+    create_job(&d, request("first", 2, OnItemError::Fail)).await.unwrap();
+    d.outbox.take();
+    let second = create_job(&d, request("second", 2, OnItemError::Fail)).await.unwrap();
+    assert_eq!(second.status, JobStatus::Queued);
+    assert_eq!(second.started_at, None);
+    assert!(d.outbox.take().is_empty(), "a queued job sends nothing");
+    assert_eq!(d.store.cursors(&second.name).await.unwrap().len(), 2, "its cursors exist");
+    assert_eq!(d.store.state.lock().unwrap().slot.as_ref().map(JobName::as_str), Some("first"));
+}
+
+#[tokio::test]
+async fn unprocessed_items_are_retried_until_written() {
+    let d = world(60, &[]);
+    *d.tables.unprocessed_calls.lock().unwrap() = 6;
+    create_job(&d, request("thr", 2, OnItemError::Fail)).await.unwrap();
+    drain(&d, 3, false).await;
+    assert_eq!(job(&d, "thr").status, JobStatus::Completed);
+    assert_eq!(*d.tables.unprocessed_calls.lock().unwrap(), 0, "the fake did leave items unprocessed");
+    assert_eq!(d.tables.items("dst").len(), 60);
+}
+
+#[tokio::test]
+async fn a_fatal_slice_error_fails_the_job_with_its_reason() {
+    let d = world(10, &[]);
+    create_job(&d, request("fatal", 1, OnItemError::Fail)).await.unwrap();
+    d.outbox.take();
+    let result = crate::messages::ChunkResult {
+        v: VERSION,
+        job: JobName::parse("fatal").unwrap(),
+        segment: 0,
+        seq: 0,
+        items_written: 0,
+        bytes_written: 0,
+        rejected_count: 0,
+        rejected_samples: vec![],
+        next_key: None,
+        fatal: Some(JobError { code: "ResourceNotFoundException".into(), message: "table dst was deleted".into() }),
+    };
+    deliver(&d, QueueKind::Checkpoint, &encode(&result)).await;
+    drain(&d, 0, true).await;
+    let j = job(&d, "fatal");
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(j.error.unwrap().code, "ResourceNotFoundException");
+    assert_eq!(j.items_copied, 0, "nothing was committed");
+}
+
+#[tokio::test]
+async fn finalize_before_the_end_or_after_it_changes_nothing() {
+    let d = world(10, &[]);
+    create_job(&d, request("fin", 2, OnItemError::Fail)).await.unwrap();
+    let early = encode(&crate::messages::Finalize { v: VERSION, job: JobName::parse("fin").unwrap(), failure: None });
+    deliver(&d, QueueKind::Finalize, &early).await;
+    assert_eq!(job(&d, "fin").status, JobStatus::Running);
+    drain(&d, 0, false).await;
+    let done = job(&d, "fin");
+    assert_eq!(done.status, JobStatus::Completed);
+    deliver(&d, QueueKind::Finalize, &early).await;
+    assert_eq!(job(&d, "fin"), done);
+}
+
+#[tokio::test]
+async fn a_job_that_cannot_send_its_first_slices_fails_and_frees_the_slot() {
+    let d = world(10, &[]);
+    d.outbox.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(create_job(&d, request("nostart", 2, OnItemError::Fail)).await.is_err());
+    let j = job(&d, "nostart");
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(j.error.unwrap().code, "StartFailed");
+    assert!(d.store.state.lock().unwrap().slot.is_none());
+}
+
+#[tokio::test]
+async fn a_batch_reports_only_its_failed_records() {
+    let d = world(10, &[]);
+    let good =
+        encode(&crate::messages::Finalize { v: VERSION, job: JobName::parse("unknown").unwrap(), failure: None });
+    let records = [("m1", good.as_str()), ("m2", "garbage"), ("m3", r#"{"v":9}"#)]
+        .into_iter()
+        .map(|(id, body)| {
+            let mut m = SqsMessage::default();
+            m.message_id = Some(id.into());
+            m.body = Some(body.into());
+            m
+        })
+        .collect();
+    let mut event = SqsEvent::default();
+    event.records = records;
+    let response = finalize_batch(&d, event).await.unwrap();
+    let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+    // m1 names an unknown job: permanent, acknowledged. m2 and m3 cannot be read: to the DLQ.
+    assert_eq!(failed, ["m2", "m3"]);
+}

@@ -1,0 +1,143 @@
+//! The messages that chain the functions. Every body carries a version `v`; a body of an
+//! unknown version is refused (it goes to the queue's DLQ) rather than misread.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::model::{Item, JobError, JobName, KeySchema, OnItemError, RejectedItem, TableName};
+
+/// The message format version this build reads and writes.
+pub const VERSION: u32 = 1;
+
+/// A key carried in a message, as DynamoDB JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WireKey(pub serde_dynamo::Item);
+
+impl From<Item> for WireKey {
+    fn from(k: Item) -> Self {
+        WireKey(k.into())
+    }
+}
+
+impl From<WireKey> for Item {
+    fn from(k: WireKey) -> Self {
+        k.0.into()
+    }
+}
+
+/// How much one slice may read before it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceLimits {
+    pub max_items: u32,
+    pub max_bytes: u64,
+}
+
+/// copy-chunk queue: copy one slice of a segment, starting after `start_key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyChunk {
+    pub v: u32,
+    pub job: JobName,
+    pub segment: u32,
+    pub total_segments: u32,
+    /// The slice's sequence number within its segment.
+    pub seq: u64,
+    pub start_key: Option<WireKey>,
+    pub source: TableName,
+    pub target: TableName,
+    /// Names rejected items by their source key.
+    pub source_key: KeySchema,
+    pub target_key: KeySchema,
+    pub on_item_error: OnItemError,
+    pub limits: SliceLimits,
+}
+
+/// checkpoint queue: what a slice wrote, and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkResult {
+    pub v: u32,
+    pub job: JobName,
+    pub segment: u32,
+    pub seq: u64,
+    pub items_written: u64,
+    pub bytes_written: u64,
+    pub rejected_count: u64,
+    pub rejected_samples: Vec<RejectedItem>,
+    /// `None` when the segment is finished.
+    pub next_key: Option<WireKey>,
+    /// A failure that ends the job (e.g. the source table vanished).
+    pub fatal: Option<JobError>,
+}
+
+/// finalize queue: check the job and move it to its final state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finalize {
+    pub v: u32,
+    pub job: JobName,
+    /// Set when the job must fail for this reason.
+    pub failure: Option<JobError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("message body is not valid: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("message version {0} is not supported (this build reads version {VERSION})")]
+    Version(u32),
+}
+
+#[derive(Deserialize)]
+struct Versioned {
+    v: u32,
+}
+
+/// Decode a message body, refusing unknown versions.
+pub fn decode<T: DeserializeOwned>(body: &str) -> Result<T, MessageError> {
+    let Versioned { v } = serde_json::from_str(body)?;
+    if v != VERSION {
+        return Err(MessageError::Version(v));
+    }
+    Ok(serde_json::from_str(body)?)
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    serde_json::to_string(msg).expect("messages always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    #[test]
+    fn keys_round_trip_as_dynamodb_json() {
+        let mut key = Item::new();
+        key.insert("pk".into(), AttributeValue::S("a".into()));
+        key.insert("n".into(), AttributeValue::N("1.5".into()));
+        key.insert("b".into(), AttributeValue::B(vec![0u8, 255].into()));
+        let f = Finalize { v: VERSION, job: JobName::parse("j").unwrap(), failure: None };
+        let r = ChunkResult {
+            v: VERSION,
+            job: f.job.clone(),
+            segment: 1,
+            seq: 2,
+            items_written: 3,
+            bytes_written: 4,
+            rejected_count: 0,
+            rejected_samples: vec![],
+            next_key: Some(key.clone().into()),
+            fatal: None,
+        };
+        let body = encode(&r);
+        assert!(body.contains(r#""S":"a""#), "{body}");
+        let back: ChunkResult = decode(&body).unwrap();
+        assert_eq!(Item::from(back.next_key.unwrap()), key);
+        assert_eq!(decode::<Finalize>(&encode(&f)).unwrap(), f);
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_refused() {
+        assert!(matches!(decode::<Finalize>(r#"{"v":2,"job":"j","failure":null}"#), Err(MessageError::Version(2))));
+        assert!(matches!(decode::<Finalize>("not json"), Err(MessageError::Malformed(_))));
+        assert!(matches!(decode::<Finalize>(r#"{"v":1,"job":"bad name"}"#), Err(MessageError::Malformed(_))));
+    }
+}

@@ -1,0 +1,472 @@
+//! Job model: validated names, the job state machine, key schemas, cursors.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A DynamoDB item or key as the SDK represents it.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// Highest number of scan segments a job may use (one cursor and one in-flight slice each).
+pub const MAX_PARALLELISM: u32 = 64;
+/// How many rejected items a job keeps as samples.
+pub const MAX_REJECTED_SAMPLES: usize = 10;
+
+/// Input the user got wrong. Each message says what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+/// A job name: 1-64 characters, letters, digits, `-` and `_`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobName(String);
+
+impl JobName {
+    pub fn parse(s: impl Into<String>) -> Result<Self, InvalidInput> {
+        let s = s.into();
+        let ok_chars = s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let ok_start = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        if s.is_empty() || s.len() > 64 || !ok_chars || !ok_start {
+            return Err(InvalidInput(format!(
+                "invalid job name {s:?}: use 1-64 characters (letters, digits, '-' and '_'), starting with a letter or digit"
+            )));
+        }
+        Ok(Self(s))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A DynamoDB table name: 3-255 characters of `a-z A-Z 0-9 _ - .`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TableName(String);
+
+impl TableName {
+    pub fn parse(s: impl Into<String>) -> Result<Self, InvalidInput> {
+        let s = s.into();
+        let ok_chars = s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !(3..=255).contains(&s.len()) || !ok_chars {
+            return Err(InvalidInput(format!(
+                "invalid table name {s:?}: DynamoDB table names have 3-255 characters of a-z, A-Z, 0-9, '_', '-' and '.'"
+            )));
+        }
+        Ok(Self(s))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! string_newtype_impls {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = InvalidInput;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::parse(s)
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::str::FromStr for $t {
+            type Err = InvalidInput;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
+}
+string_newtype_impls!(JobName);
+string_newtype_impls!(TableName);
+
+/// The states of DESIGN.md §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Paused,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+    }
+
+    /// `Queued → Running → Completed`, `Running ⇄ Paused`, `Cancelled`/`Failed` from every
+    /// non-final state. Final states never change.
+    pub fn can_become(self, to: JobStatus) -> bool {
+        use JobStatus::*;
+        match (self, to) {
+            (from, _) if from.is_final() => false,
+            (_, Cancelled | Failed) => true,
+            (Queued, Running) | (Running, Paused) | (Paused, Running) | (Running, Completed) => true,
+            _ => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "Queued",
+            JobStatus::Running => "Running",
+            JobStatus::Paused => "Paused",
+            JobStatus::Completed => "Completed",
+            JobStatus::Failed => "Failed",
+            JobStatus::Cancelled => "Cancelled",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do with items the target rejects (e.g. missing its key attributes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnItemError {
+    /// Fail the job, naming sample keys and the count.
+    #[default]
+    Fail,
+    /// Copy the rest and report the rejected items on the job.
+    Skip,
+}
+
+/// Scalar types a key attribute can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyType {
+    S,
+    N,
+    B,
+}
+
+impl KeyType {
+    fn matches(self, v: &AttributeValue) -> bool {
+        match (self, v) {
+            (KeyType::S, AttributeValue::S(s)) => !s.is_empty(),
+            (KeyType::N, AttributeValue::N(_)) => true,
+            (KeyType::B, AttributeValue::B(b)) => !b.as_ref().is_empty(),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAttribute {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: KeyType,
+}
+
+/// A table's primary key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySchema {
+    pub partition: KeyAttribute,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<KeyAttribute>,
+}
+
+impl KeySchema {
+    pub fn attributes(&self) -> impl Iterator<Item = &KeyAttribute> {
+        std::iter::once(&self.partition).chain(self.sort.as_ref())
+    }
+
+    /// Why `item` cannot be written to a table with this key, if it cannot.
+    pub fn rejection(&self, item: &Item) -> Option<String> {
+        for attr in self.attributes() {
+            match item.get(&attr.name) {
+                None => return Some(format!("missing key attribute {:?}", attr.name)),
+                Some(v) if !attr.kind.matches(v) => {
+                    return Some(format!(
+                        "key attribute {:?} must be a non-empty {:?}, found {}",
+                        attr.name,
+                        attr.kind,
+                        type_name(v)
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        None
+    }
+
+    /// The key attributes of `item` (those it has).
+    pub fn key_of(&self, item: &Item) -> Item {
+        self.attributes().filter_map(|a| item.get(&a.name).map(|v| (a.name.clone(), v.clone()))).collect()
+    }
+}
+
+impl fmt::Display for KeySchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:?})", self.partition.name, self.partition.kind)?;
+        if let Some(s) = &self.sort {
+            write!(f, ", {} ({:?})", s.name, s.kind)?;
+        }
+        Ok(())
+    }
+}
+
+/// The DynamoDB type name of a value, for messages.
+pub fn type_name(v: &AttributeValue) -> &'static str {
+    match v {
+        AttributeValue::S(_) => "S",
+        AttributeValue::N(_) => "N",
+        AttributeValue::B(_) => "B",
+        AttributeValue::Bool(_) => "BOOL",
+        AttributeValue::Null(_) => "NULL",
+        AttributeValue::M(_) => "M",
+        AttributeValue::L(_) => "L",
+        AttributeValue::Ss(_) => "SS",
+        AttributeValue::Ns(_) => "NS",
+        AttributeValue::Bs(_) => "BS",
+        _ => "unknown",
+    }
+}
+
+/// Size of an item as DynamoDB counts it (attribute names plus values), in bytes.
+pub fn item_size(item: &Item) -> u64 {
+    item.iter().map(|(k, v)| k.len() as u64 + value_size(v)).sum()
+}
+
+fn value_size(v: &AttributeValue) -> u64 {
+    match v {
+        AttributeValue::S(s) => s.len() as u64,
+        AttributeValue::N(n) => (n.len() as u64).div_ceil(2) + 1,
+        AttributeValue::B(b) => b.as_ref().len() as u64,
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::M(m) => 3 + m.iter().map(|(k, v)| 1 + k.len() as u64 + value_size(v)).sum::<u64>(),
+        AttributeValue::L(l) => 3 + l.iter().map(|v| 1 + value_size(v)).sum::<u64>(),
+        AttributeValue::Ss(s) => s.iter().map(|x| x.len() as u64).sum(),
+        AttributeValue::Ns(s) => s.iter().map(|x| (x.len() as u64).div_ceil(2) + 1).sum(),
+        AttributeValue::Bs(s) => s.iter().map(|x| x.as_ref().len() as u64).sum(),
+        _ => 0,
+    }
+}
+
+/// A key rendered as DynamoDB JSON with its attributes in name order: the same key always
+/// renders the same (samples, logs, and the duplicate check of a batch rely on it).
+pub fn render_key(key: &Item) -> String {
+    let sorted: std::collections::BTreeMap<&String, serde_dynamo::AttributeValue> =
+        key.iter().map(|(k, v)| (k, serde_dynamo::AttributeValue::from(v.clone()))).collect();
+    serde_json::to_string(&sorted).unwrap_or_else(|_| "<unrenderable key>".into())
+}
+
+/// An item the target table refused, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedItem {
+    /// The item's source key, as DynamoDB JSON.
+    pub key: String,
+    pub reason: String,
+}
+
+/// A machine-readable code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub source: TableName,
+    pub target: TableName,
+    /// Number of scan segments (parallel slices).
+    pub parallelism: u32,
+    pub on_item_error: OnItemError,
+    pub source_key: KeySchema,
+    pub target_key: KeySchema,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: JobStatus,
+    pub at: DateTime<Utc>,
+}
+
+/// The job item of the control table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub name: JobName,
+    pub spec: JobSpec,
+    pub status: JobStatus,
+    /// The account's write region when the job was created.
+    pub write_region: String,
+    /// DescribeTable's ItemCount of the source at creation: an estimate, updated by DynamoDB
+    /// about every six hours.
+    pub estimated_total: u64,
+    #[serde(default)]
+    pub items_copied: u64,
+    #[serde(default)]
+    pub bytes_copied: u64,
+    #[serde(default)]
+    pub items_rejected: u64,
+    #[serde(default)]
+    pub rejected_samples: Vec<RejectedItem>,
+    #[serde(default)]
+    pub segments_done: u32,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub error: Option<JobError>,
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub history: Vec<StatusChange>,
+}
+
+impl Job {
+    /// Processed share of the estimate, in percent (100 when completed).
+    pub fn percent(&self) -> f64 {
+        if self.status == JobStatus::Completed {
+            return 100.0;
+        }
+        let done = (self.items_copied + self.items_rejected) as f64;
+        if self.estimated_total == 0 {
+            return 0.0;
+        }
+        (done / self.estimated_total as f64 * 100.0).min(99.9)
+    }
+
+    /// Elapsed running time: to completion, or to `now` while running.
+    pub fn elapsed_ms(&self, now: DateTime<Utc>) -> Option<u64> {
+        let start = self.started_at?;
+        let end = self.completed_at.unwrap_or(if self.status.is_final() { self.updated_at } else { now });
+        Some((end - start).num_milliseconds().max(0) as u64)
+    }
+
+    /// Average copy rate since the job started.
+    pub fn items_per_second(&self, now: DateTime<Utc>) -> Option<f64> {
+        let ms = self.elapsed_ms(now)?;
+        (ms > 0).then(|| self.items_copied as f64 * 1000.0 / ms as f64)
+    }
+
+    /// A sample-naming message for rejected items.
+    pub fn rejected_message(&self) -> String {
+        let samples: Vec<String> =
+            self.rejected_samples.iter().take(3).map(|r| format!("{} ({})", r.key, r.reason)).collect();
+        format!(
+            "{} item(s) of {} do not fit the key schema of {} [{}]; samples: {}. Fix the items or the target's key schema, or re-create the job with --on-item-error skip to copy the rest",
+            self.items_rejected,
+            self.spec.source,
+            self.spec.target,
+            self.spec.target_key,
+            samples.join("; ")
+        )
+    }
+}
+
+/// A segment's read cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub segment: u32,
+    /// Sequence number of the next slice to commit.
+    pub seq: u64,
+    /// Last committed `LastEvaluatedKey`; `None` = start of the segment (or end, when done).
+    pub last_key: Option<Item>,
+    pub items: u64,
+    pub done: bool,
+}
+
+impl Cursor {
+    pub fn start(segment: u32) -> Self {
+        Self { segment, seq: 0, last_key: None, items: 0, done: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(JobName::parse("j1").is_ok());
+        assert!(JobName::parse("job_2024-01").is_ok());
+        for bad in ["", "-x", "has space", "a/b", &"x".repeat(65)] {
+            let err = JobName::parse(bad).unwrap_err();
+            assert!(err.0.contains("invalid job name"), "{err}");
+        }
+        assert!(TableName::parse("orders.v2_x-y").is_ok());
+        assert!(TableName::parse("ab").is_err());
+        assert!(TableName::parse("a b c").is_err());
+    }
+
+    #[test]
+    fn state_machine_follows_design() {
+        use JobStatus::*;
+        assert!(Queued.can_become(Running));
+        assert!(Running.can_become(Paused) && Paused.can_become(Running));
+        assert!(Running.can_become(Completed));
+        assert!(!Queued.can_become(Completed) && !Paused.can_become(Completed));
+        for s in [Queued, Running, Paused] {
+            assert!(s.can_become(Failed) && s.can_become(Cancelled));
+        }
+        for f in [Completed, Failed, Cancelled] {
+            for t in JobStatus::ALL {
+                assert!(!f.can_become(t), "{f} -> {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn key_schema_rejections_name_the_attribute() {
+        let ks = KeySchema {
+            partition: KeyAttribute { name: "customer".into(), kind: KeyType::S },
+            sort: Some(KeyAttribute { name: "ts".into(), kind: KeyType::N }),
+        };
+        let mut item: Item = HashMap::new();
+        item.insert("customer".into(), AttributeValue::S("c1".into()));
+        assert_eq!(ks.rejection(&item).unwrap(), "missing key attribute \"ts\"");
+        item.insert("ts".into(), AttributeValue::S("x".into()));
+        assert!(ks.rejection(&item).unwrap().contains("must be a non-empty N, found S"));
+        item.insert("ts".into(), AttributeValue::N("5".into()));
+        assert_eq!(ks.rejection(&item), None);
+        assert_eq!(ks.key_of(&item).len(), 2);
+    }
+
+    #[test]
+    fn keys_render_the_same_whatever_the_map_order() {
+        let a: Item = [("b", "2"), ("a", "1"), ("c", "3")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), AttributeValue::N(v.to_string())))
+            .collect();
+        let mut b = Item::new();
+        for k in ["c", "a", "b"] {
+            b.insert(k.to_string(), a[k].clone());
+        }
+        assert_eq!(render_key(&a), r#"{"a":{"N":"1"},"b":{"N":"2"},"c":{"N":"3"}}"#);
+        assert_eq!(render_key(&a), render_key(&b));
+    }
+}

@@ -1,0 +1,102 @@
+//! The queues that chain the functions: one capability, send messages.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+
+use crate::config::Resources;
+use crate::error::{classify, AwsError};
+
+/// Which queue a message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueKind {
+    CopyChunk,
+    Checkpoint,
+    Finalize,
+}
+
+impl QueueKind {
+    pub const ALL: [QueueKind; 3] = [QueueKind::CopyChunk, QueueKind::Checkpoint, QueueKind::Finalize];
+
+    pub fn url(self, r: &Resources) -> &str {
+        match self {
+            QueueKind::CopyChunk => &r.copy_chunk_queue_url,
+            QueueKind::Checkpoint => &r.checkpoint_queue_url,
+            QueueKind::Finalize => &r.finalize_queue_url,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueKind::CopyChunk => "copy-chunk",
+            QueueKind::Checkpoint => "advance-checkpoint",
+            QueueKind::Finalize => "finalize",
+        }
+    }
+}
+
+/// One capability: put message bodies on a queue.
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    async fn send(&self, to: QueueKind, bodies: Vec<String>) -> Result<(), AwsError>;
+}
+
+/// The SQS adapter. Counts the messages it sends (for the benchmark).
+#[derive(Clone)]
+pub struct SqsOutbox {
+    client: aws_sdk_sqs::Client,
+    resources: Resources,
+    sent: Arc<AtomicU64>,
+}
+
+impl SqsOutbox {
+    pub fn new(client: aws_sdk_sqs::Client, resources: Resources) -> Self {
+        Self { client, resources, sent: Arc::default() }
+    }
+
+    /// Messages sent so far by this adapter (and its clones).
+    pub fn messages_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl Outbox for SqsOutbox {
+    async fn send(&self, to: QueueKind, bodies: Vec<String>) -> Result<(), AwsError> {
+        let url = to.url(&self.resources);
+        for chunk in bodies.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .expect("id and body are set")
+                })
+                .collect();
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| classify(format!("SendMessageBatch to the {} queue", to.name()), e))?;
+            if let Some(failed) = out.failed.first() {
+                let detail = format!("{}: {}", failed.code, failed.message.as_deref().unwrap_or(""));
+                let context = format!("SendMessageBatch to the {} queue", to.name());
+                return Err(if failed.sender_fault {
+                    AwsError::Permanent { context, detail: detail.clone(), source: detail.into() }
+                } else {
+                    AwsError::Retryable { context, detail: detail.clone(), source: detail.into() }
+                });
+            }
+            self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

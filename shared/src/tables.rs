@@ -1,0 +1,156 @@
+//! The user's tables: describe, scan a page of a segment, write items.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{KeyType as DdbKeyType, PutRequest, ScalarAttributeType, WriteRequest};
+
+use crate::error::{classify, AwsError};
+use crate::model::{Item, KeyAttribute, KeySchema, KeyType, TableName};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub key: KeySchema,
+    /// DynamoDB's estimate, refreshed about every six hours.
+    pub item_count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScanPage {
+    pub items: Vec<Item>,
+    pub last_key: Option<Item>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The request was refused as a whole (e.g. an item does not fit the key schema).
+    #[error("{0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+/// One capability: read and write the user's tables.
+#[async_trait]
+pub trait Tables: Send + Sync {
+    /// `None` when the table does not exist.
+    async fn describe(&self, table: &TableName) -> Result<Option<TableInfo>, AwsError>;
+    /// One page of a parallel scan, strongly consistent.
+    async fn scan_page(
+        &self,
+        table: &TableName,
+        segment: u32,
+        total_segments: u32,
+        start_key: Option<Item>,
+        limit: u32,
+    ) -> Result<ScanPage, AwsError>;
+    /// BatchWriteItem of at most 25 puts; returns the unprocessed items.
+    async fn batch_put(&self, table: &TableName, items: Vec<Item>) -> Result<Vec<Item>, WriteError>;
+    /// PutItem of one item.
+    async fn put(&self, table: &TableName, item: Item) -> Result<(), WriteError>;
+}
+
+/// The DynamoDB adapter.
+#[derive(Clone)]
+pub struct DynamoTables {
+    client: aws_sdk_dynamodb::Client,
+}
+
+impl DynamoTables {
+    pub fn new(client: aws_sdk_dynamodb::Client) -> Self {
+        Self { client }
+    }
+}
+
+fn write_error(err: AwsError) -> WriteError {
+    match err.code() {
+        Some("ValidationException") => WriteError::Rejected(err.to_string()),
+        _ => WriteError::Aws(err),
+    }
+}
+
+#[async_trait]
+impl Tables for DynamoTables {
+    async fn describe(&self, table: &TableName) -> Result<Option<TableInfo>, AwsError> {
+        let out = match self.client.describe_table().table_name(table.as_str()).send().await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => return Ok(None),
+            Err(e) => return Err(classify(format!("DescribeTable {table}"), e)),
+        };
+        let Some(desc) = out.table else { return Ok(None) };
+        let defs = desc.attribute_definitions();
+        let attr = |name: &str| -> KeyAttribute {
+            let kind = match defs.iter().find(|d| d.attribute_name() == name).map(|d| d.attribute_type()) {
+                Some(ScalarAttributeType::N) => KeyType::N,
+                Some(ScalarAttributeType::B) => KeyType::B,
+                _ => KeyType::S,
+            };
+            KeyAttribute { name: name.to_string(), kind }
+        };
+        let schema = desc.key_schema();
+        let hash = schema.iter().find(|k| k.key_type() == &DdbKeyType::Hash);
+        let range = schema.iter().find(|k| k.key_type() == &DdbKeyType::Range);
+        let Some(hash) = hash else { return Ok(None) };
+        Ok(Some(TableInfo {
+            key: KeySchema { partition: attr(hash.attribute_name()), sort: range.map(|r| attr(r.attribute_name())) },
+            item_count: desc.item_count().unwrap_or(0).max(0) as u64,
+        }))
+    }
+
+    async fn scan_page(
+        &self,
+        table: &TableName,
+        segment: u32,
+        total_segments: u32,
+        start_key: Option<Item>,
+        limit: u32,
+    ) -> Result<ScanPage, AwsError> {
+        let out = self
+            .client
+            .scan()
+            .table_name(table.as_str())
+            .segment(segment as i32)
+            .total_segments(total_segments as i32)
+            .set_exclusive_start_key(start_key)
+            .limit(limit as i32)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(format!("Scan {table} segment {segment}"), e))?;
+        Ok(ScanPage { items: out.items.unwrap_or_default(), last_key: out.last_evaluated_key })
+    }
+
+    async fn batch_put(&self, table: &TableName, items: Vec<Item>) -> Result<Vec<Item>, WriteError> {
+        let requests = items
+            .into_iter()
+            .map(|item| {
+                WriteRequest::builder()
+                    .put_request(PutRequest::builder().set_item(Some(item)).build().expect("item is set"))
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .batch_write_item()
+            .request_items(table.as_str(), requests)
+            .send()
+            .await
+            .map_err(|e| write_error(classify(format!("BatchWriteItem {table}"), e)))?;
+        Ok(out
+            .unprocessed_items
+            .unwrap_or_default()
+            .into_values()
+            .flatten()
+            .filter_map(|w| w.put_request.map(|p| p.item))
+            .collect())
+    }
+
+    async fn put(&self, table: &TableName, item: Item) -> Result<(), WriteError> {
+        self.client
+            .put_item()
+            .table_name(table.as_str())
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| write_error(classify(format!("PutItem {table}"), e)))
+    }
+}

@@ -1,0 +1,147 @@
+//! Command-line definitions (dispatch lives in main.rs).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shared::model::OnItemError;
+
+#[derive(Debug, Parser)]
+#[command(name = "tablecopy", version, about = "Managed, resumable copy jobs between DynamoDB tables")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes, named as the AWS CLI names them.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Send every AWS request to this URL (e.g. LocalStack's http://127.0.0.1:4566).
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// AWS region (default: the profile's, or AWS_REGION).
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Named profile from the AWS config and credentials files.
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    pub profile: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table, env = "TABLECOPY_OUTPUT")]
+    pub output: Output,
+    /// The deployment's CloudFormation stack; resource names are read from its outputs.
+    #[arg(long, global = true, default_value = "tablecopy", env = "TABLECOPY_STACK_NAME")]
+    pub stack_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Json,
+    Table,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a copy job (it starts at once, or waits Queued while another job runs).
+    Create(CreateArgs),
+    /// Show a job: status, progress, rate, bytes, rejected items, times, error.
+    Show(JobArg),
+    /// List all jobs, newest first.
+    List,
+    /// Follow a job with a progress bar until it reaches a final state.
+    Watch(WatchArgs),
+    /// Run tablecopy locally (LocalStack, or any endpoint).
+    #[command(subcommand)]
+    Local(LocalCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    pub job_name: String,
+    #[arg(long)]
+    pub source_table: String,
+    #[arg(long)]
+    pub target_table: String,
+    /// Scan segments copied in parallel (1-64; default 4, or DEFAULT_PARALLELISM).
+    #[arg(long)]
+    pub parallelism: Option<u32>,
+    /// What to do with items the target's key schema refuses.
+    #[arg(long, value_enum, default_value_t = ItemErrorArg::Fail)]
+    pub on_item_error: ItemErrorArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ItemErrorArg {
+    /// Fail the job, naming sample keys and the count.
+    Fail,
+    /// Copy the rest and report the rejected items on the job.
+    Skip,
+}
+
+impl From<ItemErrorArg> for OnItemError {
+    fn from(a: ItemErrorArg) -> Self {
+        match a {
+            ItemErrorArg::Fail => OnItemError::Fail,
+            ItemErrorArg::Skip => OnItemError::Skip,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct JobArg {
+    #[arg(long)]
+    pub job_name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[arg(long)]
+    pub job_name: String,
+    /// Milliseconds between refreshes.
+    #[arg(long, default_value_t = 500)]
+    pub interval_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LocalCommand {
+    /// Play the functions: long-poll the stack's queues and invoke the same handlers Lambda
+    /// runs, as its SQS event source mapping would. Stops on Ctrl-C / SIGTERM and prints its
+    /// counters (messages sent, control-table writes, peak RSS) as JSON.
+    Run(RunArgs),
+    /// Deploy infra/template.yaml as the stack (create or update) and print its outputs.
+    Deploy(DeployArgs),
+    /// Delete the stack.
+    DeleteStack,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Concurrent copy-chunk invocations.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Records per copy-chunk invocation.
+    #[arg(long, default_value_t = 1)]
+    pub copy_batch_size: i32,
+    /// Records per advance-checkpoint / finalize invocation.
+    #[arg(long, default_value_t = 10)]
+    pub checkpoint_batch_size: i32,
+    /// Override the queues' visibility timeout (seconds).
+    #[arg(long)]
+    pub visibility_timeout: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[arg(long, default_value = "infra/template.yaml")]
+    pub template: PathBuf,
+    /// Template parameter, KEY=VALUE (repeatable).
+    #[arg(long = "parameter", value_parser = parse_kv)]
+    pub parameters: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}

@@ -1,0 +1,170 @@
+//! tablecopy: the CLI. Definitions in cli.rs, rendering in render.rs, everything else in the
+//! shared library; this file only dispatches.
+
+mod cli;
+mod render;
+mod watch;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use aws_config::{BehaviorVersion, Region};
+use chrono::Utc;
+use clap::Parser;
+use shared::config::{Config, Resources, Tuning};
+use shared::handlers::{create_job_invoke, AwsDeps, CreateJobRequest};
+use shared::model::JobName;
+use shared::runner::{run, RunnerOptions};
+use shared::store::ControlStore;
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command, Global, LocalCommand, Output};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn sdk_config(g: &Global) -> Result<aws_config::SdkConfig> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(r) = &g.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    if let Some(p) = &g.profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(e) = &g.endpoint_url {
+        loader = loader.endpoint_url(e);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        bail!("no AWS region: pass --region, set AWS_REGION, or configure a profile");
+    }
+    Ok(sdk)
+}
+
+/// Clients and resource names, read from the stack's outputs.
+async fn deps(g: &Global) -> Result<(aws_config::SdkConfig, AwsDeps)> {
+    let sdk = sdk_config(g).await?;
+    let cfn = shared::stack::CfnClient::new(&sdk);
+    let outputs = shared::stack::outputs(&cfn, &g.stack_name).await?;
+    let resources = Resources::from_outputs(&outputs)?;
+    let region = sdk.region().expect("checked").to_string();
+    let config = Config { resources, tuning: Tuning::from_env()?, region };
+    let deps = AwsDeps::new(&sdk, config);
+    Ok((sdk, deps))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Create(a) => {
+            let (_, deps) = deps(g).await?;
+            let req = CreateJobRequest {
+                job_name: a.job_name,
+                source_table: a.source_table,
+                target_table: a.target_table,
+                parallelism: a.parallelism,
+                on_item_error: a.on_item_error.into(),
+            };
+            let job = create_job_invoke(&deps, req).await?;
+            match g.output {
+                Output::Json => print_json(&render::JobView::new(&job, Utc::now()))?,
+                Output::Table => print!("{}", render::job_table(&job, Utc::now())),
+            }
+        }
+        Command::Show(a) => {
+            let (_, deps) = deps(g).await?;
+            let name = JobName::parse(a.job_name)?;
+            let Some(job) = deps.store.get_job(&name).await? else { bail!("job {name} not found") };
+            match g.output {
+                Output::Json => print_json(&render::JobView::new(&job, Utc::now()))?,
+                Output::Table => print!("{}", render::job_table(&job, Utc::now())),
+            }
+        }
+        Command::List => {
+            let (_, deps) = deps(g).await?;
+            let jobs = deps.store.list_jobs().await?;
+            match g.output {
+                Output::Json => {
+                    let now = Utc::now();
+                    print_json(&jobs.iter().map(|j| render::JobView::new(j, now)).collect::<Vec<_>>())?
+                }
+                Output::Table => print!("{}", render::jobs_table(&jobs)),
+            }
+        }
+        Command::Watch(a) => {
+            let (_, deps) = deps(g).await?;
+            let name = JobName::parse(a.job_name)?;
+            let job = watch::watch(&deps.store, &name, a.interval_ms, std::io::stderr().is_terminal()).await?;
+            match g.output {
+                Output::Json => print_json(&render::JobView::new(&job, Utc::now()))?,
+                Output::Table => print!("{}", render::job_table(&job, Utc::now())),
+            }
+            if job.status != shared::model::JobStatus::Completed {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Command::Local(LocalCommand::Run(a)) => {
+            shared::logging::init();
+            let (sdk, deps) = deps(g).await?;
+            let outbox = deps.outbox.clone();
+            let store = deps.store.clone();
+            let shutdown = CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal");
+                tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
+                stop.cancel();
+            });
+            let opts = RunnerOptions {
+                concurrency: a.concurrency,
+                copy_batch_size: a.copy_batch_size,
+                checkpoint_batch_size: a.checkpoint_batch_size,
+                visibility_timeout: a.visibility_timeout,
+                ..RunnerOptions::default()
+            };
+            run(Arc::new(deps), aws_sdk_sqs::Client::new(&sdk), opts, shutdown).await;
+            let stats = serde_json::json!({
+                "messagesSent": outbox.messages_sent(),
+                "controlTableItemWrites": store.item_writes(),
+                "peakRssKiB": shared::runner::peak_rss_kib(),
+            });
+            println!("{stats}");
+        }
+        Command::Local(LocalCommand::Deploy(a)) => {
+            let sdk = sdk_config(g).await?;
+            let template = std::fs::read_to_string(&a.template)
+                .with_context(|| format!("reading the template {}", a.template.display()))?;
+            let outputs =
+                shared::stack::deploy(&shared::stack::CfnClient::new(&sdk), &g.stack_name, &template, &a.parameters)
+                    .await?;
+            let mut outputs: Vec<_> = outputs.into_iter().collect();
+            outputs.sort();
+            match g.output {
+                Output::Json => print_json(&outputs.into_iter().collect::<std::collections::BTreeMap<_, _>>())?,
+                Output::Table => outputs.iter().for_each(|(k, v)| println!("{k:<30} {v}")),
+            }
+        }
+        Command::Local(LocalCommand::DeleteStack) => {
+            let sdk = sdk_config(g).await?;
+            shared::stack::delete(&shared::stack::CfnClient::new(&sdk), &g.stack_name).await?;
+            eprintln!("stack {} deleted", g.stack_name);
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,134 @@
+//! How jobs are printed: a JSON document or an aligned table.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared::model::Job;
+
+/// A job with its derived figures, as `show --output json` prints it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView<'a> {
+    #[serde(flatten)]
+    pub job: &'a Job,
+    pub percent: f64,
+    pub items_per_second: Option<f64>,
+}
+
+impl<'a> JobView<'a> {
+    pub fn new(job: &'a Job, now: DateTime<Utc>) -> Self {
+        Self { job, percent: job.percent(), items_per_second: job.items_per_second(now) }
+    }
+}
+
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{:.1}s", ms as f64 / 1000.0),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m {:02}s", s / 3600, (s % 3600) / 60, s % 60),
+    }
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_else(|| "-".into())
+}
+
+/// The `show` table.
+pub fn job_table(job: &Job, now: DateTime<Utc>) -> String {
+    let processed = job.items_copied + job.items_rejected;
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Job", job.name.to_string()),
+        ("Status", job.status.to_string()),
+        ("Source", format!("{}  [key: {}]", job.spec.source, job.spec.source_key)),
+        ("Target", format!("{}  [key: {}]", job.spec.target, job.spec.target_key)),
+        (
+            "Processed",
+            format!(
+                "{} / ~{} (estimated total, from DescribeTable)  {:.1}%",
+                thousands(processed),
+                thousands(job.estimated_total),
+                job.percent()
+            ),
+        ),
+        ("Items copied", thousands(job.items_copied)),
+        ("Items/s", job.items_per_second(now).map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into())),
+        ("Bytes", bytes(job.bytes_copied)),
+        ("Rejected items", format!("{} (on item error: {:?})", thousands(job.items_rejected), job.spec.on_item_error)),
+    ];
+    for r in job.rejected_samples.iter().take(5) {
+        rows.push(("  sample", format!("{} — {}", r.key, r.reason)));
+    }
+    rows.extend([
+        ("Segments", format!("{} done of {}", job.segments_done, job.spec.parallelism)),
+        ("Write region", job.write_region.clone()),
+        ("Created", time(Some(job.created_at))),
+        ("Started", time(job.started_at)),
+        ("Last updated", time(Some(job.updated_at))),
+        ("Completed", time(job.completed_at)),
+        ("Duration", job.duration_ms.or_else(|| job.elapsed_ms(now)).map(duration).unwrap_or_else(|| "-".into())),
+        ("Error code", job.error.as_ref().map(|e| e.code.clone()).unwrap_or_else(|| "-".into())),
+        ("Error message", job.error.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| "-".into())),
+    ]);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+}
+
+/// The `list` table.
+pub fn jobs_table(jobs: &[Job]) -> String {
+    let mut out =
+        format!("{:<24} {:<10} {:<45} {:>7}  {}\n", "NAME", "STATUS", "SOURCE -> TARGET", "PERCENT", "CREATED");
+    for j in jobs {
+        out.push_str(&format!(
+            "{:<24} {:<10} {:<45} {:>6.1}%  {}\n",
+            j.name.as_str(),
+            j.status.as_str(),
+            format!("{} -> {}", j.spec.source, j.spec.target),
+            j.percent(),
+            time(Some(j.created_at))
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(duration(1500), "1.5s");
+        assert_eq!(duration(61_000), "1m 01s");
+        assert_eq!(duration(3_725_000), "1h 02m 05s");
+    }
+}

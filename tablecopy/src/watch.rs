@@ -1,0 +1,46 @@
+//! `tablecopy watch`: a live progress bar until the job is final.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use shared::model::{Job, JobName};
+use shared::store::ControlStore;
+
+use crate::render::thousands;
+
+/// Poll the job every `interval_ms` and draw items copied / estimated total, items/s and ETA.
+/// Without a terminal, prints a line every few seconds instead. Returns the final job.
+pub async fn watch<S: ControlStore>(store: &S, name: &JobName, interval_ms: u64, tty: bool) -> Result<Job> {
+    let bar = if tty { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:10} [{elapsed_precise}] [{bar:40.cyan/blue}] {human_pos}/~{human_len} items  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let mut last_line = std::time::Instant::now();
+    loop {
+        let Some(job) = store.get_job(name).await? else { bail!("job {name} not found") };
+        let done = job.items_copied + job.items_rejected;
+        bar.set_length(job.estimated_total.max(done));
+        bar.set_position(done);
+        bar.set_message(job.status.to_string());
+        if !tty && (last_line.elapsed() >= Duration::from_secs(3) || job.status.is_final()) {
+            eprintln!(
+                "{name}: {} {} / ~{} items ({:.1}%)",
+                job.status,
+                thousands(done),
+                thousands(job.estimated_total),
+                job.percent()
+            );
+            last_line = std::time::Instant::now();
+        }
+        if job.status.is_final() {
+            bar.finish();
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+}

@@ -1,0 +1,339 @@
+//! Test harness: LocalStack connection, a stack per test deployed from infra/template.yaml,
+//! user tables with unique names, sample items of every attribute type, an in-process runner
+//! that can be stopped or killed, and item-by-item comparison of two tables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest, ScalarAttributeType,
+    WriteRequest,
+};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use shared::config::{Config, Resources, Tuning};
+use shared::handlers::AwsDeps;
+use shared::model::Item;
+use shared::runner::RunnerOptions;
+use tokio_util::sync::CancellationToken;
+
+pub const TEMPLATE: &str = include_str!("../infra/template.yaml");
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
+
+/// Connect to LocalStack (`AWS_ENDPOINT_URL`, default http://127.0.0.1:4566). Fails loudly when
+/// it does not answer: integration tests are never skipped silently.
+pub async fn localstack() -> Result<SdkConfig> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_string());
+    let health = format!("{endpoint}/_localstack/health");
+    let ok = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(["-fsS", "--max-time", "5", &health]).output()
+    })
+    .await?
+    .map(|o| o.status.success())
+    .unwrap_or(false);
+    if !ok {
+        bail!("LocalStack does not answer at {endpoint}: start it with `scripts/localstack.sh start` (make test does)");
+    }
+    if std::env::var("AWS_ACCESS_KEY_ID").is_err() {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    }
+    Ok(aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region)).endpoint_url(endpoint).load().await)
+}
+
+/// A unique lowercase suffix for resource names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// One test's world: its own stack (control table, queues) and clients.
+pub struct World {
+    pub sdk: SdkConfig,
+    pub ddb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub stack: String,
+    pub outputs: HashMap<String, String>,
+    pub deps: Arc<AwsDeps>,
+}
+
+impl World {
+    /// Deploy the template as a new stack with short visibility timeouts, so a killed
+    /// runner's messages come back quickly.
+    pub async fn new(name: &str) -> Result<Self> {
+        Self::with_tuning(name, Tuning::default()).await
+    }
+
+    pub async fn with_tuning(name: &str, tuning: Tuning) -> Result<Self> {
+        let sdk = localstack().await?;
+        let stack = unique(&format!("tc-{name}"));
+        let cfn = aws_sdk_cloudformation::Client::new(&sdk);
+        let params = [
+            ("CopyChunkVisibilityTimeout".to_string(), "20".to_string()),
+            ("CheckpointVisibilityTimeout".to_string(), "10".to_string()),
+        ];
+        let outputs = shared::stack::deploy(&cfn, &stack, TEMPLATE, &params).await.context("deploying the stack")?;
+        let resources = Resources::from_outputs(&outputs)?;
+        let config = Config { resources, tuning, region: sdk.region().unwrap().to_string() };
+        Ok(Self {
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
+            deps: Arc::new(AwsDeps::new(&sdk, config)),
+            sdk,
+            stack,
+            outputs,
+        })
+    }
+
+    pub fn resources(&self) -> &Resources {
+        &self.deps.config.resources
+    }
+
+    /// Start the local runner in this process.
+    pub fn start_runner(&self, opts: RunnerOptions) -> Runner {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(shared::runner::run(self.deps.clone(), self.sqs.clone(), opts, token.clone()));
+        Runner { token, handle }
+    }
+
+    /// Messages waiting or in flight on a queue (approximate, as SQS counts).
+    pub async fn queue_depth(&self, url: &str) -> Result<u64> {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await?;
+        let attrs = out.attributes.unwrap_or_default();
+        let get = |a: &A| attrs.get(a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(get(&A::ApproximateNumberOfMessages) + get(&A::ApproximateNumberOfMessagesNotVisible))
+    }
+
+    /// Every item of the control table.
+    pub async fn control_items(&self) -> Result<Vec<Item>> {
+        scan_all(&self.ddb, &self.resources().control_table).await
+    }
+
+    /// Delete the stack (best effort: a failed test still cleans up what it can).
+    pub async fn cleanup(self, tables: &[&str]) {
+        for t in tables {
+            let _ = self.ddb.delete_table().table_name(*t).send().await;
+        }
+        let cfn = aws_sdk_cloudformation::Client::new(&self.sdk);
+        let _ = shared::stack::delete(&cfn, &self.stack).await;
+    }
+}
+
+/// An in-process runner.
+pub struct Runner {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Runner {
+    /// Stop after the batches in progress.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = self.handle.await;
+    }
+
+    /// Die at once, wherever the handlers are (Lambda being killed between two lines).
+    pub async fn kill(self) {
+        self.handle.abort();
+        let _ = self.handle.await;
+    }
+}
+
+/// Create a table with the given partition key (and optional sort key) and wait until active.
+pub async fn create_table(
+    ddb: &aws_sdk_dynamodb::Client,
+    name: &str,
+    hash: (&str, ScalarAttributeType),
+    range: Option<(&str, ScalarAttributeType)>,
+) -> Result<()> {
+    let mut req = ddb
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(AttributeDefinition::builder().attribute_name(hash.0).attribute_type(hash.1).build()?)
+        .key_schema(KeySchemaElement::builder().attribute_name(hash.0).key_type(KeyType::Hash).build()?);
+    if let Some((r, t)) = range {
+        req = req
+            .attribute_definitions(AttributeDefinition::builder().attribute_name(r).attribute_type(t).build()?)
+            .key_schema(KeySchemaElement::builder().attribute_name(r).key_type(KeyType::Range).build()?);
+    }
+    req.send().await.with_context(|| format!("creating table {name}"))?;
+    for _ in 0..100 {
+        let d = ddb.describe_table().table_name(name).send().await?;
+        if d.table.and_then(|t| t.table_status).map(|s| s.as_str() == "ACTIVE").unwrap_or(false) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("table {name} did not become active")
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Item `i` of the sample set: key `pk` (S) for the source, `customer` (S) + `order_no` (N)
+/// for a target with another key schema, and every attribute type DynamoDB has. Every
+/// `big_every`-th item carries a ~390 KB string, close to DynamoDB's 400 KB item limit.
+pub fn sample_item(i: u64, big_every: Option<u64>) -> Item {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(format!("order-{i:08}")));
+    item.insert("customer".into(), s(format!("cust-{:04}", i % 997)));
+    item.insert("order_no".into(), n(i));
+    item.insert("amount".into(), n(format!("{}.{:02}", i % 10_000, i % 100)));
+    item.insert("payload".into(), AttributeValue::B(format!("bin-{i}").into_bytes().into()));
+    item.insert("paid".into(), AttributeValue::Bool(i.is_multiple_of(2)));
+    item.insert("coupon".into(), AttributeValue::Null(true));
+    item.insert(
+        "address".into(),
+        AttributeValue::M(HashMap::from([
+            ("city".to_string(), s(format!("city-{}", i % 50))),
+            ("zip".to_string(), n(10_000 + i % 90_000)),
+            ("geo".to_string(), AttributeValue::L(vec![n(i % 90), n(i % 180)])),
+        ])),
+    );
+    item.insert("lines".into(), AttributeValue::L(vec![s("sku-1"), n(i % 7), AttributeValue::Bool(true)]));
+    item.insert("tags".into(), AttributeValue::Ss(vec![format!("t{}", i % 5), "all".into()]));
+    item.insert("scores".into(), AttributeValue::Ns(vec![(i % 3).to_string(), "100".into(), "-1.5".into()]));
+    item.insert("blobs".into(), AttributeValue::Bs(vec![vec![1u8, 2, 3].into(), i.to_be_bytes().to_vec().into()]));
+    item.insert("note".into(), s("x".repeat(600)));
+    if big_every.is_some_and(|k| i % k == k - 1) {
+        item.insert("big".into(), s("B".repeat(390 * 1024)));
+    }
+    item
+}
+
+/// Write items with BatchWriteItem, `concurrency` batches at a time, retrying unprocessed ones.
+pub async fn put_items(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    items: Vec<Item>,
+    concurrency: usize,
+) -> Result<()> {
+    let batches: Vec<Vec<Item>> = items.chunks(25).map(|c| c.to_vec()).collect();
+    stream::iter(batches)
+        .map(|batch| batch_write_all(ddb, table, batch))
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// One BatchWriteItem, retried until nothing is unprocessed.
+pub async fn batch_write_all(ddb: &aws_sdk_dynamodb::Client, table: &str, batch: Vec<Item>) -> Result<()> {
+    let mut pending: Vec<WriteRequest> = batch
+        .into_iter()
+        .map(|i| WriteRequest::builder().put_request(PutRequest::builder().set_item(Some(i)).build().unwrap()).build())
+        .collect();
+    let mut attempt = 0;
+    while !pending.is_empty() {
+        let out = ddb.batch_write_item().request_items(table, pending.clone()).send().await;
+        pending = match out {
+            Ok(o) => o.unprocessed_items.unwrap_or_default().remove(table).unwrap_or_default(),
+            Err(e) => {
+                attempt += 1;
+                if attempt > 10 {
+                    return Err(e).context("BatchWriteItem");
+                }
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                continue;
+            }
+        };
+    }
+    Ok(())
+}
+
+/// Every item of a table (parallel scan).
+pub async fn scan_all(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Result<Vec<Item>> {
+    let segments = 4;
+    let parts = futures::future::try_join_all((0..segments).map(|seg| async move {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = ddb
+                .scan()
+                .table_name(table)
+                .segment(seg)
+                .total_segments(segments)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .with_context(|| format!("scanning {table}"))?;
+            items.extend(out.items.unwrap_or_default());
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return anyhow::Ok(items);
+            }
+        }
+    }))
+    .await?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+/// A canonical text of an item: attribute names sorted, set members sorted.
+pub fn canonical(item: &Item) -> String {
+    fn value(v: &AttributeValue) -> serde_json::Value {
+        use serde_json::json;
+        match v {
+            AttributeValue::S(x) => json!({ "S": x }),
+            AttributeValue::N(x) => json!({ "N": x }),
+            AttributeValue::B(x) => json!({ "B": x.as_ref() }),
+            AttributeValue::Bool(x) => json!({ "BOOL": x }),
+            AttributeValue::Null(x) => json!({ "NULL": x }),
+            AttributeValue::M(m) => {
+                json!({ "M": m.iter().map(|(k, v)| (k.clone(), value(v))).collect::<BTreeMap<_, _>>() })
+            }
+            AttributeValue::L(l) => json!({ "L": l.iter().map(value).collect::<Vec<_>>() }),
+            AttributeValue::Ss(x) => json!({ "SS": sorted(x.clone()) }),
+            AttributeValue::Ns(x) => json!({ "NS": sorted(x.clone()) }),
+            AttributeValue::Bs(x) => json!({ "BS": sorted(x.iter().map(|b| b.as_ref().to_vec()).collect()) }),
+            other => json!({ "?": format!("{other:?}") }),
+        }
+    }
+    fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+        v.sort();
+        v
+    }
+    let m: BTreeMap<_, _> = item.iter().map(|(k, v)| (k.clone(), value(v))).collect();
+    serde_json::to_string(&m).unwrap()
+}
+
+/// Compare two tables item by item. Returns the number of items; fails naming differences.
+pub async fn assert_same_items(ddb: &aws_sdk_dynamodb::Client, source: &str, target: &str) -> Result<usize> {
+    let (a, b) = tokio::try_join!(scan_all(ddb, source), scan_all(ddb, target))?;
+    compare_items(source, &a, target, &b)
+}
+
+/// Compare two item sets as multisets of canonical items.
+pub fn compare_items(source: &str, a: &[Item], target: &str, b: &[Item]) -> Result<usize> {
+    let mut left: Vec<String> = a.iter().map(canonical).collect();
+    let mut right: Vec<String> = b.iter().map(canonical).collect();
+    left.sort();
+    right.sort();
+    if left != right {
+        let only_left = left.iter().filter(|x| right.binary_search(x).is_err()).count();
+        let only_right = right.iter().filter(|x| left.binary_search(x).is_err()).count();
+        let sample =
+            left.iter().find(|x| right.binary_search(x).is_err()).map(|x| x.chars().take(200).collect::<String>());
+        bail!(
+            "{source} has {} items, {target} has {}: {only_left} only in {source}, {only_right} only in {target}; e.g. {sample:?}",
+            left.len(),
+            right.len()
+        );
+    }
+    Ok(left.len())
+}
