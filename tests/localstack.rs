@@ -1,1 +1,283 @@
+//! Integration tests against LocalStack's real DynamoDB, SQS and CloudFormation. Each test
+//! deploys its own stack from infra/template.yaml and creates its own uniquely named tables.
+//! If LocalStack does not answer, every test fails (see `tests::localstack`).
 
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use aws_sdk_dynamodb::types::ScalarAttributeType as T;
+use shared::config::Tuning;
+use shared::handlers::{create_job, CreateJobRequest};
+use shared::messages::SliceLimits;
+use shared::model::{Job, JobName, JobStatus, OnItemError};
+use shared::runner::RunnerOptions;
+use shared::store::ControlStore;
+use tests::{assert_same_items, create_table, put_items, sample_item, scan_all, unique, World};
+
+fn request(job: &str, source: &str, target: &str) -> CreateJobRequest {
+    CreateJobRequest {
+        job_name: job.into(),
+        source_table: source.into(),
+        target_table: target.into(),
+        parallelism: Some(4),
+        on_item_error: OnItemError::Fail,
+    }
+}
+
+/// Poll the job until it is final. The deadline only guards against a hang.
+async fn wait_final(w: &World, job: &str) -> Result<Job> {
+    let name = JobName::parse(job)?;
+    for _ in 0..1200 {
+        let j = w.deps.store.get_job(&name).await?.expect("job exists");
+        if j.status.is_final() {
+            return Ok(j);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("job {job} did not finish within 5 minutes")
+}
+
+fn runner_opts() -> RunnerOptions {
+    RunnerOptions { concurrency: 4, ..RunnerOptions::default() }
+}
+
+#[tokio::test]
+async fn full_copy_of_every_attribute_type_is_identical() -> Result<()> {
+    let w = World::new("full").await?;
+    let (src, dst) = (unique("full-src"), unique("full-dst"));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("pk", T::S), None).await?;
+    // 2,000 items of every type, 3 of them about 390 KB.
+    put_items(&w.ddb, &src, (0..2_000).map(|i| sample_item(i, Some(650))).collect(), 8).await?;
+
+    let runner = w.start_runner(runner_opts());
+    let created = create_job(&w.deps, request("full", &src, &dst)).await?;
+    assert_eq!(created.status, JobStatus::Running);
+    let job = wait_final(&w, "full").await?;
+    runner.stop().await;
+
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    assert_eq!(job.items_copied, 2_000);
+    assert_eq!(job.items_rejected, 0);
+    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 2_000);
+    let big = scan_all(&w.ddb, &dst).await?.iter().filter(|i| i.contains_key("big")).count();
+    assert_eq!(big, 3, "the items near the 400 KB limit were copied");
+    assert!(job.bytes_copied > 3 * 390 * 1024);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn copy_into_a_target_with_another_key_schema() -> Result<()> {
+    let w = World::new("rekey").await?;
+    let (src, dst) = (unique("rekey-src"), unique("rekey-dst"));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("customer", T::S), Some(("order_no", T::N))).await?;
+    put_items(&w.ddb, &src, (0..1_500).map(|i| sample_item(i, None)).collect(), 8).await?;
+
+    let runner = w.start_runner(runner_opts());
+    create_job(&w.deps, request("rekey", &src, &dst)).await?;
+    let job = wait_final(&w, "rekey").await?;
+    runner.stop().await;
+
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    assert_eq!(job.spec.target_key.to_string(), "customer (S), order_no (N)");
+    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 1_500);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+/// Source items 0..n, where the items in `lacking` have no `order_no` (the target's sort key).
+async fn rekey_with_bad_items(w: &World, tag: &str, n: u64, lacking: &[u64]) -> Result<(String, String)> {
+    let (src, dst) = (unique(&format!("{tag}-src")), unique(&format!("{tag}-dst")));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("customer", T::S), Some(("order_no", T::N))).await?;
+    let items = (0..n)
+        .map(|i| {
+            let mut item = sample_item(i, None);
+            if lacking.contains(&i) {
+                item.remove("order_no");
+            }
+            item
+        })
+        .collect();
+    put_items(&w.ddb, &src, items, 8).await?;
+    Ok((src, dst))
+}
+
+#[tokio::test]
+async fn an_item_lacking_the_new_key_fails_the_job_by_default() -> Result<()> {
+    let w = World::new("reject").await?;
+    let (src, dst) = rekey_with_bad_items(&w, "reject", 500, &[42]).await?;
+    let runner = w.start_runner(runner_opts());
+    create_job(&w.deps, request("reject", &src, &dst)).await?;
+    let job = wait_final(&w, "reject").await?;
+    runner.stop().await;
+
+    assert_eq!(job.status, JobStatus::Failed);
+    let err = job.error.expect("an error");
+    assert_eq!(err.code, "ItemsRejected");
+    assert!(err.message.starts_with("1 item(s)"), "{}", err.message);
+    assert!(err.message.contains(r#"{"pk":{"S":"order-00000042"}}"#), "{}", err.message);
+    assert!(err.message.contains("missing key attribute \"order_no\""), "{}", err.message);
+    assert!(err.message.contains("--on-item-error skip"), "{}", err.message);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn items_lacking_the_new_key_are_skipped_and_reported_on_request() -> Result<()> {
+    let w = World::new("skip").await?;
+    let lacking = [7, 42, 300];
+    let (src, dst) = rekey_with_bad_items(&w, "skip", 500, &lacking).await?;
+    let runner = w.start_runner(runner_opts());
+    create_job(&w.deps, CreateJobRequest { on_item_error: OnItemError::Skip, ..request("skip", &src, &dst) }).await?;
+    let job = wait_final(&w, "skip").await?;
+    runner.stop().await;
+
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    assert_eq!((job.items_copied, job.items_rejected), (497, 3));
+    let mut sampled: Vec<&str> = job.rejected_samples.iter().map(|r| r.key.as_str()).collect();
+    sampled.sort();
+    assert_eq!(
+        sampled,
+        [r#"{"pk":{"S":"order-00000007"}}"#, r#"{"pk":{"S":"order-00000042"}}"#, r#"{"pk":{"S":"order-00000300"}}"#]
+    );
+    // The target holds exactly the other items.
+    let source: Vec<_> = scan_all(&w.ddb, &src).await?.into_iter().filter(|i| i.contains_key("order_no")).collect();
+    let target = scan_all(&w.ddb, &dst).await?;
+    assert_eq!(tests::compare_items(&src, &source, &dst, &target)?, 497);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_leave_nothing_behind() -> Result<()> {
+    let w = World::new("bad").await?;
+    let (src, dst) = (unique("bad-src"), unique("bad-dst"));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("pk", T::S), None).await?;
+    let missing = unique("missing");
+    let cases = [
+        (request("j1", &missing, &dst), format!("Owner resource does not exist: the source table \"{missing}\"")),
+        (request("j1", &src, &missing), format!("Owner resource does not exist: the target table \"{missing}\"")),
+        (request("j1", &src, &src), "same table".to_string()),
+        (request("no spaces please", &src, &dst), "invalid job name".to_string()),
+        (request("j/1", &src, &dst), "invalid job name".to_string()),
+    ];
+    for (req, expected) in cases {
+        let err = create_job(&w.deps, req).await.expect_err("must be refused").to_string();
+        assert!(err.contains(&expected), "{err:?} should contain {expected:?}");
+        assert!(err.contains("Create it first") || !expected.contains("Owner"), "{err}");
+    }
+    assert!(w.control_items().await?.is_empty(), "no job, cursor or scheduler item");
+    for url in [&w.resources().copy_chunk_queue_url, &w.resources().checkpoint_queue_url] {
+        assert_eq!(w.queue_depth(url).await?, 0, "no message on {url}");
+    }
+
+    // A duplicate name: the first job exists, the second create changes nothing.
+    create_job(&w.deps, request("dup", &src, &dst)).await?;
+    let control_before = w.control_items().await?.len();
+    let depth_before = w.queue_depth(&w.resources().copy_chunk_queue_url).await?;
+    let err = create_job(&w.deps, request("dup", &src, &dst)).await.expect_err("duplicate").to_string();
+    assert!(err.contains("a job named \"dup\" already exists"), "{err}");
+    assert_eq!(w.control_items().await?.len(), control_before);
+    assert_eq!(w.queue_depth(&w.resources().copy_chunk_queue_url).await?, depth_before);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_empty_source_completes_with_nothing_copied() -> Result<()> {
+    let w = World::new("empty").await?;
+    let (src, dst) = (unique("empty-src"), unique("empty-dst"));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("id", T::N), None).await?;
+    let runner = w.start_runner(runner_opts());
+    create_job(&w.deps, request("empty", &src, &dst)).await?;
+    let job = wait_final(&w, "empty").await?;
+    runner.stop().await;
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    assert_eq!((job.items_copied, job.estimated_total, job.segments_done), (0, 0, 4));
+    assert!(scan_all(&w.ddb, &dst).await?.is_empty());
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_job_survives_the_runner_dying_mid_copy() -> Result<()> {
+    // Small slices, so the copy is many slices long and the kill lands in the middle.
+    let tuning = Tuning { slice: SliceLimits { max_items: 150, max_bytes: 1 << 24 }, ..Tuning::default() };
+    let w = World::with_tuning("redrive", tuning).await?;
+    let (src, dst) = (unique("redrive-src"), unique("redrive-dst"));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("customer", T::S), Some(("order_no", T::N))).await?;
+    put_items(&w.ddb, &src, (0..3_000).map(|i| sample_item(i, None)).collect(), 8).await?;
+
+    let runner = w.start_runner(RunnerOptions { concurrency: 2, ..RunnerOptions::default() });
+    create_job(&w.deps, CreateJobRequest { parallelism: Some(2), ..request("redrive", &src, &dst) }).await?;
+    let name = JobName::parse("redrive")?;
+    loop {
+        let j = w.deps.store.get_job(&name).await?.expect("job");
+        if j.items_copied >= 600 {
+            break;
+        }
+        assert!(!j.status.is_final(), "the job finished before the runner could be killed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runner.kill().await;
+    let halfway = w.deps.store.get_job(&name).await?.expect("job");
+    assert_eq!(halfway.status, JobStatus::Running);
+    assert!(halfway.items_copied < 3_000, "killed mid-copy");
+
+    // A new runner picks the messages up again (in-flight ones after their visibility timeout).
+    let runner = w.start_runner(RunnerOptions { concurrency: 2, ..RunnerOptions::default() });
+    let job = wait_final(&w, "redrive").await?;
+    runner.stop().await;
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    assert_eq!(job.items_copied, 3_000, "every item counted exactly once");
+    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 3_000);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreadable_message_reaches_the_dead_letter_queue_through_the_redrive_policy() -> Result<()> {
+    let w = World::new("dlq").await?;
+    w.sqs.send_message().queue_url(&w.resources().checkpoint_queue_url).message_body("not a message").send().await?;
+    let runner = w.start_runner(RunnerOptions { visibility_timeout: Some(1), ..runner_opts() });
+    let dlq = w.outputs["CheckpointDeadLetterQueueUrl"].clone();
+    let mut moved = false;
+    for _ in 0..120 {
+        if w.queue_depth(&dlq).await? == 1 {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    runner.stop().await;
+    assert!(moved, "the message should be in the DLQ after maxReceiveCount (5) receives");
+    assert_eq!(w.queue_depth(&w.resources().checkpoint_queue_url).await?, 0);
+    let got = w.sqs.receive_message().queue_url(&dlq).send().await?;
+    assert_eq!(got.messages()[0].body(), Some("not a message"));
+    w.cleanup(&[]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_job_waits_queued_while_the_first_runs() -> Result<()> {
+    let w = World::new("queued").await?;
+    let (src, dst, dst2) = (unique("q-src"), unique("q-dst"), unique("q-dst2"));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst2, ("pk", T::S), None).await?;
+    let first = create_job(&w.deps, request("first", &src, &dst)).await?;
+    let second = create_job(&w.deps, request("second", &src, &dst2)).await?;
+    assert_eq!((first.status, second.status), (JobStatus::Running, JobStatus::Queued));
+    let stored = w.deps.store.get_job(&second.name).await?.expect("job");
+    assert_eq!(stored.status, JobStatus::Queued);
+    assert_eq!(w.deps.store.cursors(&second.name).await?.len(), 4);
+    assert_eq!(w.queue_depth(&w.resources().copy_chunk_queue_url).await?, 4, "only the first job's slices");
+    w.cleanup(&[&src, &dst, &dst2]).await;
+    Ok(())
+}
