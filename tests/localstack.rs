@@ -281,3 +281,30 @@ async fn a_second_job_waits_queued_while_the_first_runs() -> Result<()> {
     w.cleanup(&[&src, &dst, &dst2]).await;
     Ok(())
 }
+
+#[tokio::test]
+async fn throttled_reads_and_writes_are_retried_until_every_item_is_copied() -> Result<()> {
+    // Its own LocalStack: one request in ten to DynamoDB fails with throttling, and
+    // BatchWriteItem leaves one item in ten unprocessed.
+    let faulty = tests::FaultyLocalStack::start(4567, "0.1")?;
+    let sdk = tests::localstack_at(&faulty.endpoint).await?;
+    let tuning = Tuning { slice: SliceLimits { max_items: 400, max_bytes: 1 << 24 }, ..Tuning::default() };
+    let params = [("CopyChunkVisibilityTimeout".to_string(), "20".to_string())];
+    let w = World::deploy_on(sdk, "throttle", tuning, &params).await?;
+    let (src, dst) = (unique("thr-src"), unique("thr-dst"));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("customer", T::S), Some(("order_no", T::N))).await?;
+    put_items(&w.ddb, &src, (0..2_000).map(|i| sample_item(i, None)).collect(), 8).await?;
+
+    let runner = w.start_runner(runner_opts());
+    create_job(&w.deps, request("throttled", &src, &dst)).await?;
+    let job = wait_final(&w, "throttled").await?;
+    runner.stop().await;
+
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    assert_eq!(job.items_copied, 2_000, "every item counted exactly once");
+    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 2_000);
+    assert!(faulty.throttled_requests() > 10, "fault injection was active");
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}

@@ -122,3 +122,16 @@ impl Config {
         })
     }
 }
+
+/// Attempts the DynamoDB client makes per request (standard retry mode: exponential backoff
+/// with jitter on throttling and transient errors) before an error reaches the handler.
+pub const DYNAMODB_MAX_ATTEMPTS: u32 = 8;
+
+/// The DynamoDB client every component uses: the SDK configuration, with more retry attempts
+/// than the SDK's default of 3, since a copy job is expected to meet throttling.
+pub fn dynamodb_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+    let conf = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(DYNAMODB_MAX_ATTEMPTS))
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(conf)
+}

@@ -1,6 +1,6 @@
 //! Errors: what the user got wrong, what is worth retrying, and what is not.
 
-use crate::model::{InvalidInput, JobStatus};
+use crate::model::InvalidInput;
 
 /// Errors of the control table, queues and user tables.
 #[derive(Debug, thiserror::Error)]
@@ -82,18 +82,14 @@ pub enum CreateJobError {
 }
 
 /// Errors of the SQS-triggered handlers. Retryable ones leave the message on its queue
-/// (reported as a batch item failure); permanent ones (the job is gone or in a state where the
-/// message means nothing) are logged and the message dropped, so they do not loop.
+/// (reported as a batch item failure); permanent ones (the job is gone) are logged and the
+/// message dropped, so they do not loop.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     #[error(transparent)]
     Aws(#[from] AwsError),
     #[error("job {0} not found")]
     JobNotFound(String),
-    #[error("job {job} is {status}; {what}")]
-    WrongState { job: String, status: JobStatus, what: String },
-    #[error("{0}")]
-    Other(String),
 }
 
 impl HandlerError {
@@ -102,8 +98,8 @@ impl HandlerError {
     /// Failures of the user's tables never get here: copy-chunk turns them into job failures.
     pub fn is_retryable(&self) -> bool {
         match self {
-            HandlerError::Aws(_) | HandlerError::Other(_) => true,
-            HandlerError::JobNotFound(_) | HandlerError::WrongState { .. } => false,
+            HandlerError::Aws(_) => true,
+            HandlerError::JobNotFound(_) => false,
         }
     }
 }

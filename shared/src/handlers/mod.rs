@@ -37,7 +37,7 @@ pub type AwsDeps = Deps<DynamoStore, SqsOutbox, DynamoTables>;
 
 impl AwsDeps {
     pub fn new(sdk: &aws_config::SdkConfig, config: Config) -> Self {
-        let ddb = aws_sdk_dynamodb::Client::new(sdk);
+        let ddb = crate::config::dynamodb_client(sdk);
         Self {
             store: DynamoStore::new(ddb.clone(), config.resources.control_table.clone()),
             outbox: SqsOutbox::new(aws_sdk_sqs::Client::new(sdk), config.resources.clone()),
