@@ -19,15 +19,18 @@ pub enum StackError {
     Aws(#[from] AwsError),
 }
 
+/// CloudFormation answers a DescribeStacks of an unknown stack with a ValidationError.
+fn is_missing<E: aws_sdk_cloudformation::error::ProvideErrorMetadata, R>(
+    e: &aws_sdk_cloudformation::error::SdkError<E, R>,
+) -> bool {
+    e.as_service_error().and_then(|s| s.message()).is_some_and(|m| m.contains("does not exist"))
+}
+
 /// The stack's outputs, `OutputKey` → `OutputValue`.
 pub async fn outputs(cfn: &aws_sdk_cloudformation::Client, stack: &str) -> Result<HashMap<String, String>, StackError> {
     let out = match cfn.describe_stacks().stack_name(stack).send().await {
         Ok(out) => out,
-        Err(e)
-            if e.as_service_error().and_then(|s| s.meta().message()).is_some_and(|m| m.contains("does not exist")) =>
-        {
-            return Err(StackError::NotFound(stack.into()))
-        }
+        Err(e) if is_missing(&e) => return Err(StackError::NotFound(stack.into())),
         Err(e) => return Err(classify(format!("DescribeStacks {stack}"), e).into()),
     };
     let s = out.stacks().first().ok_or_else(|| StackError::NotFound(stack.into()))?;
@@ -43,11 +46,7 @@ async fn status(
             .stacks()
             .first()
             .and_then(|s| Some((s.stack_status()?.clone(), s.stack_status_reason().unwrap_or_default().to_string())))),
-        Err(e)
-            if e.as_service_error().and_then(|s| s.meta().message()).is_some_and(|m| m.contains("does not exist")) =>
-        {
-            Ok(None)
-        }
+        Err(e) if is_missing(&e) => Ok(None),
         Err(e) => Err(classify(format!("DescribeStacks {stack}"), e).into()),
     }
 }

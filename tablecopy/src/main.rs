@@ -68,6 +68,17 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// A job as `show` prints it, in the chosen format.
+fn print_job(output: Output, job: &shared::model::Job) -> Result<()> {
+    match output {
+        Output::Json => print_json(&render::JobView::new(job, Utc::now())),
+        Output::Table => {
+            print!("{}", render::job_table(job, Utc::now()));
+            Ok(())
+        }
+    }
+}
+
 async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
     let g = &cli.global;
     match cli.command {
@@ -80,20 +91,13 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                 parallelism: a.parallelism,
                 on_item_error: a.on_item_error.into(),
             };
-            let job = create_job_invoke(&deps, req).await?;
-            match g.output {
-                Output::Json => print_json(&render::JobView::new(&job, Utc::now()))?,
-                Output::Table => print!("{}", render::job_table(&job, Utc::now())),
-            }
+            print_job(g.output, &create_job_invoke(&deps, req).await?)?;
         }
         Command::Show(a) => {
             let (_, deps) = deps(g).await?;
             let name = JobName::parse(a.job_name)?;
             let Some(job) = deps.store.get_job(&name).await? else { bail!("job {name} not found") };
-            match g.output {
-                Output::Json => print_json(&render::JobView::new(&job, Utc::now()))?,
-                Output::Table => print!("{}", render::job_table(&job, Utc::now())),
-            }
+            print_job(g.output, &job)?;
         }
         Command::List => {
             let (_, deps) = deps(g).await?;
@@ -110,10 +114,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             let (_, deps) = deps(g).await?;
             let name = JobName::parse(a.job_name)?;
             let job = watch::watch(&deps.store, &name, a.interval_ms, std::io::stderr().is_terminal()).await?;
-            match g.output {
-                Output::Json => print_json(&render::JobView::new(&job, Utc::now()))?,
-                Output::Table => print!("{}", render::job_table(&job, Utc::now())),
-            }
+            print_job(g.output, &job)?;
             if job.status != shared::model::JobStatus::Completed {
                 return Ok(std::process::ExitCode::FAILURE);
             }
