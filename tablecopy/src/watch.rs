@@ -15,9 +15,12 @@ pub async fn watch<S: ControlStore>(store: &S, name: &JobName, interval_ms: u64,
     let bar = if tty { ProgressBar::new(0) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} {msg:10} [{elapsed_precise}] [{bar:40.cyan/blue}] {human_pos}/~{human_len} items  {per_sec}  ETA {eta}",
+            "{spinner} {msg:10} [{elapsed_precise}] [{bar:40.cyan/blue}] {human_pos}/~{human_len} items  {rate}  ETA {eta}",
         )
         .expect("valid template")
+        .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} items/s", s.per_sec());
+        })
         .progress_chars("=> "),
     );
     let mut last_line = std::time::Instant::now();
