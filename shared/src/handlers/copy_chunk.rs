@@ -1,5 +1,5 @@
 use crate::config::Tuning;
-use crate::engine::copy_slice;
+use crate::engine::{copy_slice, SliceOutcome};
 use crate::error::HandlerError;
 use crate::messages::{encode, ChunkResult, CopyChunk, VERSION};
 use crate::model::JobError;
@@ -15,7 +15,7 @@ pub async fn copy_chunk<T: Tables + ?Sized, Q: Outbox + ?Sized>(
     tuning: &Tuning,
     msg: CopyChunk,
 ) -> Result<(), HandlerError> {
-    let result = match copy_slice(tables, &msg, tuning).await {
+    let (slice, fatal) = match copy_slice(tables, &msg, tuning).await {
         Ok(slice) => {
             tracing::info!(
                 items = slice.items_written,
@@ -24,35 +24,28 @@ pub async fn copy_chunk<T: Tables + ?Sized, Q: Outbox + ?Sized>(
                 segment_done = slice.next_key.is_none(),
                 "slice copied"
             );
-            ChunkResult {
-                v: VERSION,
-                job: msg.job,
-                segment: msg.segment,
-                seq: msg.seq,
-                items_written: slice.items_written,
-                bytes_written: slice.bytes_written,
-                rejected_count: slice.rejected_count,
-                rejected_samples: slice.rejected_samples,
-                next_key: slice.next_key.map(Into::into),
-                fatal: None,
-            }
+            (slice, None)
         }
         Err(e) if e.is_retryable() => return Err(e.into()),
         Err(e) => {
             tracing::error!(error = %e, "slice failed permanently");
-            ChunkResult {
-                v: VERSION,
-                job: msg.job,
-                segment: msg.segment,
-                seq: msg.seq,
-                items_written: 0,
-                bytes_written: 0,
-                rejected_count: 0,
-                rejected_samples: vec![],
-                next_key: msg.start_key,
-                fatal: Some(JobError { code: e.code().unwrap_or("CopyFailed").to_string(), message: e.to_string() }),
-            }
+            let code = e.code().unwrap_or("CopyFailed").to_string();
+            // The cursor stays where it was.
+            let unchanged = SliceOutcome { next_key: msg.start_key.clone().map(Into::into), ..Default::default() };
+            (unchanged, Some(JobError { code, message: e.to_string() }))
         }
+    };
+    let result = ChunkResult {
+        v: VERSION,
+        job: msg.job,
+        segment: msg.segment,
+        seq: msg.seq,
+        items_written: slice.items_written,
+        bytes_written: slice.bytes_written,
+        rejected_count: slice.rejected_count,
+        rejected_samples: slice.rejected_samples,
+        next_key: slice.next_key.map(Into::into),
+        fatal,
     };
     outbox.send(QueueKind::Checkpoint, vec![encode(&result)]).await?;
     Ok(())
