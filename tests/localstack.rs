@@ -67,28 +67,9 @@ async fn full_copy_of_every_attribute_type_is_identical() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn copy_into_a_target_with_another_key_schema() -> Result<()> {
-    let w = World::new("rekey").await?;
-    let (src, dst) = (unique("rekey-src"), unique("rekey-dst"));
-    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
-    create_table(&w.ddb, &dst, ("customer", T::S), Some(("order_no", T::N))).await?;
-    put_items(&w.ddb, &src, (0..1_500).map(|i| sample_item(i, None)).collect(), 8).await?;
-
-    let runner = w.start_runner(runner_opts());
-    create_job(&w.deps, request("rekey", &src, &dst)).await?;
-    let job = wait_final(&w, "rekey").await?;
-    runner.stop().await;
-
-    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
-    assert_eq!(job.spec.target_key.to_string(), "customer (S), order_no (N)");
-    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 1_500);
-    w.cleanup(&[&src, &dst]).await;
-    Ok(())
-}
-
-/// Source items 0..n, where the items in `lacking` have no `order_no` (the target's sort key).
-async fn rekey_with_bad_items(w: &World, tag: &str, n: u64, lacking: &[u64]) -> Result<(String, String)> {
+/// A source keyed `pk` with sample items 0..n, and an empty target keyed `customer` +
+/// `order_no`; the items in `lacking` have no `order_no` (the target's sort key).
+async fn rekey_tables(w: &World, tag: &str, n: u64, lacking: &[u64]) -> Result<(String, String)> {
     let (src, dst) = (unique(&format!("{tag}-src")), unique(&format!("{tag}-dst")));
     create_table(&w.ddb, &src, ("pk", T::S), None).await?;
     create_table(&w.ddb, &dst, ("customer", T::S), Some(("order_no", T::N))).await?;
@@ -106,9 +87,26 @@ async fn rekey_with_bad_items(w: &World, tag: &str, n: u64, lacking: &[u64]) -> 
 }
 
 #[tokio::test]
+async fn copy_into_a_target_with_another_key_schema() -> Result<()> {
+    let w = World::new("rekey").await?;
+    let (src, dst) = rekey_tables(&w, "rekey", 1_500, &[]).await?;
+
+    let runner = w.start_runner(runner_opts());
+    create_job(&w.deps, request("rekey", &src, &dst)).await?;
+    let job = wait_final(&w, "rekey").await?;
+    runner.stop().await;
+
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    assert_eq!(job.spec.target_key.to_string(), "customer (S), order_no (N)");
+    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 1_500);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_item_lacking_the_new_key_fails_the_job_by_default() -> Result<()> {
     let w = World::new("reject").await?;
-    let (src, dst) = rekey_with_bad_items(&w, "reject", 500, &[42]).await?;
+    let (src, dst) = rekey_tables(&w, "reject", 500, &[42]).await?;
     let runner = w.start_runner(runner_opts());
     create_job(&w.deps, request("reject", &src, &dst)).await?;
     let job = wait_final(&w, "reject").await?;
@@ -129,7 +127,7 @@ async fn an_item_lacking_the_new_key_fails_the_job_by_default() -> Result<()> {
 async fn items_lacking_the_new_key_are_skipped_and_reported_on_request() -> Result<()> {
     let w = World::new("skip").await?;
     let lacking = [7, 42, 300];
-    let (src, dst) = rekey_with_bad_items(&w, "skip", 500, &lacking).await?;
+    let (src, dst) = rekey_tables(&w, "skip", 500, &lacking).await?;
     let runner = w.start_runner(runner_opts());
     create_job(&w.deps, CreateJobRequest { on_item_error: OnItemError::Skip, ..request("skip", &src, &dst) }).await?;
     let job = wait_final(&w, "skip").await?;
@@ -209,10 +207,7 @@ async fn a_job_survives_the_runner_dying_mid_copy() -> Result<()> {
     // Small slices, so the copy is many slices long and the kill lands in the middle.
     let tuning = Tuning { slice: SliceLimits { max_items: 150, max_bytes: 1 << 24 }, ..Tuning::default() };
     let w = World::with_tuning("redrive", tuning).await?;
-    let (src, dst) = (unique("redrive-src"), unique("redrive-dst"));
-    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
-    create_table(&w.ddb, &dst, ("customer", T::S), Some(("order_no", T::N))).await?;
-    put_items(&w.ddb, &src, (0..3_000).map(|i| sample_item(i, None)).collect(), 8).await?;
+    let (src, dst) = rekey_tables(&w, "redrive", 3_000, &[]).await?;
 
     let runner = w.start_runner(RunnerOptions { concurrency: 2, ..RunnerOptions::default() });
     create_job(&w.deps, CreateJobRequest { parallelism: Some(2), ..request("redrive", &src, &dst) }).await?;
@@ -291,10 +286,7 @@ async fn throttled_reads_and_writes_are_retried_until_every_item_is_copied() -> 
     let tuning = Tuning { slice: SliceLimits { max_items: 400, max_bytes: 1 << 24 }, ..Tuning::default() };
     let params = [("CopyChunkVisibilityTimeout".to_string(), "20".to_string())];
     let w = World::deploy_on(sdk, "throttle", tuning, &params).await?;
-    let (src, dst) = (unique("thr-src"), unique("thr-dst"));
-    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
-    create_table(&w.ddb, &dst, ("customer", T::S), Some(("order_no", T::N))).await?;
-    put_items(&w.ddb, &src, (0..2_000).map(|i| sample_item(i, None)).collect(), 8).await?;
+    let (src, dst) = rekey_tables(&w, "thr", 2_000, &[]).await?;
 
     let runner = w.start_runner(runner_opts());
     create_job(&w.deps, request("throttled", &src, &dst)).await?;
