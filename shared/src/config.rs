@@ -64,6 +64,9 @@ pub struct Tuning {
     /// `MAX_WRITE_ATTEMPTS`: attempts per batch (throttling, unprocessed items) before the
     /// slice is given back to its queue for a later retry.
     pub max_write_attempts: u32,
+    /// `MAX_RUNNING_JOBS`: jobs that hold a running slot at once (Running or Paused); the
+    /// others wait `Queued`.
+    pub max_running_jobs: usize,
 }
 
 impl Default for Tuning {
@@ -73,6 +76,7 @@ impl Default for Tuning {
             write_concurrency: 8,
             default_parallelism: 4,
             max_write_attempts: 12,
+            max_running_jobs: 1,
         }
     }
 }
@@ -88,6 +92,7 @@ impl Tuning {
             write_concurrency: env_or("WRITE_CONCURRENCY", d.write_concurrency)?,
             default_parallelism: env_or("DEFAULT_PARALLELISM", d.default_parallelism)?,
             max_write_attempts: env_or("MAX_WRITE_ATTEMPTS", d.max_write_attempts)?,
+            max_running_jobs: env_or("MAX_RUNNING_JOBS", d.max_running_jobs)?,
         })
     }
 }

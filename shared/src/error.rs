@@ -68,17 +68,31 @@ where
     }
 }
 
-/// Why a create request was refused. Nothing was written when any of these is returned.
+/// Why a request (create, pause, resume, cancel, region) was refused. A refused request
+/// changed nothing; each message says what to do.
 #[derive(Debug, thiserror::Error)]
-pub enum CreateJobError {
+pub enum RequestError {
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
     #[error("Owner resource does not exist: the {role} table {table:?} was not found in {region}. Create it first, then create the job again")]
     TableNotFound { role: &'static str, table: String, region: String },
     #[error("a job named {0:?} already exists; choose another name (job names are never reused)")]
     JobExists(String),
+    #[error("job {0:?} does not exist; `tablecopy list` shows the jobs of this deployment")]
+    JobNotFound(String),
+    /// The job's state does not allow the request; the message names the state.
+    #[error("{0}")]
+    NotAllowed(String),
     #[error(transparent)]
     Aws(#[from] AwsError),
+}
+
+impl RequestError {
+    /// Worth sending again later (throttling, a service hiccup); everything else never
+    /// succeeds as it is.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RequestError::Aws(e) if e.is_retryable())
+    }
 }
 
 /// Errors of the SQS-triggered handlers. Retryable ones leave the message on its queue

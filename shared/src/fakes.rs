@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use crate::error::AwsError;
 use crate::model::{render_key, Cursor, Item, Job, JobName, JobStatus, KeySchema, TableName};
 use crate::queue::{Outbox, QueueKind};
-use crate::store::{Commit, ControlStore, InsertError, SliceCommit, Transition};
+use crate::store::{
+    Applied, Commit, ControlStore, InsertError, JobPage, ListQuery, Scheduler, SliceCommit, Transition,
+};
+use chrono::{DateTime, Utc};
 use crate::tables::{ScanPage, TableInfo, Tables, WriteError};
 
 #[derive(Default)]
@@ -22,28 +25,37 @@ pub struct FakeStore {
 pub struct StoreState {
     pub jobs: BTreeMap<JobName, Job>,
     pub cursors: BTreeMap<(JobName, u32), Cursor>,
-    pub slot: Option<JobName>,
+    pub scheduler: Scheduler,
+    pub region: Option<String>,
     pub writes: u64,
+}
+
+impl StoreState {
+    /// Write `next` if it is the version after the stored one.
+    fn swap_scheduler(&mut self, next: &Scheduler) -> bool {
+        if next.version != self.scheduler.version + 1 {
+            return false;
+        }
+        self.scheduler = next.clone();
+        true
+    }
 }
 
 #[async_trait]
 impl ControlStore for FakeStore {
-    async fn insert_job(&self, job: &Job, cursors: &[Cursor]) -> Result<(), InsertError> {
+    async fn insert_job(&self, job: &Job, cursors: &[Cursor], scheduler: &Scheduler) -> Result<(), InsertError> {
         let mut s = self.state.lock().unwrap();
         if s.jobs.contains_key(&job.name) {
             return Err(InsertError::JobExists);
         }
-        if job.status == JobStatus::Running {
-            if s.slot.is_some() {
-                return Err(InsertError::SlotTaken);
-            }
-            s.slot = Some(job.name.clone());
+        if !s.swap_scheduler(scheduler) {
+            return Err(InsertError::SchedulerChanged);
         }
         s.jobs.insert(job.name.clone(), job.clone());
         for c in cursors {
             s.cursors.insert((job.name.clone(), c.segment), c.clone());
         }
-        s.writes += 1 + cursors.len() as u64;
+        s.writes += 2 + cursors.len() as u64;
         Ok(())
     }
 
@@ -51,8 +63,15 @@ impl ControlStore for FakeStore {
         Ok(self.state.lock().unwrap().jobs.get(name).cloned())
     }
 
-    async fn list_jobs(&self) -> Result<Vec<Job>, AwsError> {
-        Ok(self.state.lock().unwrap().jobs.values().cloned().collect())
+    async fn list_jobs(&self, q: &ListQuery) -> Result<JobPage, AwsError> {
+        let s = self.state.lock().unwrap();
+        let mut jobs: Vec<Job> =
+            s.jobs.values().filter(|j| q.status.is_none_or(|st| j.status == st)).cloned().collect();
+        jobs.sort_by(|a, b| (b.created_at, &b.name).cmp(&(a.created_at, &a.name)));
+        let skip = q.after.as_ref().map_or(0, |a| jobs.iter().position(|j| j.name.as_str() == a).map_or(0, |i| i + 1));
+        let rest: Vec<Job> = jobs.into_iter().skip(skip).collect();
+        let next = (rest.len() > q.limit).then(|| rest[q.limit - 1].name.to_string());
+        Ok(JobPage { jobs: rest.into_iter().take(q.limit).collect(), next })
     }
 
     async fn cursors(&self, name: &JobName) -> Result<Vec<Cursor>, AwsError> {
@@ -62,6 +81,8 @@ impl ControlStore for FakeStore {
 
     async fn commit_slice(&self, name: &JobName, c: &SliceCommit) -> Result<Commit, AwsError> {
         let mut s = self.state.lock().unwrap();
+        let job = &s.jobs[name];
+        let park = !(job.status == JobStatus::Running && job.pending.is_none());
         let cursor = s.cursors.get_mut(&(name.clone(), c.segment)).expect("cursor exists");
         if cursor.seq != c.seq || cursor.done {
             return Ok(Commit::Stale);
@@ -70,6 +91,7 @@ impl ControlStore for FakeStore {
         cursor.last_key = c.next_key.clone();
         cursor.done = c.next_key.is_none();
         cursor.items += c.items;
+        cursor.parked = park;
         let done = cursor.done;
         let job = s.jobs.get_mut(name).expect("job exists");
         job.items_copied += c.items;
@@ -79,22 +101,61 @@ impl ControlStore for FakeStore {
         job.rejected_samples.extend(c.samples.iter().cloned());
         job.updated_at = c.at;
         s.writes += 2;
-        Ok(Commit::Applied)
+        Ok(if park { Commit::Parked } else { Commit::Continued })
     }
 
-    async fn transition(&self, name: &JobName, t: &Transition) -> Result<bool, AwsError> {
+    async fn unpark(&self, name: &JobName, segment: u32, seq: u64) -> Result<bool, AwsError> {
         let mut s = self.state.lock().unwrap();
-        let job = s.jobs.get_mut(name).expect("job exists");
-        if job.status != t.from {
+        let cursor = s.cursors.get_mut(&(name.clone(), segment)).expect("cursor exists");
+        if !(cursor.parked && cursor.seq == seq && !cursor.done) {
             return Ok(false);
         }
+        cursor.parked = false;
+        s.writes += 1;
+        Ok(true)
+    }
+
+    async fn request_stop(
+        &self,
+        name: &JobName,
+        to: JobStatus,
+        replaces: Option<JobStatus>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError> {
+        let mut s = self.state.lock().unwrap();
+        let job = s.jobs.get_mut(name).expect("job exists");
+        if job.status != JobStatus::Running || job.pending != replaces {
+            return Ok(false);
+        }
+        job.pending = Some(to);
+        job.updated_at = at;
+        s.writes += 1;
+        Ok(true)
+    }
+
+    async fn transition(&self, name: &JobName, t: &Transition) -> Result<Applied, AwsError> {
+        let mut s = self.state.lock().unwrap();
+        let job = &s.jobs[name];
+        if job.status != t.from || (t.pending.is_some() && job.pending != t.pending) {
+            return Ok(Applied::JobChanged);
+        }
         assert!(t.from.can_become(t.to), "{} -> {}", t.from, t.to);
+        if let Some(next) = &t.scheduler {
+            if !s.swap_scheduler(next) {
+                return Ok(Applied::SchedulerChanged);
+            }
+        }
+        let job = s.jobs.get_mut(name).expect("job exists");
         job.status = t.to;
         job.updated_at = t.at;
         job.version += 1;
+        job.pending = None;
         job.history.push(crate::model::StatusChange { status: t.to, at: t.at });
         if t.started {
             job.started_at = Some(t.at);
+        }
+        if t.to == JobStatus::Running {
+            job.launched_at = Some(t.at);
         }
         if t.to.is_final() {
             job.completed_at = Some(t.at);
@@ -105,11 +166,25 @@ impl ControlStore for FakeStore {
         if t.error.is_some() {
             job.error = t.error.clone();
         }
-        if t.release_slot && s.slot.as_ref() == Some(name) {
-            s.slot = None;
-        }
-        s.writes += 1;
-        Ok(true)
+        s.writes += 1 + u64::from(t.scheduler.is_some());
+        Ok(Applied::Yes)
+    }
+
+    async fn scheduler(&self) -> Result<Scheduler, AwsError> {
+        Ok(self.state.lock().unwrap().scheduler.clone())
+    }
+
+    async fn write_scheduler(&self, scheduler: &Scheduler) -> Result<bool, AwsError> {
+        Ok(self.state.lock().unwrap().swap_scheduler(scheduler))
+    }
+
+    async fn write_region(&self) -> Result<Option<String>, AwsError> {
+        Ok(self.state.lock().unwrap().region.clone())
+    }
+
+    async fn set_write_region(&self, region: &str, _at: DateTime<Utc>) -> Result<(), AwsError> {
+        self.state.lock().unwrap().region = Some(region.to_string());
+        Ok(())
     }
 }
 

@@ -345,9 +345,25 @@ pub struct Job {
     pub version: u64,
     #[serde(default)]
     pub history: Vec<StatusChange>,
+    /// A pause or cancel request of a `Running` job, waiting for its in-flight slices to be
+    /// checkpointed: `Paused` or `Cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<JobStatus>,
+    /// When the job last started running (created, started from the queue, or resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched_at: Option<DateTime<Utc>>,
 }
 
 impl Job {
+    /// The status as people read it: `Running (pausing)` while a request waits.
+    pub fn status_label(&self) -> String {
+        match (self.status, self.pending) {
+            (JobStatus::Running, Some(JobStatus::Paused)) => "Running (pausing)".into(),
+            (JobStatus::Running, Some(JobStatus::Cancelled)) => "Running (cancelling)".into(),
+            (s, _) => s.to_string(),
+        }
+    }
+
     /// Processed share of the estimate, in percent (100 when completed).
     pub fn percent(&self) -> f64 {
         if self.status == JobStatus::Completed {
@@ -398,11 +414,19 @@ pub struct Cursor {
     pub last_key: Option<Item>,
     pub items: u64,
     pub done: bool,
+    /// No slice of this segment is in flight and none will be sent until the job is launched
+    /// (started or resumed). A new job's cursors start parked.
+    pub parked: bool,
 }
 
 impl Cursor {
     pub fn start(segment: u32) -> Self {
-        Self { segment, seq: 0, last_key: None, items: 0, done: false }
+        Self { segment, seq: 0, last_key: None, items: 0, done: false, parked: true }
+    }
+
+    /// A slice of this segment is in flight (or owed: its follow-up is being sent).
+    pub fn in_flight(&self) -> bool {
+        !self.done && !self.parked
     }
 }
 

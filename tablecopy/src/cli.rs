@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shared::model::OnItemError;
+use shared::model::{JobStatus, OnItemError};
 
 #[derive(Debug, Parser)]
 #[command(name = "tablecopy", version, about = "Managed, resumable copy jobs between DynamoDB tables")]
@@ -44,10 +44,20 @@ pub enum Output {
 pub enum Command {
     /// Create a copy job (it starts at once, or waits Queued while another job runs).
     Create(CreateArgs),
-    /// Show a job: status, progress, rate, bytes, rejected items, times, error.
+    /// Show a job: status, progress, rate, bytes, rejected items, times, error, history.
     Show(JobArg),
-    /// List all jobs, newest first.
-    List,
+    /// List jobs, newest first, a page at a time.
+    List(ListArgs),
+    /// Pause a running job: no new slice starts; it shows Paused once the slices in flight are
+    /// checkpointed. It keeps its running slot.
+    Pause(JobArg),
+    /// Resume a paused job from its stored cursors.
+    Resume(JobArg),
+    /// Cancel a job for good, keeping what was copied; its slot goes to the next queued job.
+    Cancel(JobArg),
+    /// The account's write region: jobs run only in the region they were created in.
+    #[command(subcommand)]
+    Region(RegionCommand),
     /// Follow a job with a progress bar until it reaches a final state.
     Watch(WatchArgs),
     /// Run tablecopy locally (LocalStack, or any endpoint).
@@ -92,6 +102,57 @@ impl From<ItemErrorArg> for OnItemError {
 pub struct JobArg {
     #[arg(long)]
     pub job_name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only jobs in this state.
+    #[arg(long, value_enum)]
+    pub status: Option<StatusArg>,
+    /// Jobs per page.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub limit: u16,
+    /// Continue after the page that printed this token.
+    #[arg(long, conflicts_with = "all")]
+    pub next_token: Option<String>,
+    /// Every page, not just one.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    Queued,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl From<StatusArg> for JobStatus {
+    fn from(a: StatusArg) -> Self {
+        match a {
+            StatusArg::Queued => JobStatus::Queued,
+            StatusArg::Running => JobStatus::Running,
+            StatusArg::Paused => JobStatus::Paused,
+            StatusArg::Completed => JobStatus::Completed,
+            StatusArg::Failed => JobStatus::Failed,
+            StatusArg::Cancelled => JobStatus::Cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionCommand {
+    /// Print the current write region.
+    Show,
+    /// Set the write region. Every incomplete job of another region fails at once
+    /// (WriteRegionChanged) and must be re-created.
+    Set {
+        /// e.g. us-west-2
+        region: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -13,13 +13,14 @@ use aws_config::{BehaviorVersion, Region};
 use chrono::Utc;
 use clap::Parser;
 use shared::config::{Config, Resources, Tuning};
-use shared::handlers::{create_job_invoke, AwsDeps, CreateJobRequest};
+use shared::error::RequestError;
+use shared::handlers::{request, set_write_region, AwsDeps, CreateJobRequest, JobRef, JobRequest};
 use shared::model::JobName;
 use shared::runner::{run, RunnerOptions};
-use shared::store::ControlStore;
+use shared::store::{ControlStore, ListQuery};
 use tokio_util::sync::CancellationToken;
 
-use cli::{Cli, Command, Global, LocalCommand, Output};
+use cli::{Cli, Command, Global, LocalCommand, Output, RegionCommand};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -58,7 +59,12 @@ async fn deps(g: &Global) -> Result<(aws_config::SdkConfig, AwsDeps)> {
     let outputs = shared::stack::outputs(&cfn, &g.stack_name).await?;
     let resources = Resources::from_outputs(&outputs)?;
     let region = sdk.region().expect("checked").to_string();
-    let config = Config { resources, tuning: Tuning::from_env()?, region };
+    let mut tuning = Tuning::from_env()?;
+    // The deployment's setting wins: the functions run with it.
+    if let Some(max) = outputs.get("MaxRunningJobs") {
+        tuning.max_running_jobs = max.parse().with_context(|| format!("stack output MaxRunningJobs={max:?}"))?;
+    }
+    let config = Config { resources, tuning, region };
     let deps = AwsDeps::new(&sdk, config);
     Ok((sdk, deps))
 }
@@ -79,6 +85,12 @@ fn print_job(output: Output, job: &shared::model::Job) -> Result<()> {
     }
 }
 
+/// Pause, resume or cancel, through the same handler create-job's entry point runs.
+async fn job_request(g: &Global, req: JobRequest) -> Result<()> {
+    let (_, deps) = deps(g).await?;
+    print_job(g.output, &request(&deps, req).await?)
+}
+
 async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
     let g = &cli.global;
     match cli.command {
@@ -91,23 +103,64 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                 parallelism: a.parallelism,
                 on_item_error: a.on_item_error.into(),
             };
-            print_job(g.output, &create_job_invoke(&deps, req).await?)?;
+            print_job(g.output, &request(&deps, JobRequest::Create(req)).await?)?;
         }
+        Command::Pause(a) => job_request(g, JobRequest::Pause(JobRef { job_name: a.job_name })).await?,
+        Command::Resume(a) => job_request(g, JobRequest::Resume(JobRef { job_name: a.job_name })).await?,
+        Command::Cancel(a) => job_request(g, JobRequest::Cancel(JobRef { job_name: a.job_name })).await?,
         Command::Show(a) => {
             let (_, deps) = deps(g).await?;
             let name = JobName::parse(a.job_name)?;
-            let Some(job) = deps.store.get_job(&name).await? else { bail!("job {name} not found") };
+            let Some(job) = deps.store.get_job(&name).await? else {
+                bail!(RequestError::JobNotFound(name.to_string()))
+            };
             print_job(g.output, &job)?;
         }
-        Command::List => {
+        Command::List(a) => {
             let (_, deps) = deps(g).await?;
-            let jobs = deps.store.list_jobs().await?;
+            let mut query =
+                ListQuery { status: a.status.map(Into::into), limit: usize::from(a.limit), after: a.next_token };
+            let mut jobs = Vec::new();
+            let next = loop {
+                let page = deps.store.list_jobs(&query).await?;
+                jobs.extend(page.jobs);
+                match page.next {
+                    Some(next) if a.all => query.after = Some(next),
+                    next => break next,
+                }
+            };
             match g.output {
                 Output::Json => {
                     let now = Utc::now();
-                    print_json(&jobs.iter().map(|j| render::JobView::new(j, now)).collect::<Vec<_>>())?
+                    let views: Vec<_> = jobs.iter().map(|j| render::JobView::new(j, now)).collect();
+                    print_json(&serde_json::json!({ "jobs": views, "nextToken": next }))?
                 }
-                Output::Table => print!("{}", render::jobs_table(&jobs)),
+                Output::Table => {
+                    print!("{}", render::jobs_table(&jobs));
+                    if let Some(t) = next {
+                        eprintln!("more jobs: add --next-token {t:?} (or --all)");
+                    }
+                }
+            }
+        }
+        Command::Region(RegionCommand::Show) => {
+            let (_, deps) = deps(g).await?;
+            let set = deps.store.write_region().await?;
+            let region = set.clone().unwrap_or_else(|| deps.config.region.clone());
+            match g.output {
+                Output::Json => print_json(&serde_json::json!({ "writeRegion": region, "default": set.is_none() }))?,
+                Output::Table if set.is_none() => println!("{region} (the deployment's region; never set)"),
+                Output::Table => println!("{region}"),
+            }
+        }
+        Command::Region(RegionCommand::Set { region }) => {
+            let (_, deps) = deps(g).await?;
+            let failed = set_write_region(&deps, &region).await?;
+            match g.output {
+                Output::Json => print_json(&serde_json::json!({ "writeRegion": region, "jobsFailed": failed }))?,
+                Output::Table => println!(
+                    "write region set to {region}; {failed} incomplete job(s) of another region failed (WriteRegionChanged)"
+                ),
             }
         }
         Command::Watch(a) => {

@@ -65,7 +65,7 @@ pub fn job_table(job: &Job, now: DateTime<Utc>) -> String {
     let processed = job.items_copied + job.items_rejected;
     let mut rows: Vec<(&str, String)> = vec![
         ("Job", job.name.to_string()),
-        ("Status", job.status.to_string()),
+        ("Status", job.status_label()),
         ("Source", format!("{}  [key: {}]", job.spec.source, job.spec.source_key)),
         ("Target", format!("{}  [key: {}]", job.spec.target, job.spec.target_key)),
         (
@@ -96,19 +96,23 @@ pub fn job_table(job: &Job, now: DateTime<Utc>) -> String {
         ("Error code", job.error.as_ref().map(|e| e.code.clone()).unwrap_or_else(|| "-".into())),
         ("Error message", job.error.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| "-".into())),
     ]);
+    rows.push(("History", String::new()));
+    for h in &job.history {
+        rows.push(("", format!("{}  {}", time(Some(h.at)), h.status)));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}").trim_end().to_string() + "\n").collect()
 }
 
 /// The `list` table.
 pub fn jobs_table(jobs: &[Job]) -> String {
     let mut out =
-        format!("{:<24} {:<10} {:<45} {:>7}  {}\n", "NAME", "STATUS", "SOURCE -> TARGET", "PERCENT", "CREATED");
+        format!("{:<24} {:<20} {:<45} {:>7}  {}\n", "NAME", "STATUS", "SOURCE -> TARGET", "PERCENT", "CREATED");
     for j in jobs {
         out.push_str(&format!(
-            "{:<24} {:<10} {:<45} {:>6.1}%  {}\n",
+            "{:<24} {:<20} {:<45} {:>6.1}%  {}\n",
             j.name.as_str(),
-            j.status.as_str(),
+            j.status_label(),
             format!("{} -> {}", j.spec.source, j.spec.target),
             j.percent(),
             time(Some(j.created_at))

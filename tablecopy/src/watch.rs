@@ -15,7 +15,7 @@ pub async fn watch<S: ControlStore>(store: &S, name: &JobName, interval_ms: u64,
     let bar = if tty { ProgressBar::new(0) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} {msg:10} [{elapsed_precise}] [{bar:40.cyan/blue}] {human_pos}/~{human_len} items  {rate}  ETA {eta}",
+            "{spinner} {msg:17} [{elapsed_precise}] [{bar:40.cyan/blue}] {human_pos}/~{human_len} items  {rate}  ETA {eta}",
         )
         .expect("valid template")
         .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
@@ -29,11 +29,11 @@ pub async fn watch<S: ControlStore>(store: &S, name: &JobName, interval_ms: u64,
         let done = job.items_copied + job.items_rejected;
         bar.set_length(job.estimated_total.max(done));
         bar.set_position(done);
-        bar.set_message(job.status.to_string());
+        bar.set_message(job.status_label());
         if !tty && (last_line.elapsed() >= Duration::from_secs(3) || job.status.is_final()) {
             eprintln!(
                 "{name}: {} {} / ~{} items ({:.1}%)",
-                job.status,
+                job.status_label(),
                 thousands(done),
                 thousands(job.estimated_total),
                 job.percent()

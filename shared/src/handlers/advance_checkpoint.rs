@@ -1,32 +1,42 @@
 use chrono::Utc;
 
 use super::create_job::slice_message;
-use crate::config::Tuning;
+use super::lifecycle::{current_region, enforce_region, settle};
+use super::Deps;
 use crate::error::HandlerError;
 use crate::messages::{encode, ChunkResult, Finalize, VERSION};
-use crate::model::{Cursor, Item, Job, JobStatus, OnItemError, MAX_REJECTED_SAMPLES};
+use crate::model::{Cursor, Item, Job, OnItemError, MAX_REJECTED_SAMPLES};
 use crate::queue::{Outbox, QueueKind};
 use crate::store::{Commit, ControlStore, SliceCommit};
 
 /// Commit a slice's result on its cursor and the job's counters exactly once, then send what
-/// comes next: the segment's next slice, or finalize when the job is done or must fail.
+/// comes next: the segment's next slice, finalize when the job is done or must fail, or
+/// nothing when the job is pausing or cancelling (the cursor parks, and the last one to park
+/// settles the request).
 ///
-/// A duplicate or stale result changes no state. If it is a duplicate of the slice committed
-/// last, the follow-up message is sent again: the first delivery may have died between its
-/// commit and its send, and a repeated follow-up is harmless (its own result would be stale).
-pub async fn advance_checkpoint<S: ControlStore + ?Sized, Q: Outbox + ?Sized>(
-    store: &S,
-    outbox: &Q,
-    tuning: &Tuning,
+/// A stale result changes no state and sends nothing. The one exception is a result that was
+/// delivered before (`attempt` > 1) and is the segment's last committed one: the earlier
+/// delivery may have died between its commit and its send, so the follow-up is sent again.
+/// A first delivery of a duplicate (two copies of one slice were sent, e.g. by a repeated
+/// launch) is dropped, so duplicates die out after one slice.
+pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
     msg: ChunkResult,
+    attempt: u32,
 ) -> Result<(), HandlerError> {
+    let store = &deps.store;
     let job = store.get_job(&msg.job).await?.ok_or_else(|| HandlerError::JobNotFound(msg.job.to_string()))?;
+    let region = current_region(deps).await?;
+    if job.write_region != region && !job.status.is_final() {
+        // The job fails now; the slice is still committed below (it parks).
+        enforce_region(deps, &region).await?;
+    }
 
     if let Some(fatal) = msg.fatal {
         if !job.status.is_final() {
             tracing::error!(code = %fatal.code, message = %fatal.message, "slice failed; failing the job");
             let f = Finalize { v: VERSION, job: msg.job, failure: Some(fatal) };
-            outbox.send(QueueKind::Finalize, vec![encode(&f)]).await?;
+            deps.outbox.send(QueueKind::Finalize, vec![encode(&f)]).await?;
         }
         return Ok(());
     }
@@ -42,8 +52,8 @@ pub async fn advance_checkpoint<S: ControlStore + ?Sized, Q: Outbox + ?Sized>(
         samples: msg.rejected_samples.into_iter().take(room).collect(),
         at: Utc::now(),
     };
-    let (cursor, rejected_total) = match store.commit_slice(&msg.job, &commit).await? {
-        Commit::Applied => {
+    match store.commit_slice(&msg.job, &commit).await? {
+        Commit::Continued => {
             tracing::info!(items = commit.items, rejected = commit.rejected, "checkpoint advanced");
             let cursor = Cursor {
                 segment: msg.segment,
@@ -51,54 +61,64 @@ pub async fn advance_checkpoint<S: ControlStore + ?Sized, Q: Outbox + ?Sized>(
                 done: commit.next_key.is_none(),
                 last_key: commit.next_key,
                 items: 0,
+                parked: false,
             };
-            (cursor, job.items_rejected + commit.rejected)
+            follow_up(deps, &job, &cursor, job.items_rejected + commit.rejected).await
         }
-        Commit::Stale => {
+        Commit::Parked => {
+            tracing::info!(items = commit.items, status = %job.status, "checkpoint advanced; segment parked");
+            Ok(settle(deps, &msg.job).await?)
+        }
+        Commit::Stale if attempt > 1 => {
             let cursor = store.cursors(&msg.job).await?.into_iter().find(|c| c.segment == msg.segment);
             match cursor {
+                Some(c) if c.seq == msg.seq + 1 && c.parked => Ok(settle(deps, &msg.job).await?),
                 Some(c) if c.seq == msg.seq + 1 => {
-                    tracing::info!("duplicate of the last committed slice; sending its follow-up again");
-                    (c, job.items_rejected)
+                    tracing::info!(attempt, "redelivery of the last committed slice; sending its follow-up again");
+                    follow_up(deps, &job, &c, job.items_rejected).await
                 }
                 _ => {
-                    tracing::info!("stale slice result ignored");
-                    return Ok(());
+                    tracing::info!(attempt, "stale slice result ignored");
+                    Ok(())
                 }
             }
         }
-    };
-    follow_up(store, outbox, tuning, &job, &cursor, rejected_total).await
+        Commit::Stale => {
+            tracing::info!("stale or duplicate slice result ignored");
+            Ok(())
+        }
+    }
 }
 
-async fn follow_up<S: ControlStore + ?Sized, Q: Outbox + ?Sized>(
-    store: &S,
-    outbox: &Q,
-    tuning: &Tuning,
+/// What an unparked cursor owes: its next slice, or, when its segment is done, finalize if it
+/// was the last one. A cursor left unparked always gets its message, even if the job began
+/// pausing meanwhile (that slice's commit will park it).
+async fn follow_up<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
     job: &Job,
     cursor: &Cursor,
     rejected_total: u64,
 ) -> Result<(), HandlerError> {
-    if job.status != JobStatus::Running {
-        tracing::info!(status = %job.status, "job is not running; no further slice");
+    if job.status.is_final() {
+        tracing::info!(status = %job.status, "job is final; no further slice");
         return Ok(());
     }
     let finalize = || encode(&Finalize { v: VERSION, job: job.name.clone(), failure: None });
     if rejected_total > 0 && job.spec.on_item_error == OnItemError::Fail {
         tracing::warn!(rejected = rejected_total, "items rejected; the job will fail");
-        outbox.send(QueueKind::Finalize, vec![finalize()]).await?;
+        deps.outbox.send(QueueKind::Finalize, vec![finalize()]).await?;
         return Ok(());
     }
     if !cursor.done {
-        let next = slice_message(job, cursor.segment, cursor.seq, cursor.last_key.clone(), tuning.slice);
-        outbox.send(QueueKind::CopyChunk, vec![encode(&next)]).await?;
+        let next = slice_message(job, cursor.segment, cursor.seq, cursor.last_key.clone(), deps.config.tuning.slice);
+        deps.outbox.send(QueueKind::CopyChunk, vec![encode(&next)]).await?;
         return Ok(());
     }
     // The segment is done: the last one to finish sends finalize.
-    let now = store.get_job(&job.name).await?.ok_or_else(|| HandlerError::JobNotFound(job.name.to_string()))?;
+    let now = deps.store.get_job(&job.name).await?.ok_or_else(|| HandlerError::JobNotFound(job.name.to_string()))?;
     tracing::info!(segments_done = now.segments_done, of = now.spec.parallelism, "segment done");
     if now.segments_done >= now.spec.parallelism {
-        outbox.send(QueueKind::Finalize, vec![finalize()]).await?;
+        deps.outbox.send(QueueKind::Finalize, vec![finalize()]).await?;
     }
     Ok(())
 }

@@ -1,20 +1,21 @@
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::lifecycle::{current_region, enforce_region, schedule};
 use super::Deps;
-use crate::error::CreateJobError;
-use crate::messages::{encode, CopyChunk, VERSION};
+use crate::error::RequestError;
+use crate::messages::{CopyChunk, SliceLimits, VERSION};
 use crate::model::{
-    Cursor, InvalidInput, Job, JobError, JobName, JobSpec, JobStatus, OnItemError, StatusChange, TableName,
+    Cursor, InvalidInput, Item, Job, JobName, JobSpec, JobStatus, OnItemError, StatusChange, TableName,
     MAX_PARALLELISM,
 };
-use crate::queue::{Outbox, QueueKind};
-use crate::store::{ControlStore, InsertError, Transition};
+use crate::queue::Outbox;
+use crate::store::{conflict_pause, ControlStore, Entry, InsertError};
 use crate::tables::Tables;
 
-/// A request to create a copy job: the CLI's call and a direct invoke payload.
+/// A request to create a copy job: the CLI's call, a direct invoke payload, an event's detail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateJobRequest {
     pub job_name: String,
     pub source_table: String,
@@ -26,12 +27,13 @@ pub struct CreateJobRequest {
     pub on_item_error: OnItemError,
 }
 
-/// Validate everything, then record the job with one cursor per segment and, if the running
-/// slot is free, start it. Nothing is written when an error is returned before the job exists.
+/// Validate everything, then record the job `Queued` (at the end of the queue, with one
+/// parked cursor per segment) and let the scheduler start the oldest queued job if a running
+/// slot is free. Nothing is written when validation fails.
 pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     req: CreateJobRequest,
-) -> Result<Job, CreateJobError> {
+) -> Result<Job, RequestError> {
     let name = JobName::parse(req.job_name)?;
     let source = TableName::parse(req.source_table)?;
     let target = TableName::parse(req.target_table)?;
@@ -47,20 +49,21 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
             InvalidInput(format!("parallelism {parallelism} is out of range: use 1 to {MAX_PARALLELISM}")).into()
         );
     }
-    let region = deps.config.region.clone();
-    let not_found = |role, table: &TableName| CreateJobError::TableNotFound {
+    let not_found = |role, table: &TableName| RequestError::TableNotFound {
         role,
         table: table.to_string(),
-        region: region.clone(),
+        region: deps.config.region.clone(),
     };
     let source_info = deps.tables.describe(&source).await?.ok_or_else(|| not_found("source", &source))?;
     let target_info = deps.tables.describe(&target).await?.ok_or_else(|| not_found("target", &target))?;
     if deps.store.get_job(&name).await?.is_some() {
-        return Err(CreateJobError::JobExists(name.to_string()));
+        return Err(RequestError::JobExists(name.to_string()));
     }
+    let region = current_region(deps).await?;
+    enforce_region(deps, &region).await?;
 
     let now = Utc::now();
-    let mut job = Job {
+    let job = Job {
         name: name.clone(),
         spec: JobSpec {
             source,
@@ -70,7 +73,7 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
             source_key: source_info.key,
             target_key: target_info.key,
         },
-        status: JobStatus::Running,
+        status: JobStatus::Queued,
         write_region: region.clone(),
         estimated_total: source_info.item_count,
         items_copied: 0,
@@ -79,69 +82,47 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
         rejected_samples: vec![],
         segments_done: 0,
         created_at: now,
-        started_at: Some(now),
+        started_at: None,
         updated_at: now,
         completed_at: None,
         duration_ms: None,
         error: None,
         version: 0,
-        history: vec![
-            StatusChange { status: JobStatus::Queued, at: now },
-            StatusChange { status: JobStatus::Running, at: now },
-        ],
+        history: vec![StatusChange { status: JobStatus::Queued, at: now }],
+        pending: None,
+        launched_at: None,
     };
     let cursors: Vec<Cursor> = (0..parallelism).map(Cursor::start).collect();
-    match deps.store.insert_job(&job, &cursors).await {
-        Ok(()) => {}
-        Err(InsertError::SlotTaken) => {
-            // Another job runs: this one waits its turn.
-            job.status = JobStatus::Queued;
-            job.started_at = None;
-            job.history.truncate(1);
-            match deps.store.insert_job(&job, &cursors).await {
-                Ok(()) => {
-                    tracing::info!(status = %job.status, "job created; it waits for the running job");
-                    return Ok(job);
-                }
-                Err(InsertError::JobExists) => return Err(CreateJobError::JobExists(name.to_string())),
-                Err(InsertError::SlotTaken) => unreachable!("a queued job takes no slot"),
-                Err(InsertError::Aws(e)) => return Err(e.into()),
-            }
+    for attempt in 1.. {
+        let mut next = deps.store.scheduler().await?.next();
+        next.queued.push(Entry { job: name.clone(), region: region.clone() });
+        match deps.store.insert_job(&job, &cursors, &next).await {
+            Ok(()) => break,
+            Err(InsertError::SchedulerChanged) => conflict_pause(attempt).await,
+            Err(InsertError::JobExists) => return Err(RequestError::JobExists(name.to_string())),
+            Err(InsertError::Aws(e)) => return Err(e.into()),
         }
-        Err(InsertError::JobExists) => return Err(CreateJobError::JobExists(name.to_string())),
-        Err(InsertError::Aws(e)) => return Err(e.into()),
     }
-
-    let first_slices: Vec<String> = (0..parallelism).map(|segment| encode(&first_slice(deps, &job, segment))).collect();
-    if let Err(e) = deps.outbox.send(QueueKind::CopyChunk, first_slices).await {
-        // Without its first messages the job would never move: fail it, with the reason.
-        let failed = Transition {
-            from: JobStatus::Running,
-            to: JobStatus::Failed,
-            at: Utc::now(),
-            error: Some(JobError { code: "StartFailed".into(), message: format!("could not start the job: {e}") }),
-            started: false,
-            duration_ms: Some(0),
-            release_slot: true,
-        };
-        deps.store.transition(&name, &failed).await?;
-        return Err(e.into());
+    tracing::info!(segments = parallelism, estimated_total = job.estimated_total, "job recorded");
+    if let Err(e) = schedule(deps).await {
+        // The job exists and waits; the next job event (or `resume`) starts it.
+        return Err(RequestError::NotAllowed(format!(
+            "job {:?} was recorded but could not be started yet ({e}); run `tablecopy resume --job-name {name}` to try again",
+            name.as_str()
+        )));
     }
-    tracing::info!(status = %job.status, segments = parallelism, estimated_total = job.estimated_total, "job created and started");
+    let job = deps.store.get_job(&name).await?.ok_or_else(|| RequestError::JobNotFound(name.to_string()))?;
+    tracing::info!(status = %job.status, "job created");
     Ok(job)
 }
 
-/// The copy-chunk message of a segment's first slice.
-pub(crate) fn first_slice<S, Q, T>(deps: &Deps<S, Q, T>, job: &Job, segment: u32) -> CopyChunk {
-    slice_message(job, segment, 0, None, deps.config.tuning.slice)
-}
-
+/// The copy-chunk message of a segment's slice `seq`, starting after `start_key`.
 pub(crate) fn slice_message(
     job: &Job,
     segment: u32,
     seq: u64,
-    start_key: Option<crate::model::Item>,
-    limits: crate::messages::SliceLimits,
+    start_key: Option<Item>,
+    limits: SliceLimits,
 ) -> CopyChunk {
     CopyChunk {
         v: VERSION,

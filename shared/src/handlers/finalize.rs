@@ -1,17 +1,22 @@
-use chrono::Utc;
-
+use super::lifecycle::{current_region, move_job, schedule};
+use super::Deps;
 use crate::error::HandlerError;
 use crate::messages::Finalize;
 use crate::model::{JobError, JobStatus, OnItemError};
-use crate::store::{ControlStore, Transition};
+use crate::queue::Outbox;
+use crate::store::ControlStore;
 
 /// Move the job to its final state: `Failed` with the reason it was given or that its counters
-/// show, else `Completed` once every segment is done and the counts agree. A premature or
-/// duplicate finalize changes nothing.
-pub async fn finalize<S: ControlStore + ?Sized>(store: &S, msg: Finalize) -> Result<(), HandlerError> {
+/// show, else `Completed` once every segment is done and the counts agree. Then start the next
+/// queued job. A premature or duplicate finalize changes nothing (but still lets the
+/// scheduler look for a queued job, which makes it a safe nudge).
+pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: Finalize) -> Result<(), HandlerError> {
+    let store = &deps.store;
     let job = store.get_job(&msg.job).await?.ok_or_else(|| HandlerError::JobNotFound(msg.job.to_string()))?;
-    if job.status.is_final() {
-        tracing::info!(status = %job.status, "job already final; nothing to do");
+    let region = current_region(deps).await?;
+    if job.status.is_final() || job.write_region != region {
+        tracing::info!(status = %job.status, "job already final (or of another write region); nothing to finalize");
+        schedule(deps).await?;
         return Ok(());
     }
     let failure = if let Some(f) = msg.failure {
@@ -38,29 +43,15 @@ pub async fn finalize<S: ControlStore + ?Sized>(store: &S, msg: Finalize) -> Res
             ),
         })
     };
-    let now = Utc::now();
     let to = if failure.is_some() { JobStatus::Failed } else { JobStatus::Completed };
-    let t = Transition {
-        from: job.status,
-        to,
-        at: now,
-        error: failure,
-        started: false,
-        duration_ms: job.started_at.map(|s| (now - s).num_milliseconds().max(0) as u64),
-        release_slot: matches!(job.status, JobStatus::Running | JobStatus::Paused),
-    };
-    if store.transition(&msg.job, &t).await? {
-        match &t.error {
-            None => tracing::info!(
-                items = job.items_copied,
-                bytes = job.bytes_copied,
-                duration_ms = t.duration_ms,
-                "job completed"
-            ),
+    if move_job(deps, &job, to, failure.clone(), None).await? {
+        match &failure {
+            None => tracing::info!(items = job.items_copied, bytes = job.bytes_copied, "job completed"),
             Some(e) => tracing::error!(code = %e.code, message = %e.message, "job failed"),
         }
     } else {
         tracing::info!("job changed state meanwhile; nothing to do");
     }
+    schedule(deps).await?;
     Ok(())
 }

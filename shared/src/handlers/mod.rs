@@ -5,19 +5,24 @@ mod advance_checkpoint;
 mod copy_chunk;
 mod create_job;
 mod finalize;
+pub mod lifecycle;
+mod requests;
 mod sqs;
 
 pub use advance_checkpoint::advance_checkpoint;
 pub use copy_chunk::copy_chunk;
 pub use create_job::{create_job, CreateJobRequest};
 pub use finalize::finalize;
+pub use requests::{
+    cancel_job, handle_request, parse_region, pause_job, resume_job, set_write_region, JobRef, JobRequest, REQUEST_KINDS,
+};
 pub use sqs::process_batch;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use tracing::Instrument;
 
 use crate::config::{Config, ConfigError};
-use crate::error::CreateJobError;
+use crate::error::RequestError;
 use crate::messages::{ChunkResult, CopyChunk, Finalize};
 use crate::model::Job;
 use crate::queue::{Outbox, SqsOutbox};
@@ -54,13 +59,25 @@ impl AwsDeps {
     }
 }
 
-/// create-job's entry point for a direct invoke.
+/// create-job's entry point for a request the CLI built.
+pub async fn request<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    request: JobRequest,
+) -> Result<Job, RequestError> {
+    let span = tracing::info_span!("create_job", job = %request.job_name(), segment = tracing::field::Empty, seq = tracing::field::Empty);
+    handle_request(deps, request).instrument(span).await
+}
+
+/// create-job's Lambda entry point: a direct invoke payload or an EventBridge event, read by
+/// the one parser. Returns the job as JSON.
 pub async fn create_job_invoke<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
-    request: CreateJobRequest,
-) -> Result<Job, CreateJobError> {
-    let span = tracing::info_span!("create_job", job = %request.job_name, segment = tracing::field::Empty, seq = tracing::field::Empty);
-    create_job(deps, request).instrument(span).await
+    payload: serde_json::Value,
+) -> Result<serde_json::Value, RequestError> {
+    let job = request(deps, JobRequest::parse(payload)?).await.inspect_err(|e| {
+        tracing::error!(error = %e, retryable = e.is_retryable(), "request refused");
+    })?;
+    Ok(serde_json::to_value(&job).expect("jobs serialize"))
 }
 
 /// copy-chunk's entry point: an SQS batch of [`CopyChunk`] messages.
@@ -68,7 +85,7 @@ pub async fn copy_chunk_batch<S, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    Ok(process_batch(event, |msg: CopyChunk| {
+    Ok(process_batch(event, |msg: CopyChunk, _attempt| {
         let span = tracing::info_span!("copy_chunk", job = %msg.job, segment = msg.segment, seq = msg.seq);
         copy_chunk(&deps.tables, &deps.outbox, &deps.config.tuning, msg).instrument(span)
     })
@@ -80,21 +97,21 @@ pub async fn advance_checkpoint_batch<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    Ok(process_batch(event, |msg: ChunkResult| {
+    Ok(process_batch(event, |msg: ChunkResult, attempt| {
         let span = tracing::info_span!("advance_checkpoint", job = %msg.job, segment = msg.segment, seq = msg.seq);
-        advance_checkpoint(&deps.store, &deps.outbox, &deps.config.tuning, msg).instrument(span)
+        advance_checkpoint(deps, msg, attempt).instrument(span)
     })
     .await)
 }
 
 /// finalize's entry point: an SQS batch of [`Finalize`] messages.
-pub async fn finalize_batch<S: ControlStore, Q, T>(
+pub async fn finalize_batch<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    Ok(process_batch(event, |msg: Finalize| {
+    Ok(process_batch(event, |msg: Finalize, _attempt| {
         let span = tracing::info_span!("finalize", job = %msg.job, segment = tracing::field::Empty, seq = tracing::field::Empty);
-        finalize(&deps.store, msg).instrument(span)
+        finalize(deps, msg).instrument(span)
     })
     .await)
 }

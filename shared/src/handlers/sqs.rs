@@ -10,14 +10,15 @@ use serde::de::DeserializeOwned;
 use crate::error::HandlerError;
 use crate::messages::decode;
 
-/// Handle every record of `event` concurrently. A record whose body cannot be read, or whose
+/// Handle every record of `event` concurrently; the handler gets the message and how many
+/// times it has been received. A record whose body cannot be read, or whose
 /// handler failed with a retryable error, is reported as a batch item failure: it returns to
 /// its queue and, after the queue's maxReceiveCount, to its DLQ. A permanent handler error is
 /// logged and the record acknowledged, so it does not loop.
 pub async fn process_batch<M, F, Fut>(event: SqsEvent, handler: F) -> SqsBatchResponse
 where
     M: DeserializeOwned,
-    F: Fn(M) -> Fut,
+    F: Fn(M, u32) -> Fut,
     Fut: Future<Output = Result<(), HandlerError>>,
 {
     let outcomes = join_all(event.records.into_iter().map(|record| handle_record(record, &handler))).await;
@@ -32,7 +33,7 @@ where
 async fn handle_record<M, F, Fut>(record: SqsMessage, handler: &F) -> Option<String>
 where
     M: DeserializeOwned,
-    F: Fn(M) -> Fut,
+    F: Fn(M, u32) -> Fut,
     Fut: Future<Output = Result<(), HandlerError>>,
 {
     let id = record.message_id.clone().unwrap_or_default();
@@ -43,7 +44,9 @@ where
             return Some(id);
         }
     };
-    match handler(msg).await {
+    // Lambda and the local runner both pass SQS's ApproximateReceiveCount: 1 on a first delivery.
+    let attempt = record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
+    match handler(msg, attempt).await {
         Ok(()) => None,
         Err(e) if e.is_retryable() => {
             tracing::warn!(message_id = %id, error = %e, "retryable failure; the message returns to its queue");

@@ -74,31 +74,39 @@ fn request(name: &str, parallelism: u32, on_item_error: OnItemError) -> CreateJo
     }
 }
 
+/// Deliver a message for the first time.
 async fn deliver(d: &FakeDeps, kind: QueueKind, body: &str) {
+    deliver_nth(d, kind, body, 1).await
+}
+
+/// Deliver a message that SQS has delivered `attempt - 1` times before.
+async fn deliver_nth(d: &FakeDeps, kind: QueueKind, body: &str, attempt: u32) {
     let r = match kind {
         QueueKind::CopyChunk => copy_chunk(&d.tables, &d.outbox, &d.config.tuning, decode(body).unwrap()).await,
-        QueueKind::Checkpoint => advance_checkpoint(&d.store, &d.outbox, &d.config.tuning, decode(body).unwrap()).await,
-        QueueKind::Finalize => finalize(&d.store, decode(body).unwrap()).await,
+        QueueKind::Checkpoint => advance_checkpoint(d, decode(body).unwrap(), attempt).await,
+        QueueKind::Finalize => finalize(d, decode(body).unwrap()).await,
     };
     r.unwrap();
 }
 
 /// Deliver queued messages until none is left. Each round's messages are shuffled (SQS is not
-/// FIFO) and, with `duplicate`, every message is delivered twice (at-least-once).
+/// FIFO) and, with `duplicate`, every message is delivered twice (at-least-once; the second
+/// delivery has receive count 2).
 async fn drain(d: &FakeDeps, seed: u64, duplicate: bool) -> usize {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut delivered = 0;
     loop {
-        let mut batch = d.outbox.take();
+        let mut batch: Vec<(QueueKind, String, u32)> = d.outbox.take().into_iter().map(|(k, b)| (k, b, 1)).collect();
         if batch.is_empty() {
             return delivered;
         }
         if duplicate {
-            batch.extend(batch.clone());
+            let again: Vec<_> = batch.iter().map(|(k, b, _)| (*k, b.clone(), 2)).collect();
+            batch.extend(again);
         }
         batch.shuffle(&mut rng);
-        for (kind, body) in batch {
-            deliver(d, kind, &body).await;
+        for (kind, body, attempt) in batch {
+            deliver_nth(d, kind, &body, attempt).await;
             delivered += 1;
         }
     }
@@ -137,7 +145,7 @@ async fn a_job_copies_every_item_and_completes() {
     let states: Vec<JobStatus> = j.history.iter().map(|h| h.status).collect();
     assert_eq!(states, [JobStatus::Queued, JobStatus::Running, JobStatus::Completed]);
     assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
-    assert!(d.store.state.lock().unwrap().slot.is_none(), "the running slot is released");
+    assert_eq!(d.store.state.lock().unwrap().scheduler.running, [], "the running slot is released");
 }
 
 #[tokio::test]
@@ -180,8 +188,14 @@ async fn a_stale_result_changes_nothing_and_sends_nothing() {
     assert_eq!(before.writes, after.writes, "no control-table write");
     assert!(d.outbox.take().is_empty());
 
-    // Result 1 again (the last committed one): state unchanged, its follow-up sent again.
+    // A first delivery of a copy of result 1 (the last committed one; e.g. two copies of the
+    // slice were sent): dropped, so duplicates die out.
     deliver(&d, QueueKind::Checkpoint, &result1).await;
+    assert!(d.outbox.take().is_empty());
+
+    // Result 1 delivered again by SQS (its first receiver may have died between the commit
+    // and the send): state unchanged, its follow-up sent again.
+    deliver_nth(&d, QueueKind::Checkpoint, &result1, 2).await;
     let again = d.store.state.lock().unwrap().clone();
     assert_eq!(before.jobs, again.jobs);
     assert_eq!(before.cursors, again.cursors);
@@ -204,7 +218,7 @@ async fn items_that_do_not_fit_the_target_key_fail_the_job_by_default() {
     assert!(e.message.contains("o-00"), "names sample keys: {}", e.message);
     assert!(e.message.contains("--on-item-error skip"), "{}", e.message);
     assert!(j.items_rejected >= 1);
-    assert!(d.store.state.lock().unwrap().slot.is_none());
+    assert_eq!(d.store.state.lock().unwrap().scheduler.running, []);
 }
 
 #[tokio::test]
@@ -264,7 +278,9 @@ async fn a_second_job_waits_queued_while_one_runs() {
     assert_eq!(second.started_at, None);
     assert!(d.outbox.take().is_empty(), "a queued job sends nothing");
     assert_eq!(d.store.cursors(&second.name).await.unwrap().len(), 2, "its cursors exist");
-    assert_eq!(d.store.state.lock().unwrap().slot.as_ref().map(JobName::as_str), Some("first"));
+    let sched = d.store.state.lock().unwrap().scheduler.clone();
+    assert_eq!(sched.running.iter().map(|e| e.job.as_str()).collect::<Vec<_>>(), ["first"]);
+    assert_eq!(sched.queued.iter().map(|e| e.job.as_str()).collect::<Vec<_>>(), ["second"]);
 }
 
 #[tokio::test]
@@ -318,14 +334,21 @@ async fn finalize_before_the_end_or_after_it_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_job_that_cannot_send_its_first_slices_fails_and_frees_the_slot() {
+async fn a_job_that_cannot_send_its_first_slices_says_so_and_resume_launches_it() {
     let d = world(10, &[]);
     d.outbox.broken.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(create_job(&d, request("nostart", 2, OnItemError::Fail)).await.is_err());
+    let err = create_job(&d, request("nostart", 2, OnItemError::Fail)).await.unwrap_err().to_string();
+    assert!(err.contains("could not be started yet") && err.contains("tablecopy resume"), "{err}");
     let j = job(&d, "nostart");
-    assert_eq!(j.status, JobStatus::Failed);
-    assert_eq!(j.error.unwrap().code, "StartFailed");
-    assert!(d.store.state.lock().unwrap().slot.is_none());
+    assert_eq!(j.status, JobStatus::Running);
+    assert!(d.store.cursors(&j.name).await.unwrap().iter().all(|c| c.parked), "nothing in flight");
+
+    d.outbox.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    let resumed = resume_job(&d, &j.name).await.unwrap();
+    assert_eq!(resumed.status, JobStatus::Running);
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "nostart").status, JobStatus::Completed);
+    assert_eq!(d.tables.items("dst").len(), 10);
 }
 
 #[tokio::test]

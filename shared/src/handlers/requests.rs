@@ -1,0 +1,280 @@
+//! create-job's requests: create, pause, resume, cancel. One parser reads them from every
+//! source (the CLI builds them directly; a direct Lambda invoke sends the JSON body; an
+//! EventBridge event carries it as its `detail`), so every source gets the same validation
+//! and the same errors.
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::create_job::{create_job, CreateJobRequest};
+use super::lifecycle::{current_region, enforce_region, launch, move_job, schedule, settle};
+use super::Deps;
+use crate::error::RequestError;
+use crate::model::{InvalidInput, Job, JobName, JobStatus};
+use crate::queue::Outbox;
+use crate::store::{conflict_pause, ControlStore};
+use crate::tables::Tables;
+
+/// A request naming an existing job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobRef {
+    pub job_name: String,
+}
+
+/// Everything create-job's entry point accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobRequest {
+    Create(CreateJobRequest),
+    Pause(JobRef),
+    Resume(JobRef),
+    Cancel(JobRef),
+}
+
+/// EventBridge `detail-type` of each request, and the `action` of a direct invoke payload.
+pub const REQUEST_KINDS: [(&str, &str); 4] = [
+    ("tablecopy.CreateJob", "create"),
+    ("tablecopy.PauseJob", "pause"),
+    ("tablecopy.ResumeJob", "resume"),
+    ("tablecopy.CancelJob", "cancel"),
+];
+
+impl JobRequest {
+    /// Read a request from a direct invoke payload (`{"action": "pause", "jobName": ...}`;
+    /// without `action` it is a create) or from an EventBridge event whose `detail-type` is
+    /// one of [`REQUEST_KINDS`] and whose `detail` is the same body.
+    pub fn parse(payload: Value) -> Result<Self, InvalidInput> {
+        if payload.get("detail-type").is_some() {
+            let event: EventBridgeEvent<Value> = serde_json::from_value(payload)
+                .map_err(|e| InvalidInput(format!("invalid EventBridge event: {e}")))?;
+            let action = REQUEST_KINDS.iter().find(|(t, _)| *t == event.detail_type).map(|(_, a)| *a).ok_or_else(|| {
+                InvalidInput(format!(
+                    "unknown detail-type {:?}: use one of {}",
+                    event.detail_type,
+                    REQUEST_KINDS.map(|(t, _)| t).join(", ")
+                ))
+            })?;
+            return Self::from_body(action, event.detail);
+        }
+        let mut body = payload;
+        let action = match body.as_object_mut().and_then(|o| o.remove("action")) {
+            None => "create".to_string(),
+            Some(Value::String(a)) => a,
+            Some(other) => return Err(InvalidInput(format!("\"action\" must be a string, found {other}"))),
+        };
+        Self::from_body(&action, body)
+    }
+
+    fn from_body(action: &str, body: Value) -> Result<Self, InvalidInput> {
+        let invalid = |e: serde_json::Error| InvalidInput(format!("invalid {action} request: {e}"));
+        Ok(match action {
+            "create" => JobRequest::Create(serde_json::from_value(body).map_err(invalid)?),
+            "pause" => JobRequest::Pause(serde_json::from_value(body).map_err(invalid)?),
+            "resume" => JobRequest::Resume(serde_json::from_value(body).map_err(invalid)?),
+            "cancel" => JobRequest::Cancel(serde_json::from_value(body).map_err(invalid)?),
+            other => {
+                return Err(InvalidInput(format!(
+                    "unknown action {other:?}: use one of {}",
+                    REQUEST_KINDS.map(|(_, a)| a).join(", ")
+                )))
+            }
+        })
+    }
+
+    pub fn job_name(&self) -> &str {
+        match self {
+            JobRequest::Create(r) => &r.job_name,
+            JobRequest::Pause(r) | JobRequest::Resume(r) | JobRequest::Cancel(r) => &r.job_name,
+        }
+    }
+}
+
+/// Carry out a request; the job as it is afterwards.
+pub async fn handle_request<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    request: JobRequest,
+) -> Result<Job, RequestError> {
+    match request {
+        JobRequest::Create(r) => create_job(deps, r).await,
+        JobRequest::Pause(r) => pause_job(deps, &JobName::parse(r.job_name)?).await,
+        JobRequest::Resume(r) => resume_job(deps, &JobName::parse(r.job_name)?).await,
+        JobRequest::Cancel(r) => cancel_job(deps, &JobName::parse(r.job_name)?).await,
+    }
+}
+
+/// How often a request re-reads the job when it changed between the read and the write.
+const REQUEST_ATTEMPTS: u32 = 8;
+
+async fn existing<S: ControlStore, Q, T>(deps: &Deps<S, Q, T>, name: &JobName) -> Result<Job, RequestError> {
+    deps.store.get_job(name).await?.ok_or_else(|| RequestError::JobNotFound(name.to_string()))
+}
+
+/// Fail the jobs of an old write region first, so a request sees the truth.
+async fn check_region<S: ControlStore, Q, T>(deps: &Deps<S, Q, T>) -> Result<(), RequestError> {
+    let region = current_region(deps).await?;
+    enforce_region(deps, &region).await?;
+    Ok(())
+}
+
+/// The refusal of `action` on `job` as it is, naming its state.
+fn refuse(action: &str, job: &Job) -> RequestError {
+    let state = match (job.status, job.pending) {
+        (s, _) if s.is_final() && action == "cancel" && s == JobStatus::Cancelled => {
+            "it is already Cancelled, a final state".to_string()
+        }
+        (s, _) if s.is_final() => format!("it is {s}, a final state that never changes"),
+        (JobStatus::Running, Some(JobStatus::Paused)) => {
+            "it is Running and already pausing: it shows Paused once its in-flight slices are checkpointed".into()
+        }
+        (JobStatus::Running, Some(JobStatus::Cancelled)) => {
+            "it is Running and already being cancelled: it shows Cancelled once its in-flight slices are checkpointed"
+                .into()
+        }
+        (s, _) => format!("it is {s}"),
+    };
+    let rule = match action {
+        "pause" => "Only a Running job can be paused",
+        "resume" => "Only a Paused job can be resumed",
+        _ => "Only a Queued, Running or Paused job can be cancelled",
+    };
+    RequestError::NotAllowed(format!("cannot {action} job {:?}: {state}. {rule}", job.name.as_str()))
+}
+
+fn changed_too_often(action: &str, name: &JobName) -> RequestError {
+    RequestError::NotAllowed(format!(
+        "cannot {action} job {:?}: it kept changing state meanwhile; try again",
+        name.as_str()
+    ))
+}
+
+/// Pause a running job: no new slice is issued; it shows `Paused` once the slices in flight
+/// are checkpointed. It keeps its running slot.
+pub async fn pause_job<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
+    name: &JobName,
+) -> Result<Job, RequestError> {
+    check_region(deps).await?;
+    for attempt in 1..=REQUEST_ATTEMPTS {
+        let job = existing(deps, name).await?;
+        if (job.status, job.pending) != (JobStatus::Running, None) {
+            return Err(refuse("pause", &job));
+        }
+        if deps.store.request_stop(name, JobStatus::Paused, None, Utc::now()).await? {
+            tracing::info!(job = %name, "pause requested");
+            settle(deps, name).await?;
+            return existing(deps, name).await;
+        }
+        conflict_pause(attempt).await;
+    }
+    Err(changed_too_often("pause", name))
+}
+
+/// Resume a paused job: every unfinished segment continues from its stored cursor. A running
+/// job whose launch was interrupted gets its idle segments launched; a queued job starts if a
+/// running slot is free.
+pub async fn resume_job<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
+    name: &JobName,
+) -> Result<Job, RequestError> {
+    check_region(deps).await?;
+    for attempt in 1..=REQUEST_ATTEMPTS {
+        let job = existing(deps, name).await?;
+        match (job.status, job.pending) {
+            (JobStatus::Paused, _) => {
+                if move_job(deps, &job, JobStatus::Running, None, None).await? {
+                    tracing::info!(job = %name, "job resumed");
+                    launch(deps, &existing(deps, name).await?).await?;
+                    return existing(deps, name).await;
+                }
+            }
+            (JobStatus::Queued, _) => {
+                schedule(deps).await?;
+                let job = existing(deps, name).await?;
+                if job.status != JobStatus::Queued {
+                    return Ok(job);
+                }
+                let place = deps.store.scheduler().await?.position(name).unwrap_or(0);
+                return Err(RequestError::NotAllowed(format!(
+                    "cannot resume job {:?}: it is Queued (place {place} in the queue) and starts by itself when a running slot frees. Only a Paused job can be resumed",
+                    name.as_str()
+                )));
+            }
+            (JobStatus::Running, None) => {
+                let idle = deps.store.cursors(name).await?.iter().filter(|c| c.parked && !c.done).count();
+                if idle == 0 {
+                    return Err(refuse("resume", &job));
+                }
+                tracing::warn!(job = %name, idle, "running job with idle segments: launching them");
+                launch(deps, &job).await?;
+                return existing(deps, name).await;
+            }
+            _ => return Err(refuse("resume", &job)),
+        }
+        conflict_pause(attempt).await;
+    }
+    Err(changed_too_often("resume", name))
+}
+
+/// Cancel a job for good, keeping what was copied. A queued or paused job is cancelled at
+/// once; a running one once its in-flight slices are checkpointed. Its slot goes to the next
+/// queued job.
+pub async fn cancel_job<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
+    name: &JobName,
+) -> Result<Job, RequestError> {
+    check_region(deps).await?;
+    for attempt in 1..=REQUEST_ATTEMPTS {
+        let job = existing(deps, name).await?;
+        match (job.status, job.pending) {
+            (JobStatus::Queued | JobStatus::Paused, _) => {
+                if move_job(deps, &job, JobStatus::Cancelled, None, None).await? {
+                    schedule(deps).await?;
+                    return existing(deps, name).await;
+                }
+            }
+            (JobStatus::Running, pending @ (None | Some(JobStatus::Paused))) => {
+                if deps.store.request_stop(name, JobStatus::Cancelled, pending, Utc::now()).await? {
+                    tracing::info!(job = %name, "cancel requested");
+                    settle(deps, name).await?;
+                    return existing(deps, name).await;
+                }
+            }
+            _ => return Err(refuse("cancel", &job)),
+        }
+        conflict_pause(attempt).await;
+    }
+    Err(changed_too_often("cancel", name))
+}
+
+/// Check that `region` looks like an AWS region name (`us-west-2`, `ap-southeast-1`, ...).
+pub fn parse_region(region: &str) -> Result<String, InvalidInput> {
+    let parts: Vec<&str> = region.split('-').collect();
+    let ok = parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts[parts.len() - 1].len() <= 2
+        && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty();
+    if !ok {
+        return Err(InvalidInput(format!(
+            "{region:?} is not an AWS region name; use a name like us-west-2 or eu-central-1"
+        )));
+    }
+    Ok(region.to_string())
+}
+
+/// Set the account's write region. Every incomplete job created in another region fails at
+/// once (`WriteRegionChanged`); returns how many did.
+pub async fn set_write_region<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
+    region: &str,
+) -> Result<usize, RequestError> {
+    let region = parse_region(region)?;
+    deps.store.set_write_region(&region, Utc::now()).await?;
+    tracing::info!(%region, "write region set");
+    let failed = enforce_region(deps, &region).await?;
+    schedule(deps).await?;
+    Ok(failed)
+}
