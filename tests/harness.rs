@@ -90,8 +90,7 @@ impl World {
         let stack = unique(&format!("tc-{name}"));
         let cfn = aws_sdk_cloudformation::Client::new(&sdk);
         let outputs = shared::stack::deploy(&cfn, &stack, TEMPLATE, params).await.context("deploying the stack")?;
-        let resources = Resources::from_outputs(&outputs)?;
-        let config = Config { resources, tuning, region: sdk.region().unwrap().to_string() };
+        let config = Config::from_outputs(&outputs, tuning, sdk.region().unwrap().to_string())?;
         Ok(Self {
             ddb: shared::config::dynamodb_client(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),

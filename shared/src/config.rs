@@ -92,7 +92,16 @@ impl Tuning {
             write_concurrency: env_or("WRITE_CONCURRENCY", d.write_concurrency)?,
             default_parallelism: env_or("DEFAULT_PARALLELISM", d.default_parallelism)?,
             max_write_attempts: env_or("MAX_WRITE_ATTEMPTS", d.max_write_attempts)?,
-            max_running_jobs: env_or("MAX_RUNNING_JOBS", d.max_running_jobs)?,
+            max_running_jobs: match env_or("MAX_RUNNING_JOBS", d.max_running_jobs)? {
+                0 => {
+                    return Err(ConfigError::Invalid {
+                        name: "MAX_RUNNING_JOBS".into(),
+                        value: "0".into(),
+                        why: "at least one job must be able to run".into(),
+                    })
+                }
+                m => m,
+            },
         })
     }
 }
@@ -119,6 +128,24 @@ pub struct Config {
 }
 
 impl Config {
+    /// For the CLI, the runner and the tests: resource names and the deployment's
+    /// `MaxRunningJobs` from the stack's outputs (the functions run with the same figure).
+    pub fn from_outputs(
+        outputs: &HashMap<String, String>,
+        mut tuning: Tuning,
+        region: String,
+    ) -> Result<Self, ConfigError> {
+        let resources = Resources::from_outputs(outputs)?;
+        if let Some(max) = outputs.get("MaxRunningJobs") {
+            tuning.max_running_jobs = max.parse().ok().filter(|m| *m >= 1).ok_or_else(|| ConfigError::Invalid {
+                name: "stack output MaxRunningJobs".into(),
+                value: max.clone(),
+                why: "expected a whole number of at least 1".into(),
+            })?;
+        }
+        Ok(Self { resources, tuning, region })
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             resources: Resources::from_env()?,

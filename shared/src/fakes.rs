@@ -13,8 +13,8 @@ use crate::queue::{Outbox, QueueKind};
 use crate::store::{
     Applied, Commit, ControlStore, InsertError, JobPage, ListQuery, Scheduler, SliceCommit, Transition,
 };
-use chrono::{DateTime, Utc};
 use crate::tables::{ScanPage, TableInfo, Tables, WriteError};
+use chrono::{DateTime, Utc};
 
 #[derive(Default)]
 pub struct FakeStore {

@@ -243,7 +243,14 @@ fn history_entry(status: JobStatus, at: DateTime<Utc>) -> AttributeValue {
 
 fn put(table: &str, item: Item, condition: &str) -> TransactWriteItem {
     TransactWriteItem::builder()
-        .put(Put::builder().table_name(table).set_item(Some(item)).condition_expression(condition).build().expect("valid put"))
+        .put(
+            Put::builder()
+                .table_name(table)
+                .set_item(Some(item))
+                .condition_expression(condition)
+                .build()
+                .expect("valid put"),
+        )
         .build()
 }
 
@@ -629,7 +636,8 @@ impl DynamoStore {
             Some(k) => cursor
                 .update_expression("SET #seq = :next, #done = :done, #p = :park, #key = :key, #items = #items + :items")
                 .expression_attribute_values(":key", AttributeValue::M(k.clone())),
-            None => cursor.update_expression("SET #seq = :next, #done = :done, #p = :park, #items = #items + :items REMOVE #key"),
+            None => cursor
+                .update_expression("SET #seq = :next, #done = :done, #p = :park, #items = #items + :items REMOVE #key"),
         };
         cursor.build().expect("valid update")
     }

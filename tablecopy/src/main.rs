@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use aws_config::{BehaviorVersion, Region};
 use chrono::Utc;
 use clap::Parser;
-use shared::config::{Config, Resources, Tuning};
+use shared::config::{Config, Tuning};
 use shared::error::RequestError;
 use shared::handlers::{request, set_write_region, AwsDeps, CreateJobRequest, JobRef, JobRequest};
 use shared::model::JobName;
@@ -57,14 +57,8 @@ async fn deps(g: &Global) -> Result<(aws_config::SdkConfig, AwsDeps)> {
     let sdk = sdk_config(g).await?;
     let cfn = shared::stack::CfnClient::new(&sdk);
     let outputs = shared::stack::outputs(&cfn, &g.stack_name).await?;
-    let resources = Resources::from_outputs(&outputs)?;
     let region = sdk.region().expect("checked").to_string();
-    let mut tuning = Tuning::from_env()?;
-    // The deployment's setting wins: the functions run with it.
-    if let Some(max) = outputs.get("MaxRunningJobs") {
-        tuning.max_running_jobs = max.parse().with_context(|| format!("stack output MaxRunningJobs={max:?}"))?;
-    }
-    let config = Config { resources, tuning, region };
+    let config = Config::from_outputs(&outputs, Tuning::from_env()?, region)?;
     let deps = AwsDeps::new(&sdk, config);
     Ok((sdk, deps))
 }

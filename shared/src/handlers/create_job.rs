@@ -6,8 +6,7 @@ use super::Deps;
 use crate::error::RequestError;
 use crate::messages::{CopyChunk, SliceLimits, VERSION};
 use crate::model::{
-    Cursor, InvalidInput, Item, Job, JobName, JobSpec, JobStatus, OnItemError, StatusChange, TableName,
-    MAX_PARALLELISM,
+    Cursor, InvalidInput, Item, Job, JobName, JobSpec, JobStatus, OnItemError, StatusChange, TableName, MAX_PARALLELISM,
 };
 use crate::queue::Outbox;
 use crate::store::{conflict_pause, ControlStore, Entry, InsertError};

@@ -14,7 +14,8 @@ pub use copy_chunk::copy_chunk;
 pub use create_job::{create_job, CreateJobRequest};
 pub use finalize::finalize;
 pub use requests::{
-    cancel_job, handle_request, parse_region, pause_job, resume_job, set_write_region, JobRef, JobRequest, REQUEST_KINDS,
+    cancel_job, handle_request, parse_region, pause_job, resume_job, set_write_region, JobRef, JobRequest,
+    REQUEST_KINDS,
 };
 pub use sqs::process_batch;
 

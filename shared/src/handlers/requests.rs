@@ -47,15 +47,16 @@ impl JobRequest {
     /// one of [`REQUEST_KINDS`] and whose `detail` is the same body.
     pub fn parse(payload: Value) -> Result<Self, InvalidInput> {
         if payload.get("detail-type").is_some() {
-            let event: EventBridgeEvent<Value> = serde_json::from_value(payload)
-                .map_err(|e| InvalidInput(format!("invalid EventBridge event: {e}")))?;
-            let action = REQUEST_KINDS.iter().find(|(t, _)| *t == event.detail_type).map(|(_, a)| *a).ok_or_else(|| {
-                InvalidInput(format!(
-                    "unknown detail-type {:?}: use one of {}",
-                    event.detail_type,
-                    REQUEST_KINDS.map(|(t, _)| t).join(", ")
-                ))
-            })?;
+            let event: EventBridgeEvent<Value> =
+                serde_json::from_value(payload).map_err(|e| InvalidInput(format!("invalid EventBridge event: {e}")))?;
+            let action =
+                REQUEST_KINDS.iter().find(|(t, _)| *t == event.detail_type).map(|(_, a)| *a).ok_or_else(|| {
+                    InvalidInput(format!(
+                        "unknown detail-type {:?}: use one of {}",
+                        event.detail_type,
+                        REQUEST_KINDS.map(|(t, _)| t).join(", ")
+                    ))
+                })?;
             return Self::from_body(action, event.detail);
         }
         let mut body = payload;

@@ -372,3 +372,263 @@ async fn a_batch_reports_only_its_failed_records() {
     // m1 names an unknown job: permanent, acknowledged. m2 and m3 cannot be read: to the DLQ.
     assert_eq!(failed, ["m2", "m3"]);
 }
+
+fn name(s: &str) -> JobName {
+    JobName::parse(s).unwrap()
+}
+
+/// Deliver only the messages queued now (one hop), not what they send.
+async fn step(d: &FakeDeps) -> Vec<QueueKind> {
+    let batch = d.outbox.take();
+    for (kind, body) in &batch {
+        deliver(d, *kind, body).await;
+    }
+    batch.into_iter().map(|(k, _)| k).collect()
+}
+
+#[tokio::test]
+async fn pause_waits_for_in_flight_slices_and_resume_copies_the_rest_once() {
+    let d = world(100, &[]);
+    create_job(&d, request("p", 3, OnItemError::Fail)).await.unwrap();
+    step(&d).await; // three slices copied; their results are in flight
+    let pausing = pause_job(&d, &name("p")).await.unwrap();
+    assert_eq!((pausing.status, pausing.pending), (JobStatus::Running, Some(JobStatus::Paused)));
+    assert_eq!(pausing.status_label(), "Running (pausing)");
+
+    let kinds = step(&d).await; // the three results are checkpointed: nothing follows them
+    assert_eq!(kinds, [QueueKind::Checkpoint; 3]);
+    assert!(d.outbox.take().is_empty(), "no slice is issued after a pause");
+    let paused = job(&d, "p");
+    assert_eq!((paused.status, paused.pending), (JobStatus::Paused, None));
+    assert_eq!(paused.items_copied, 21, "three slices of 7");
+    assert_eq!(d.tables.items("dst").len() as u64, paused.items_copied, "the counters tell what is in the target");
+    assert!(d.store.cursors(&paused.name).await.unwrap().iter().all(|c| !c.in_flight()));
+
+    let resumed = resume_job(&d, &name("p")).await.unwrap();
+    assert_eq!(resumed.status, JobStatus::Running);
+    drain(&d, 4, true).await;
+    let done = job(&d, "p");
+    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.error);
+    assert_eq!(done.items_copied, 100);
+    let states: Vec<JobStatus> = done.history.iter().map(|h| h.status).collect();
+    use JobStatus::*;
+    assert_eq!(states, [Queued, Running, Paused, Running, Completed]);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+}
+
+#[tokio::test]
+async fn a_pause_that_lands_after_a_commit_parks_the_next_slice() {
+    let d = world(60, &[]);
+    create_job(&d, request("late", 1, OnItemError::Fail)).await.unwrap();
+    step(&d).await; // slice 0 copied
+    step(&d).await; // slice 0 committed (continued); slice 1 sent
+    pause_job(&d, &name("late")).await.unwrap();
+    assert_eq!(job(&d, "late").status, JobStatus::Running, "slice 1 is in flight");
+    step(&d).await; // slice 1 copied
+    step(&d).await; // slice 1 committed: parked, and the job settles
+    assert!(d.outbox.take().is_empty());
+    let j = job(&d, "late");
+    assert_eq!((j.status, j.items_copied), (JobStatus::Paused, 14));
+}
+
+#[tokio::test]
+async fn cancel_keeps_what_was_copied_and_starts_the_next_queued_job() {
+    let d = world(80, &[]);
+    create_job(&d, request("c1", 2, OnItemError::Fail)).await.unwrap();
+    let queued = create_job(&d, CreateJobRequest { target_table: "dst".into(), ..request("c2", 2, OnItemError::Fail) })
+        .await
+        .unwrap();
+    assert_eq!(queued.status, JobStatus::Queued);
+    step(&d).await;
+    let cancelling = cancel_job(&d, &name("c1")).await.unwrap();
+    assert_eq!(cancelling.status_label(), "Running (cancelling)");
+    assert_eq!(job(&d, "c2").status, JobStatus::Queued, "the slot is held until nothing is in flight");
+    step(&d).await; // c1's results park it; it is cancelled and c2 starts
+    let c1 = job(&d, "c1");
+    assert_eq!((c1.status, c1.items_copied), (JobStatus::Cancelled, 14));
+    assert_eq!(job(&d, "c2").status, JobStatus::Running);
+    drain(&d, 1, false).await;
+    assert_eq!(job(&d, "c1"), c1, "a cancelled job never changes");
+    assert_eq!(job(&d, "c2").status, JobStatus::Completed);
+    assert_eq!(d.store.state.lock().unwrap().scheduler, crate::store::Scheduler { version: 6, ..Default::default() });
+}
+
+#[tokio::test]
+async fn queued_and_paused_jobs_cancel_at_once() {
+    let d = world(30, &[]);
+    create_job(&d, request("a", 1, OnItemError::Fail)).await.unwrap();
+    create_job(&d, request("b", 1, OnItemError::Fail)).await.unwrap();
+    create_job(&d, request("c", 1, OnItemError::Fail)).await.unwrap();
+    assert_eq!(cancel_job(&d, &name("b")).await.unwrap().status, JobStatus::Cancelled);
+    pause_job(&d, &name("a")).await.unwrap();
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "a").status, JobStatus::Paused);
+    assert_eq!(job(&d, "c").status, JobStatus::Queued, "a paused job keeps its slot");
+    assert_eq!(cancel_job(&d, &name("a")).await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(job(&d, "c").status, JobStatus::Running, "the freed slot goes to the next queued job");
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "c").status, JobStatus::Completed);
+}
+
+#[tokio::test]
+async fn requests_in_the_wrong_state_are_refused_with_the_state_and_change_nothing() {
+    let d = world(30, &[]);
+    create_job(&d, request("run", 1, OnItemError::Fail)).await.unwrap();
+    create_job(&d, request("wait", 1, OnItemError::Fail)).await.unwrap();
+    create_job(&d, request("gone", 1, OnItemError::Fail)).await.unwrap();
+    cancel_job(&d, &name("gone")).await.unwrap();
+    d.outbox.take();
+    let before = d.store.state.lock().unwrap().clone();
+    let cases: Vec<(JobRequest, &str)> = vec![
+        (
+            JobRequest::Resume(JobRef { job_name: "run".into() }),
+            "cannot resume job \"run\": it is Running. Only a Paused job can be resumed",
+        ),
+        (
+            JobRequest::Pause(JobRef { job_name: "wait".into() }),
+            "cannot pause job \"wait\": it is Queued. Only a Running job can be paused",
+        ),
+        (
+            JobRequest::Resume(JobRef { job_name: "wait".into() }),
+            "it is Queued (place 1 in the queue) and starts by itself",
+        ),
+        (
+            JobRequest::Cancel(JobRef { job_name: "gone".into() }),
+            "cannot cancel job \"gone\": it is already Cancelled, a final state",
+        ),
+        (
+            JobRequest::Pause(JobRef { job_name: "gone".into() }),
+            "cannot pause job \"gone\": it is Cancelled, a final state that never changes",
+        ),
+        (JobRequest::Pause(JobRef { job_name: "nope".into() }), "job \"nope\" does not exist; `tablecopy list`"),
+        (JobRequest::Cancel(JobRef { job_name: "bad name".into() }), "invalid job name"),
+    ];
+    for (req, expected) in cases {
+        let err = handle_request(&d, req.clone()).await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{req:?}: {err:?} should contain {expected:?}");
+        let after = d.store.state.lock().unwrap().clone();
+        assert_eq!((&before.jobs, &before.cursors, &before.scheduler), (&after.jobs, &after.cursors, &after.scheduler));
+        assert!(d.outbox.take().is_empty());
+    }
+    pause_job(&d, &name("run")).await.unwrap();
+    let err = pause_job(&d, &name("run")).await.unwrap_err().to_string();
+    assert!(err.contains("it is Running and already pausing"), "{err}");
+    cancel_job(&d, &name("run")).await.unwrap();
+    let err = cancel_job(&d, &name("run")).await.unwrap_err().to_string();
+    assert!(err.contains("already being cancelled"), "{err}");
+    let err = resume_job(&d, &name("run")).await.unwrap_err().to_string();
+    assert!(err.contains("cannot resume job \"run\": it is Running and already being cancelled"), "{err}");
+}
+
+#[tokio::test]
+async fn a_write_region_change_fails_every_incomplete_job_and_new_jobs_run() {
+    let d = world(50, &[]);
+    for j in ["r1", "r2", "r3"] {
+        create_job(&d, request(j, 2, OnItemError::Fail)).await.unwrap();
+    }
+    step(&d).await; // r1's first slices copied
+    d.store.set_write_region("us-west-2", chrono::Utc::now()).await.unwrap();
+    drain(&d, 0, false).await; // r1's checkpoint finds the change
+    for j in ["r1", "r2", "r3"] {
+        let failed = job(&d, j);
+        assert_eq!(failed.status, JobStatus::Failed, "{j}");
+        let e = failed.error.unwrap();
+        assert_eq!(e.code, "WriteRegionChanged");
+        assert!(e.message.contains("from us-east-1 to us-west-2") && e.message.contains("Re-create the job"), "{e:?}");
+    }
+    assert_eq!(job(&d, "r1").items_copied, 14, "what was copied is counted");
+    let fresh = create_job(&d, request("r4", 2, OnItemError::Fail)).await.unwrap();
+    assert_eq!((fresh.status, fresh.write_region.as_str()), (JobStatus::Running, "us-west-2"));
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "r4").status, JobStatus::Completed);
+}
+
+#[tokio::test]
+async fn queued_jobs_run_one_after_another_in_creation_order() {
+    let d = world(40, &[]);
+    let names = ["q1", "q2", "q3", "q4"];
+    for j in names {
+        create_job(&d, request(j, 2, OnItemError::Fail)).await.unwrap();
+    }
+    let sched = d.store.state.lock().unwrap().scheduler.clone();
+    assert_eq!(sched.running.len(), 1);
+    assert_eq!(sched.queued.iter().map(|e| e.job.as_str()).collect::<Vec<_>>(), ["q2", "q3", "q4"]);
+    drain(&d, 9, true).await;
+    let jobs: Vec<Job> = names.iter().map(|j| job(&d, j)).collect();
+    for pair in jobs.windows(2) {
+        assert_eq!(pair[1].status, JobStatus::Completed);
+        assert!(
+            pair[0].completed_at.unwrap() <= pair[1].started_at.unwrap(),
+            "{} overlaps {}",
+            pair[0].name,
+            pair[1].name
+        );
+    }
+}
+
+#[test]
+fn requests_parse_from_invoke_payloads_and_eventbridge_events() {
+    use serde_json::json;
+    let create = JobRequest::Create(CreateJobRequest {
+        job_name: "j1".into(),
+        source_table: "orders".into(),
+        target_table: "orders-v2".into(),
+        parallelism: Some(8),
+        on_item_error: OnItemError::Skip,
+    });
+    let body = json!({"jobName": "j1", "sourceTable": "orders", "targetTable": "orders-v2", "parallelism": 8, "onItemError": "skip"});
+    assert_eq!(JobRequest::parse(body.clone()).unwrap(), create);
+    let mut with_action = body.clone();
+    with_action["action"] = json!("create");
+    assert_eq!(JobRequest::parse(with_action).unwrap(), create);
+    let event = |detail_type: &str, detail: serde_json::Value| {
+        json!({"version": "0", "id": "e1", "detail-type": detail_type, "source": "my.app", "account": "000000000000",
+               "time": "2026-11-23T10:00:00Z", "region": "us-east-1", "resources": [], "detail": detail})
+    };
+    assert_eq!(JobRequest::parse(event("tablecopy.CreateJob", body)).unwrap(), create);
+    let j = || JobRef { job_name: "j1".into() };
+    assert_eq!(
+        JobRequest::parse(event("tablecopy.PauseJob", json!({"jobName": "j1"}))).unwrap(),
+        JobRequest::Pause(j())
+    );
+    assert_eq!(
+        JobRequest::parse(event("tablecopy.ResumeJob", json!({"jobName": "j1"}))).unwrap(),
+        JobRequest::Resume(j())
+    );
+    assert_eq!(
+        JobRequest::parse(event("tablecopy.CancelJob", json!({"jobName": "j1"}))).unwrap(),
+        JobRequest::Cancel(j())
+    );
+    assert_eq!(JobRequest::parse(json!({"action": "cancel", "jobName": "j1"})).unwrap(), JobRequest::Cancel(j()));
+
+    let errors = [
+        (
+            event("tablecopy.DeleteJob", json!({})),
+            "unknown detail-type \"tablecopy.DeleteJob\": use one of tablecopy.CreateJob",
+        ),
+        (
+            json!({"action": "stop", "jobName": "j1"}),
+            "unknown action \"stop\": use one of create, pause, resume, cancel",
+        ),
+        (
+            json!({"jobName": "j1", "sourceTabel": "a", "targetTable": "b"}),
+            "invalid create request: unknown field `sourceTabel`",
+        ),
+        (event("tablecopy.PauseJob", json!({})), "invalid pause request: missing field `jobName`"),
+        (json!({"action": 3}), "\"action\" must be a string"),
+    ];
+    for (payload, expected) in errors {
+        let err = JobRequest::parse(payload).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+    }
+}
+
+#[test]
+fn region_names_are_checked() {
+    for ok in ["us-west-2", "eu-central-1", "ap-southeast-1", "us-gov-west-1"] {
+        assert_eq!(parse_region(ok).unwrap(), ok);
+    }
+    for bad in ["", "us", "US-WEST-2", "us-west", "us-west-2a", "mars-1"] {
+        assert!(parse_region(bad).unwrap_err().to_string().contains("is not an AWS region name"), "{bad}");
+    }
+}
