@@ -57,6 +57,10 @@ pub struct Scheduler {
     pub version: u64,
     pub running: Vec<Entry>,
     pub queued: Vec<Entry>,
+    /// Creation time of the newest job: a new job is created strictly after it, so creation
+    /// times follow the queue's order even for jobs created at the same moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_created: Option<DateTime<Utc>>,
 }
 
 impl Scheduler {

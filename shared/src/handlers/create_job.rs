@@ -62,7 +62,7 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
     enforce_region(deps, &region).await?;
 
     let now = Utc::now();
-    let job = Job {
+    let mut job = Job {
         name: name.clone(),
         spec: JobSpec {
             source,
@@ -95,6 +95,12 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
     for attempt in 1.. {
         let mut next = deps.store.scheduler().await?.next();
         next.queued.push(Entry { job: name.clone(), region: region.clone() });
+        let at = match next.last_created {
+            Some(last) if last >= Utc::now() => last + chrono::Duration::milliseconds(1),
+            _ => Utc::now(),
+        };
+        (job.created_at, job.updated_at, job.history[0].at) = (at, at, at);
+        next.last_created = Some(at);
         match deps.store.insert_job(&job, &cursors, &next).await {
             Ok(()) => break,
             Err(InsertError::SchedulerChanged) => conflict_pause(attempt).await,

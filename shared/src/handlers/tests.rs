@@ -450,7 +450,9 @@ async fn cancel_keeps_what_was_copied_and_starts_the_next_queued_job() {
     drain(&d, 1, false).await;
     assert_eq!(job(&d, "c1"), c1, "a cancelled job never changes");
     assert_eq!(job(&d, "c2").status, JobStatus::Completed);
-    assert_eq!(d.store.state.lock().unwrap().scheduler, crate::store::Scheduler { version: 6, ..Default::default() });
+    let sched = d.store.state.lock().unwrap().scheduler.clone();
+    assert!(sched.running.is_empty() && sched.queued.is_empty(), "{sched:?}");
+    assert_eq!(sched.version, 6, "two inserts, a start, the cancel, a start, the completion");
 }
 
 #[tokio::test]
@@ -553,6 +555,8 @@ async fn queued_jobs_run_one_after_another_in_creation_order() {
     let sched = d.store.state.lock().unwrap().scheduler.clone();
     assert_eq!(sched.running.len(), 1);
     assert_eq!(sched.queued.iter().map(|e| e.job.as_str()).collect::<Vec<_>>(), ["q2", "q3", "q4"]);
+    let created: Vec<_> = names.iter().map(|j| job(&d, j).created_at).collect();
+    assert!(created.windows(2).all(|w| w[0] < w[1]), "creation times follow the queue: {created:?}");
     drain(&d, 9, true).await;
     let jobs: Vec<Job> = names.iter().map(|j| job(&d, j)).collect();
     for pair in jobs.windows(2) {
