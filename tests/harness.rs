@@ -14,8 +14,9 @@ use aws_sdk_dynamodb::types::{
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 use shared::config::{Config, Resources, Tuning};
-use shared::handlers::AwsDeps;
-use shared::model::Item;
+use shared::handlers::{AwsDeps, CreateJobRequest};
+use shared::model::{Item, Job, JobName, OnItemError};
+use shared::store::ControlStore;
 use shared::runner::RunnerOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -392,4 +393,60 @@ pub fn compare_items(source: &str, a: &[Item], target: &str, b: &[Item]) -> Resu
         );
     }
     Ok(left.len())
+}
+
+/// A create request with four segments that fails on rejected items.
+pub fn request(job: &str, source: &str, target: &str) -> CreateJobRequest {
+    CreateJobRequest {
+        job_name: job.into(),
+        source_table: source.into(),
+        target_table: target.into(),
+        parallelism: Some(4),
+        on_item_error: OnItemError::Fail,
+    }
+}
+
+/// Poll the job until `done` holds; `what` names the wait in the error. The deadline only
+/// guards against a hang.
+pub async fn wait_for(w: &World, job: &str, what: &str, done: impl Fn(&Job) -> bool) -> Result<Job> {
+    let name = JobName::parse(job)?;
+    let mut last = None;
+    for _ in 0..3000 {
+        let j = w.deps.store.get_job(&name).await?.context("the job exists")?;
+        if done(&j) {
+            return Ok(j);
+        }
+        last = Some(j);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("job {job}: {what} did not happen within 5 minutes; last seen {last:?}")
+}
+
+/// Poll the job until it is final.
+pub async fn wait_final(w: &World, job: &str) -> Result<Job> {
+    wait_for(w, job, "a final state", |j| j.status.is_final()).await
+}
+
+pub fn runner_opts() -> RunnerOptions {
+    RunnerOptions { concurrency: 4, ..RunnerOptions::default() }
+}
+
+/// A source keyed `pk` with sample items 0..n, and an empty target keyed `customer` +
+/// `order_no` (one target item per source item); the items in `lacking` have no `order_no`
+/// (the target's sort key).
+pub async fn rekey_tables(w: &World, tag: &str, n: u64, lacking: &[u64]) -> Result<(String, String)> {
+    let (src, dst) = (unique(&format!("{tag}-src")), unique(&format!("{tag}-dst")));
+    create_table(&w.ddb, &src, ("pk", ScalarAttributeType::S), None).await?;
+    create_table(&w.ddb, &dst, ("customer", ScalarAttributeType::S), Some(("order_no", ScalarAttributeType::N))).await?;
+    let items = (0..n)
+        .map(|i| {
+            let mut item = sample_item(i, None);
+            if lacking.contains(&i) {
+                item.remove("order_no");
+            }
+            item
+        })
+        .collect();
+    put_items(&w.ddb, &src, items, 8).await?;
+    Ok((src, dst))
 }

@@ -4,42 +4,18 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use aws_sdk_dynamodb::types::ScalarAttributeType as T;
 use shared::config::Tuning;
 use shared::handlers::{create_job, CreateJobRequest};
 use shared::messages::SliceLimits;
-use shared::model::{Job, JobName, JobStatus, OnItemError};
+use shared::model::{JobName, JobStatus, OnItemError};
 use shared::runner::RunnerOptions;
 use shared::store::ControlStore;
-use tests::{assert_same_items, create_table, put_items, sample_item, scan_all, unique, World};
-
-fn request(job: &str, source: &str, target: &str) -> CreateJobRequest {
-    CreateJobRequest {
-        job_name: job.into(),
-        source_table: source.into(),
-        target_table: target.into(),
-        parallelism: Some(4),
-        on_item_error: OnItemError::Fail,
-    }
-}
-
-/// Poll the job until it is final. The deadline only guards against a hang.
-async fn wait_final(w: &World, job: &str) -> Result<Job> {
-    let name = JobName::parse(job)?;
-    for _ in 0..1200 {
-        let j = w.deps.store.get_job(&name).await?.expect("job exists");
-        if j.status.is_final() {
-            return Ok(j);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    bail!("job {job} did not finish within 5 minutes")
-}
-
-fn runner_opts() -> RunnerOptions {
-    RunnerOptions { concurrency: 4, ..RunnerOptions::default() }
-}
+use tests::{
+    assert_same_items, create_table, put_items, rekey_tables, request, runner_opts, sample_item, scan_all, unique,
+    wait_final, World,
+};
 
 #[tokio::test]
 async fn full_copy_of_every_attribute_type_is_identical() -> Result<()> {
@@ -65,25 +41,6 @@ async fn full_copy_of_every_attribute_type_is_identical() -> Result<()> {
     assert!(job.bytes_copied > 3 * 390 * 1024);
     w.cleanup(&[&src, &dst]).await;
     Ok(())
-}
-
-/// A source keyed `pk` with sample items 0..n, and an empty target keyed `customer` +
-/// `order_no`; the items in `lacking` have no `order_no` (the target's sort key).
-async fn rekey_tables(w: &World, tag: &str, n: u64, lacking: &[u64]) -> Result<(String, String)> {
-    let (src, dst) = (unique(&format!("{tag}-src")), unique(&format!("{tag}-dst")));
-    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
-    create_table(&w.ddb, &dst, ("customer", T::S), Some(("order_no", T::N))).await?;
-    let items = (0..n)
-        .map(|i| {
-            let mut item = sample_item(i, None);
-            if lacking.contains(&i) {
-                item.remove("order_no");
-            }
-            item
-        })
-        .collect();
-    put_items(&w.ddb, &src, items, 8).await?;
-    Ok((src, dst))
 }
 
 #[tokio::test]
