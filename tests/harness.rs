@@ -16,8 +16,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use shared::config::{Config, Resources, Tuning};
 use shared::handlers::{AwsDeps, CreateJobRequest};
 use shared::model::{Item, Job, JobName, OnItemError};
-use shared::store::ControlStore;
 use shared::runner::RunnerOptions;
+use shared::store::ControlStore;
 use tokio_util::sync::CancellationToken;
 
 pub const TEMPLATE: &str = include_str!("../infra/template.yaml");
@@ -437,7 +437,8 @@ pub fn runner_opts() -> RunnerOptions {
 pub async fn rekey_tables(w: &World, tag: &str, n: u64, lacking: &[u64]) -> Result<(String, String)> {
     let (src, dst) = (unique(&format!("{tag}-src")), unique(&format!("{tag}-dst")));
     create_table(&w.ddb, &src, ("pk", ScalarAttributeType::S), None).await?;
-    create_table(&w.ddb, &dst, ("customer", ScalarAttributeType::S), Some(("order_no", ScalarAttributeType::N))).await?;
+    create_table(&w.ddb, &dst, ("customer", ScalarAttributeType::S), Some(("order_no", ScalarAttributeType::N)))
+        .await?;
     let items = (0..n)
         .map(|i| {
             let mut item = sample_item(i, None);

@@ -126,7 +126,15 @@ async fn pause_and_cancel_requests_racing_with_in_flight_slices() -> Result<()> 
         assert!(seen < 4_000, "round {round}: the job should still have work");
         resume_job(&w.deps, &name("r1")).await?;
     }
+    // A pause withdrawn by a resume while its slices are still in flight: the job goes on.
+    wait_for(&w, "r1", "progress", |j| j.items_copied > seen).await?;
+    pause_job(&w.deps, &name("r1")).await?;
+    let withdrawn = resume_job(&w.deps, &name("r1")).await?;
+    assert_eq!(withdrawn.status, JobStatus::Running, "{withdrawn:?}");
+    let moving = job(&w, "r1").await?.items_copied;
+    wait_for(&w, "r1", "progress after the withdrawn pause", |j| j.items_copied > moving).await?;
     // A pause, and a cancel while the pause still waits for its slices: the cancel wins.
+    seen = job(&w, "r1").await?.items_copied;
     wait_for(&w, "r1", "progress", |j| j.items_copied > seen).await?;
     let pausing = pause_job(&w.deps, &name("r1")).await?;
     let cancelling = cancel_job(&w.deps, &name("r1")).await?;
@@ -174,8 +182,7 @@ async fn three_jobs_created_together_run_strictly_one_after_another() -> Result<
         create_table(&w.ddb, t, ("customer", T::S), Some(("order_no", T::N))).await?;
     }
     let names = ["t1", "t2", "t3"];
-    let created =
-        join_all(names.iter().zip(&targets).map(|(j, t)| create_job(&w.deps, request(j, &src, t)))).await;
+    let created = join_all(names.iter().zip(&targets).map(|(j, t)| create_job(&w.deps, request(j, &src, t)))).await;
     let statuses: Vec<JobStatus> = created.into_iter().map(|r| r.map(|j| j.status)).collect::<Result<_, _>>()?;
     assert_eq!(statuses.iter().filter(|s| **s == JobStatus::Running).count(), 1, "{statuses:?}");
 
@@ -286,13 +293,25 @@ async fn every_invalid_transition_is_refused_with_the_current_state_and_changes_
     let before = w.control_items().await?;
     let depth = w.queue_depth(&w.resources().copy_chunk_queue_url).await?;
     let cases = [
-        (resume_job(&w.deps, &name("run")).await, "cannot resume job \"run\": it is Running. Only a Paused job can be resumed"),
-        (pause_job(&w.deps, &name("done")).await, "cannot pause job \"done\": it is Completed, a final state that never changes"),
-        (cancel_job(&w.deps, &name("gone")).await, "cannot cancel job \"gone\": it is already Cancelled, a final state"),
+        (
+            resume_job(&w.deps, &name("run")).await,
+            "cannot resume job \"run\": it is Running. Only a Paused job can be resumed",
+        ),
+        (
+            pause_job(&w.deps, &name("done")).await,
+            "cannot pause job \"done\": it is Completed, a final state that never changes",
+        ),
+        (
+            cancel_job(&w.deps, &name("gone")).await,
+            "cannot cancel job \"gone\": it is already Cancelled, a final state",
+        ),
         (pause_job(&w.deps, &name("nope")).await, "job \"nope\" does not exist; `tablecopy list` shows the jobs"),
         (resume_job(&w.deps, &name("nope")).await, "job \"nope\" does not exist"),
         (cancel_job(&w.deps, &name("nope")).await, "job \"nope\" does not exist"),
-        (pause_job(&w.deps, &name("wait")).await, "cannot pause job \"wait\": it is Queued. Only a Running job can be paused"),
+        (
+            pause_job(&w.deps, &name("wait")).await,
+            "cannot pause job \"wait\": it is Queued. Only a Running job can be paused",
+        ),
         (resume_job(&w.deps, &name("done")).await, "cannot resume job \"done\": it is Completed"),
         (cancel_job(&w.deps, &name("done")).await, "cannot cancel job \"done\": it is Completed"),
         (resume_job(&w.deps, &name("wait")).await, "it is Queued (place 1 in the queue) and starts by itself"),

@@ -133,6 +133,18 @@ impl ControlStore for FakeStore {
         Ok(true)
     }
 
+    async fn withdraw_stop(&self, name: &JobName, pending: JobStatus, at: DateTime<Utc>) -> Result<bool, AwsError> {
+        let mut s = self.state.lock().unwrap();
+        let job = s.jobs.get_mut(name).expect("job exists");
+        if job.status != JobStatus::Running || job.pending != Some(pending) {
+            return Ok(false);
+        }
+        job.pending = None;
+        job.updated_at = at;
+        s.writes += 1;
+        Ok(true)
+    }
+
     async fn transition(&self, name: &JobName, t: &Transition) -> Result<Applied, AwsError> {
         let mut s = self.state.lock().unwrap();
         let job = &s.jobs[name];

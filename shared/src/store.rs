@@ -159,6 +159,9 @@ pub trait ControlStore: Send + Sync {
         replaces: Option<JobStatus>,
         at: DateTime<Utc>,
     ) -> Result<bool, AwsError>;
+    /// Withdraw the pending request `pending` of a `Running` job; `false` if it was settled
+    /// or changed meanwhile.
+    async fn withdraw_stop(&self, name: &JobName, pending: JobStatus, at: DateTime<Utc>) -> Result<bool, AwsError>;
     async fn transition(&self, name: &JobName, t: &Transition) -> Result<Applied, AwsError>;
     async fn scheduler(&self) -> Result<Scheduler, AwsError>;
     /// Write the scheduler alone (`false` if its version moved meanwhile).
@@ -502,6 +505,22 @@ impl ControlStore for DynamoStore {
                 .expression_attribute_values(":r", s(r.as_str())),
         };
         self.update(update.build().expect("valid update"), &format!("asking job {name} to stop")).await
+    }
+
+    async fn withdraw_stop(&self, name: &JobName, pending: JobStatus, at: DateTime<Utc>) -> Result<bool, AwsError> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(name), JOB_SK)))
+            .condition_expression("#s = :running AND #pending = :p")
+            .update_expression("SET updated_at = :at REMOVE #pending")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_names("#pending", "pending")
+            .expression_attribute_values(":running", s(JobStatus::Running.as_str()))
+            .expression_attribute_values(":p", s(pending.as_str()))
+            .expression_attribute_values(":at", s(at.to_rfc3339()))
+            .build()
+            .expect("valid update");
+        self.update(update, &format!("withdrawing the request of job {name}")).await
     }
 
     async fn transition(&self, name: &JobName, t: &Transition) -> Result<Applied, AwsError> {

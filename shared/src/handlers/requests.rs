@@ -172,9 +172,10 @@ pub async fn pause_job<S: ControlStore, Q: Outbox, T>(
     Err(changed_too_often("pause", name))
 }
 
-/// Resume a paused job: every unfinished segment continues from its stored cursor. A running
-/// job whose launch was interrupted gets its idle segments launched; a queued job starts if a
-/// running slot is free.
+/// Resume a paused job: every unfinished segment continues from its stored cursor. A job still
+/// pausing has its pause withdrawn (segments that already parked go on). A running job whose
+/// launch was interrupted gets its idle segments launched; a queued job starts if a running
+/// slot is free.
 pub async fn resume_job<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
@@ -201,6 +202,13 @@ pub async fn resume_job<S: ControlStore, Q: Outbox, T>(
                     "cannot resume job {:?}: it is Queued (place {place} in the queue) and starts by itself when a running slot frees. Only a Paused job can be resumed",
                     name.as_str()
                 )));
+            }
+            (JobStatus::Running, Some(JobStatus::Paused)) => {
+                if deps.store.withdraw_stop(name, JobStatus::Paused, Utc::now()).await? {
+                    tracing::info!(job = %name, "pause withdrawn");
+                    launch(deps, &existing(deps, name).await?).await?;
+                    return existing(deps, name).await;
+                }
             }
             (JobStatus::Running, None) => {
                 let idle = deps.store.cursors(name).await?.iter().filter(|c| c.parked && !c.done).count();

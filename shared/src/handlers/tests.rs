@@ -417,6 +417,31 @@ async fn pause_waits_for_in_flight_slices_and_resume_copies_the_rest_once() {
 }
 
 #[tokio::test]
+async fn resume_while_pausing_withdraws_the_pause_and_the_parked_segments_go_on() {
+    let d = world(90, &[]);
+    create_job(&d, request("w", 3, OnItemError::Fail)).await.unwrap();
+    step(&d).await; // three slices copied
+    pause_job(&d, &name("w")).await.unwrap();
+    let batch = d.outbox.take();
+    deliver(&d, batch[0].0, &batch[0].1).await; // one segment parks; two are still in flight
+    assert_eq!(d.store.cursors(&name("w")).await.unwrap().iter().filter(|c| c.parked).count(), 1);
+    let resumed = resume_job(&d, &name("w")).await.unwrap();
+    assert_eq!((resumed.status, resumed.pending), (JobStatus::Running, None));
+    for (kind, body) in &batch[1..] {
+        deliver(&d, *kind, body).await;
+    }
+    drain(&d, 2, false).await;
+    let j = job(&d, "w");
+    assert_eq!((j.status, j.items_copied), (JobStatus::Completed, 90));
+    use JobStatus::*;
+    assert_eq!(states(&j), [Queued, Running, Completed], "the pause never took effect");
+}
+
+fn states(j: &Job) -> Vec<JobStatus> {
+    j.history.iter().map(|h| h.status).collect()
+}
+
+#[tokio::test]
 async fn a_pause_that_lands_after_a_commit_parks_the_next_slice() {
     let d = world(60, &[]);
     create_job(&d, request("late", 1, OnItemError::Fail)).await.unwrap();
