@@ -661,3 +661,24 @@ fn region_names_are_checked() {
         assert!(parse_region(bad).unwrap_err().to_string().contains("is not an AWS region name"), "{bad}");
     }
 }
+
+#[tokio::test]
+async fn with_two_running_slots_two_jobs_run_and_the_third_waits() {
+    let mut d = world(30, &[]);
+    d.config.tuning.max_running_jobs = 2;
+    let statuses: Vec<JobStatus> = {
+        let mut v = vec![];
+        for j in ["m1", "m2", "m3"] {
+            v.push(create_job(&d, request(j, 1, OnItemError::Fail)).await.unwrap().status);
+        }
+        v
+    };
+    assert_eq!(statuses, [JobStatus::Running, JobStatus::Running, JobStatus::Queued]);
+    pause_job(&d, &name("m1")).await.unwrap();
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "m1").status, JobStatus::Paused);
+    assert_eq!(job(&d, "m2").status, JobStatus::Completed);
+    let m3 = job(&d, "m3");
+    assert_eq!(m3.status, JobStatus::Completed, "m2's slot went to m3");
+    assert!(m3.started_at.unwrap() >= job(&d, "m2").completed_at.unwrap());
+}
