@@ -83,6 +83,10 @@ pub enum RequestError {
     /// The job's state does not allow the request; the message names the state.
     #[error("{0}")]
     NotAllowed(String),
+    /// The request took effect in part (the job exists but did not start); the message says
+    /// how to finish it.
+    #[error("{0}")]
+    Incomplete(String),
     #[error(transparent)]
     Aws(#[from] AwsError),
 }

@@ -111,7 +111,7 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
     tracing::info!(segments = parallelism, estimated_total = job.estimated_total, "job recorded");
     if let Err(e) = schedule(deps).await {
         // The job exists and waits; the next job event (or `resume`) starts it.
-        return Err(RequestError::NotAllowed(format!(
+        return Err(RequestError::Incomplete(format!(
             "job {:?} was recorded but could not be started yet ({e}); run `tablecopy resume --job-name {name}` to try again",
             name.as_str()
         )));
