@@ -143,11 +143,25 @@ fn refuse(action: &str, job: &Job) -> RequestError {
     RequestError::NotAllowed(format!("cannot {action} job {:?}: {state}. {rule}", job.name.as_str()))
 }
 
-fn changed_too_often(action: &str, name: &JobName) -> RequestError {
-    RequestError::NotAllowed(format!(
+/// Run `action` on the job as it is now: `step` gets the freshly read job and returns the job
+/// afterwards, or `None` when a conditional write found it changed meanwhile (it is read again).
+async fn on_current_job<S: ControlStore, Q, T>(
+    deps: &Deps<S, Q, T>,
+    name: &JobName,
+    action: &str,
+    step: impl AsyncFn(Job) -> Result<Option<Job>, RequestError>,
+) -> Result<Job, RequestError> {
+    check_region(deps).await?;
+    for attempt in 1..=REQUEST_ATTEMPTS {
+        if let Some(done) = step(existing(deps, name).await?).await? {
+            return Ok(done);
+        }
+        conflict_pause(attempt).await;
+    }
+    Err(RequestError::NotAllowed(format!(
         "cannot {action} job {:?}: it kept changing state meanwhile; try again",
         name.as_str()
-    ))
+    )))
 }
 
 /// Pause a running job: no new slice is issued; it shows `Paused` once the slices in flight
@@ -156,20 +170,18 @@ pub async fn pause_job<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
 ) -> Result<Job, RequestError> {
-    check_region(deps).await?;
-    for attempt in 1..=REQUEST_ATTEMPTS {
-        let job = existing(deps, name).await?;
+    on_current_job(deps, name, "pause", async |job| {
         if (job.status, job.pending) != (JobStatus::Running, None) {
             return Err(refuse("pause", &job));
         }
-        if deps.store.request_stop(name, JobStatus::Paused, None, Utc::now()).await? {
-            tracing::info!(job = %name, "pause requested");
-            settle(deps, name).await?;
-            return existing(deps, name).await;
+        if !deps.store.request_stop(name, JobStatus::Paused, None, Utc::now()).await? {
+            return Ok(None);
         }
-        conflict_pause(attempt).await;
-    }
-    Err(changed_too_often("pause", name))
+        tracing::info!(job = %name, "pause requested");
+        settle(deps, name).await?;
+        Ok(Some(existing(deps, name).await?))
+    })
+    .await
 }
 
 /// Resume a paused job: every unfinished segment continues from its stored cursor. A job still
@@ -180,35 +192,11 @@ pub async fn resume_job<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
 ) -> Result<Job, RequestError> {
-    check_region(deps).await?;
-    for attempt in 1..=REQUEST_ATTEMPTS {
-        let job = existing(deps, name).await?;
-        match (job.status, job.pending) {
-            (JobStatus::Paused, _) => {
-                if move_job(deps, &job, JobStatus::Running, None, None).await? {
-                    tracing::info!(job = %name, "job resumed");
-                    launch(deps, &existing(deps, name).await?).await?;
-                    return existing(deps, name).await;
-                }
-            }
-            (JobStatus::Queued, _) => {
-                schedule(deps).await?;
-                let job = existing(deps, name).await?;
-                if job.status != JobStatus::Queued {
-                    return Ok(job);
-                }
-                let place = deps.store.scheduler().await?.position(name).unwrap_or(0);
-                return Err(RequestError::NotAllowed(format!(
-                    "cannot resume job {:?}: it is Queued (place {place} in the queue) and starts by itself when a running slot frees. Only a Paused job can be resumed",
-                    name.as_str()
-                )));
-            }
+    on_current_job(deps, name, "resume", async |job| {
+        let moved = match (job.status, job.pending) {
+            (JobStatus::Paused, _) => move_job(deps, &job, JobStatus::Running, None, None).await?,
             (JobStatus::Running, Some(JobStatus::Paused)) => {
-                if deps.store.withdraw_stop(name, JobStatus::Paused, Utc::now()).await? {
-                    tracing::info!(job = %name, "pause withdrawn");
-                    launch(deps, &existing(deps, name).await?).await?;
-                    return existing(deps, name).await;
-                }
+                deps.store.withdraw_stop(name, JobStatus::Paused, Utc::now()).await?
             }
             (JobStatus::Running, None) => {
                 let idle = deps.store.cursors(name).await?.iter().filter(|c| c.parked && !c.done).count();
@@ -216,14 +204,30 @@ pub async fn resume_job<S: ControlStore, Q: Outbox, T>(
                     return Err(refuse("resume", &job));
                 }
                 tracing::warn!(job = %name, idle, "running job with idle segments: launching them");
-                launch(deps, &job).await?;
-                return existing(deps, name).await;
+                true
+            }
+            (JobStatus::Queued, _) => {
+                schedule(deps).await?;
+                let job = existing(deps, name).await?;
+                if job.status != JobStatus::Queued {
+                    return Ok(Some(job));
+                }
+                let place = deps.store.scheduler().await?.position(name).unwrap_or(0);
+                return Err(RequestError::NotAllowed(format!(
+                    "cannot resume job {:?}: it is Queued (place {place} in the queue) and starts by itself when a running slot frees. Only a Paused job can be resumed",
+                    name.as_str()
+                )));
             }
             _ => return Err(refuse("resume", &job)),
+        };
+        if !moved {
+            return Ok(None);
         }
-        conflict_pause(attempt).await;
-    }
-    Err(changed_too_often("resume", name))
+        tracing::info!(job = %name, "job resumed");
+        launch(deps, &existing(deps, name).await?).await?;
+        Ok(Some(existing(deps, name).await?))
+    })
+    .await
 }
 
 /// Cancel a job for good, keeping what was copied. A queued or paused job is cancelled at
@@ -233,28 +237,26 @@ pub async fn cancel_job<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
 ) -> Result<Job, RequestError> {
-    check_region(deps).await?;
-    for attempt in 1..=REQUEST_ATTEMPTS {
-        let job = existing(deps, name).await?;
+    on_current_job(deps, name, "cancel", async |job| {
         match (job.status, job.pending) {
             (JobStatus::Queued | JobStatus::Paused, _) => {
-                if move_job(deps, &job, JobStatus::Cancelled, None, None).await? {
-                    schedule(deps).await?;
-                    return existing(deps, name).await;
+                if !move_job(deps, &job, JobStatus::Cancelled, None, None).await? {
+                    return Ok(None);
                 }
+                schedule(deps).await?;
             }
             (JobStatus::Running, pending @ (None | Some(JobStatus::Paused))) => {
-                if deps.store.request_stop(name, JobStatus::Cancelled, pending, Utc::now()).await? {
-                    tracing::info!(job = %name, "cancel requested");
-                    settle(deps, name).await?;
-                    return existing(deps, name).await;
+                if !deps.store.request_stop(name, JobStatus::Cancelled, pending, Utc::now()).await? {
+                    return Ok(None);
                 }
+                tracing::info!(job = %name, "cancel requested");
+                settle(deps, name).await?;
             }
             _ => return Err(refuse("cancel", &job)),
         }
-        conflict_pause(attempt).await;
-    }
-    Err(changed_too_often("cancel", name))
+        Ok(Some(existing(deps, name).await?))
+    })
+    .await
 }
 
 /// Check that `region` looks like an AWS region name (`us-west-2`, `ap-southeast-1`, ...).
