@@ -427,6 +427,11 @@ pub async fn wait_final(w: &World, job: &str) -> Result<Job> {
     wait_for(w, job, "a final state", |j| j.status.is_final()).await
 }
 
+/// Small slices, so a copy is many slices long and requests or kills land in the middle of it.
+pub fn small_slices(max_items: u32) -> Tuning {
+    Tuning { slice: shared::messages::SliceLimits { max_items, max_bytes: 1 << 24 }, ..Tuning::default() }
+}
+
 pub fn runner_opts() -> RunnerOptions {
     RunnerOptions { concurrency: 4, ..RunnerOptions::default() }
 }

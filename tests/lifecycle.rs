@@ -8,25 +8,18 @@ use anyhow::Result;
 use aws_sdk_dynamodb::types::ScalarAttributeType as T;
 use futures::future::join_all;
 use serde_json::json;
-use shared::config::Tuning;
 use shared::handlers::{
     cancel_job, create_job, create_job_invoke, pause_job, resume_job, set_write_region, CreateJobRequest,
 };
-use shared::messages::SliceLimits;
 use shared::model::{Job, JobName, JobStatus};
 use shared::store::{ControlStore, ListQuery};
 use tests::{
-    assert_same_items, create_table, put_items, rekey_tables, request, runner_opts, sample_item, scan_all, unique,
-    wait_final, wait_for, World,
+    assert_same_items, create_table, put_items, rekey_tables, request, runner_opts, sample_item, scan_all,
+    small_slices, unique, wait_final, wait_for, World,
 };
 
 fn name(s: &str) -> JobName {
     JobName::parse(s).unwrap()
-}
-
-/// Small slices, so a copy is many slices long and requests land in the middle of it.
-fn small_slices(max_items: u32) -> Tuning {
-    Tuning { slice: SliceLimits { max_items, max_bytes: 1 << 24 }, ..Tuning::default() }
 }
 
 async fn job(w: &World, j: &str) -> Result<Job> {
@@ -267,8 +260,8 @@ async fn a_write_region_change_fails_the_running_and_queued_jobs_and_a_new_job_c
     assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 3_000);
 
     // Setting it back through the CLI's path fails the incomplete jobs of us-west-2 at once.
-    let paused_one = create_job(&w.deps, request("g5", &src, &dst)).await?;
-    assert_eq!(paused_one.status, JobStatus::Running);
+    let running = create_job(&w.deps, request("g5", &src, &dst)).await?;
+    assert_eq!(running.status, JobStatus::Running);
     assert_eq!(set_write_region(&w.deps, "us-east-1").await?, 1);
     runner.stop().await;
     assert_eq!(job(&w, "g5").await?.error.expect("a reason").code, "WriteRegionChanged");

@@ -6,15 +6,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use aws_sdk_dynamodb::types::ScalarAttributeType as T;
-use shared::config::Tuning;
 use shared::handlers::{create_job, CreateJobRequest};
-use shared::messages::SliceLimits;
 use shared::model::{JobName, JobStatus, OnItemError};
 use shared::runner::RunnerOptions;
 use shared::store::ControlStore;
 use tests::{
-    assert_same_items, create_table, put_items, rekey_tables, request, runner_opts, sample_item, scan_all, unique,
-    wait_final, World,
+    assert_same_items, create_table, put_items, rekey_tables, request, runner_opts, sample_item, scan_all,
+    small_slices, unique, wait_final, World,
 };
 
 #[tokio::test]
@@ -162,7 +160,7 @@ async fn an_empty_source_completes_with_nothing_copied() -> Result<()> {
 #[tokio::test]
 async fn a_job_survives_the_runner_dying_mid_copy() -> Result<()> {
     // Small slices, so the copy is many slices long and the kill lands in the middle.
-    let tuning = Tuning { slice: SliceLimits { max_items: 150, max_bytes: 1 << 24 }, ..Tuning::default() };
+    let tuning = small_slices(150);
     let w = World::with_tuning("redrive", tuning).await?;
     let (src, dst) = rekey_tables(&w, "redrive", 3_000, &[]).await?;
 
@@ -240,7 +238,7 @@ async fn throttled_reads_and_writes_are_retried_until_every_item_is_copied() -> 
     // BatchWriteItem leaves one item in ten unprocessed.
     let faulty = tests::FaultyLocalStack::start(4567, "0.1")?;
     let sdk = tests::localstack_at(&faulty.endpoint).await?;
-    let tuning = Tuning { slice: SliceLimits { max_items: 400, max_bytes: 1 << 24 }, ..Tuning::default() };
+    let tuning = small_slices(400);
     let params = [("CopyChunkVisibilityTimeout".to_string(), "20".to_string())];
     let w = World::deploy_on(sdk, "throttle", tuning, &params).await?;
     let (src, dst) = rekey_tables(&w, "thr", 2_000, &[]).await?;
