@@ -1,5 +1,5 @@
 # tablecopy — the two commands a new user needs are `make demo` and `make test`.
-.PHONY: demo test bench lint fmt localstack stop clean
+.PHONY: demo test bench lint lint-infra build fmt localstack stop clean
 
 ## make demo: LocalStack, sample data, a copy job with a progress bar, the verified result
 demo:
@@ -18,6 +18,14 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
+## make lint-infra: sam validate --lint, cfn-lint and checkov on infra/template.yaml (installs the tools)
+lint-infra:
+	scripts/infra.sh lint
+
+## make build: sam build, the four Lambda bootstraps (provided.al2023) under .aws-sam/build
+build:
+	scripts/infra.sh build
+
 fmt:
 	cargo fmt --all
 
@@ -30,4 +38,4 @@ stop:
 
 clean:
 	cargo clean
-	rm -rf .cache
+	rm -rf .cache .aws-sam

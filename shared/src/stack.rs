@@ -13,6 +13,8 @@ pub enum StackError {
     NotFound(String),
     #[error("stack {stack:?} is {status}: {reason}")]
     Failed { stack: String, status: String, reason: String },
+    #[error("the template cannot be deployed locally: {0}")]
+    Template(String),
     #[error("stack {0:?} did not settle in time")]
     Timeout(String),
     #[error(transparent)]
@@ -108,6 +110,46 @@ pub async fn deploy(
         }
     }
     outputs(cfn, stack).await
+}
+
+/// The parameters that make the template a local deployment: no functions (LocalStack without
+/// Docker cannot run Lambda; the project's runner plays them), a control table that can be
+/// deleted, and any table name. samconfig.toml's `local` environment sets the same.
+pub const LOCAL_PARAMETERS: [(&str, &str); 3] =
+    [("DeployFunctions", "false"), ("ControlTableDeletionProtection", "false"), ("TableNamePrefix", "*")];
+
+/// [`deploy`] with [`LOCAL_PARAMETERS`], each overridden by `parameters` when given there.
+pub async fn deploy_local(
+    cfn: &aws_sdk_cloudformation::Client,
+    stack: &str,
+    template: &str,
+    parameters: &[(String, String)],
+) -> Result<HashMap<String, String>, StackError> {
+    let mut all: Vec<(String, String)> = LOCAL_PARAMETERS
+        .iter()
+        .filter(|(k, _)| !parameters.iter().any(|(p, _)| p == k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    all.extend(parameters.iter().cloned());
+    deploy(cfn, stack, &package_local(template)?, &all).await
+}
+
+/// The code location `sam build` reads (the workspace root, in the template's Globals).
+const CODE_URI_LINE: &str = "    CodeUri: ..\n";
+/// What a local deployment puts in its place: the SAM transform wants an S3 URI, and with
+/// `DeployFunctions=false` nothing ever reads it.
+const LOCAL_CODE_URI_LINE: &str = "    CodeUri: s3://tablecopy-local/functions-not-deployed.zip\n";
+
+/// The template as a local deployment sends it: its one `CodeUri` line replaced by a
+/// placeholder S3 URI, as `sam deploy` replaces it by the uploaded artifact's.
+pub fn package_local(template: &str) -> Result<String, StackError> {
+    match template.matches(CODE_URI_LINE).count() {
+        1 => Ok(template.replace(CODE_URI_LINE, LOCAL_CODE_URI_LINE)),
+        n => Err(StackError::Template(format!(
+            "expected one {:?} line in the template's Globals, found {n}",
+            CODE_URI_LINE.trim()
+        ))),
+    }
 }
 
 /// Delete the stack and wait until it is gone.

@@ -198,9 +198,13 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             let sdk = sdk_config(g).await?;
             let template = std::fs::read_to_string(&a.template)
                 .with_context(|| format!("reading the template {}", a.template.display()))?;
-            let outputs =
-                shared::stack::deploy(&shared::stack::CfnClient::new(&sdk), &g.stack_name, &template, &a.parameters)
-                    .await?;
+            let outputs = shared::stack::deploy_local(
+                &shared::stack::CfnClient::new(&sdk),
+                &g.stack_name,
+                &template,
+                &a.parameters,
+            )
+            .await?;
             let mut outputs: Vec<_> = outputs.into_iter().collect();
             outputs.sort();
             match g.output {
