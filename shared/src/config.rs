@@ -6,21 +6,25 @@ use std::collections::HashMap;
 use crate::messages::SliceLimits;
 
 /// Names of the deployment's resources. In the template's outputs they are
-/// `ControlTableName`, `CopyChunkQueueUrl`, `CheckpointQueueUrl`, `FinalizeQueueUrl`.
+/// `ControlTableName`, `CopyChunkQueueUrl`, `CheckpointQueueUrl`, `FinalizeQueueUrl`,
+/// `RequestsQueueUrl`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resources {
     pub control_table: String,
     pub copy_chunk_queue_url: String,
     pub checkpoint_queue_url: String,
     pub finalize_queue_url: String,
+    /// Job requests from EventBridge events, consumed by create-job.
+    pub requests_queue_url: String,
 }
 
 /// Environment variable → stack output, for each resource.
-const RESOURCE_NAMES: [(&str, &str); 4] = [
+const RESOURCE_NAMES: [(&str, &str); 5] = [
     ("CONTROL_TABLE_NAME", "ControlTableName"),
     ("COPY_CHUNK_QUEUE_URL", "CopyChunkQueueUrl"),
     ("CHECKPOINT_QUEUE_URL", "CheckpointQueueUrl"),
     ("FINALIZE_QUEUE_URL", "FinalizeQueueUrl"),
+    ("REQUESTS_QUEUE_URL", "RequestsQueueUrl"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +36,8 @@ pub enum ConfigError {
 }
 
 impl Resources {
-    /// From `CONTROL_TABLE_NAME`, `COPY_CHUNK_QUEUE_URL`, `CHECKPOINT_QUEUE_URL`, `FINALIZE_QUEUE_URL`.
+    /// From `CONTROL_TABLE_NAME`, `COPY_CHUNK_QUEUE_URL`, `CHECKPOINT_QUEUE_URL`,
+    /// `FINALIZE_QUEUE_URL`, `REQUESTS_QUEUE_URL`.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|env, _| std::env::var(env).ok(), "environment variable")
     }
@@ -43,12 +48,18 @@ impl Resources {
     }
 
     fn from_lookup(get: impl Fn(&str, &str) -> Option<String>, what: &str) -> Result<Self, ConfigError> {
-        let [a, b, c, d] = RESOURCE_NAMES.map(|(env, out)| {
+        let [a, b, c, d, e] = RESOURCE_NAMES.map(|(env, out)| {
             get(env, out).ok_or_else(|| {
                 ConfigError::Missing(format!("{what} {}", if what.starts_with("env") { env } else { out }))
             })
         });
-        Ok(Self { control_table: a?, copy_chunk_queue_url: b?, checkpoint_queue_url: c?, finalize_queue_url: d? })
+        Ok(Self {
+            control_table: a?,
+            copy_chunk_queue_url: b?,
+            checkpoint_queue_url: c?,
+            finalize_queue_url: d?,
+            requests_queue_url: e?,
+        })
     }
 }
 
@@ -118,6 +129,32 @@ where
     }
 }
 
+/// The user tables a deployment may copy: those whose names start with a prefix (the
+/// template's `TableNamePrefix`, which its IAM policies also enforce), or any (`*`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TableScope {
+    #[default]
+    Any,
+    Prefix(String),
+}
+
+impl TableScope {
+    /// `*` (or nothing) means every table.
+    pub fn parse(prefix: Option<&str>) -> Self {
+        match prefix {
+            None | Some("") | Some("*") => TableScope::Any,
+            Some(p) => TableScope::Prefix(p.to_string()),
+        }
+    }
+
+    pub fn allows(&self, table: &str) -> bool {
+        match self {
+            TableScope::Any => true,
+            TableScope::Prefix(p) => table.starts_with(p.as_str()),
+        }
+    }
+}
+
 /// Everything a handler needs to know.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -125,6 +162,8 @@ pub struct Config {
     pub tuning: Tuning,
     /// The deployment's region: the default write region.
     pub region: String,
+    /// `TABLE_NAME_PREFIX` / stack output `TableNamePrefix`.
+    pub tables: TableScope,
 }
 
 impl Config {
@@ -143,7 +182,8 @@ impl Config {
                 why: "expected a whole number of at least 1".into(),
             })?;
         }
-        Ok(Self { resources, tuning, region })
+        let tables = TableScope::parse(outputs.get("TableNamePrefix").map(String::as_str));
+        Ok(Self { resources, tuning, region, tables })
     }
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -151,6 +191,7 @@ impl Config {
             resources: Resources::from_env()?,
             tuning: Tuning::from_env()?,
             region: std::env::var("AWS_REGION").map_err(|_| ConfigError::Missing("AWS_REGION".into()))?,
+            tables: TableScope::parse(std::env::var("TABLE_NAME_PREFIX").ok().as_deref()),
         })
     }
 }

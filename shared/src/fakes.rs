@@ -1,4 +1,4 @@
-//! In-memory fakes of the three capabilities, for fast handler tests. They follow the real
+//! In-memory fakes of the capabilities, for fast handler tests. They follow the real
 //! adapters' contracts (conditional commits, a scan that can end on an exactly full page).
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,10 +10,12 @@ use async_trait::async_trait;
 use crate::error::AwsError;
 use crate::model::{render_key, Cursor, Item, Job, JobName, JobStatus, KeySchema, TableName};
 use crate::queue::{Outbox, QueueKind};
+use crate::responder::Responder;
 use crate::store::{
     Applied, Commit, ControlStore, InsertError, JobPage, ListQuery, Scheduler, SliceCommit, Transition,
 };
 use crate::tables::{ScanPage, TableInfo, Tables, WriteError};
+use aws_lambda_events::event::cloudformation::CloudFormationCustomResourceResponse;
 use chrono::{DateTime, Utc};
 
 #[derive(Default)]
@@ -102,6 +104,17 @@ impl ControlStore for FakeStore {
         job.updated_at = c.at;
         s.writes += 2;
         Ok(if park { Commit::Parked } else { Commit::Continued })
+    }
+
+    async fn mark_answered(&self, name: &JobName) -> Result<bool, AwsError> {
+        let mut s = self.state.lock().unwrap();
+        let Some(origin) = s.jobs.get_mut(name).and_then(|j| j.origin.as_mut()) else { return Ok(false) };
+        if origin.answered {
+            return Ok(false);
+        }
+        origin.answered = true;
+        s.writes += 1;
+        Ok(true)
     }
 
     async fn unpark(&self, name: &JobName, segment: u32, seq: u64) -> Result<bool, AwsError> {
@@ -224,6 +237,26 @@ impl Outbox for FakeOutbox {
             });
         }
         self.sent.lock().unwrap().extend(bodies.into_iter().map(|b| (to, b)));
+        Ok(())
+    }
+}
+
+/// Records every CloudFormation answer, by response URL.
+#[derive(Default)]
+pub struct FakeResponder {
+    pub answers: Mutex<Vec<(String, CloudFormationCustomResourceResponse)>>,
+}
+
+impl FakeResponder {
+    pub fn take(&self) -> Vec<(String, CloudFormationCustomResourceResponse)> {
+        std::mem::take(&mut *self.answers.lock().unwrap())
+    }
+}
+
+#[async_trait]
+impl Responder for FakeResponder {
+    async fn respond(&self, url: &str, response: &CloudFormationCustomResourceResponse) -> Result<(), AwsError> {
+        self.answers.lock().unwrap().push((url.to_string(), response.clone()));
         Ok(())
     }
 }

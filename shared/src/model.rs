@@ -352,6 +352,33 @@ pub struct Job {
     /// When the job last started running (created, started from the queue, or resumed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launched_at: Option<DateTime<Utc>>,
+    /// The CloudFormation resource (`Custom::TableCopyJob`) that created the job, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<StackOrigin>,
+}
+
+/// The `Custom::TableCopyJob` resource that created a job, and, when it waits for the job's
+/// completion, where CloudFormation waits for the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackOrigin {
+    pub stack_id: String,
+    pub logical_resource_id: String,
+    /// The Create or Update request that created the job (a repeated delivery of it finds
+    /// the job it already made).
+    pub request_id: String,
+    /// Set when the resource waits for completion: the presigned URL finalize answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_url: Option<String>,
+    /// The waiting request has been answered.
+    #[serde(default)]
+    pub answered: bool,
+}
+
+impl StackOrigin {
+    /// A final job whose resource still waits for its answer.
+    pub fn awaits_answer(job: &Job) -> bool {
+        job.origin.as_ref().is_some_and(|o| o.response_url.is_some() && !o.answered)
+    }
 }
 
 impl Job {

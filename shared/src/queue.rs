@@ -15,16 +15,20 @@ pub enum QueueKind {
     CopyChunk,
     Checkpoint,
     Finalize,
+    /// Job requests (EventBridge events), consumed by create-job; no function sends to it.
+    Requests,
 }
 
 impl QueueKind {
-    pub const ALL: [QueueKind; 3] = [QueueKind::CopyChunk, QueueKind::Checkpoint, QueueKind::Finalize];
+    pub const ALL: [QueueKind; 4] =
+        [QueueKind::CopyChunk, QueueKind::Checkpoint, QueueKind::Finalize, QueueKind::Requests];
 
     pub fn url(self, r: &Resources) -> &str {
         match self {
             QueueKind::CopyChunk => &r.copy_chunk_queue_url,
             QueueKind::Checkpoint => &r.checkpoint_queue_url,
             QueueKind::Finalize => &r.finalize_queue_url,
+            QueueKind::Requests => &r.requests_queue_url,
         }
     }
 
@@ -33,6 +37,7 @@ impl QueueKind {
             QueueKind::CopyChunk => "copy-chunk",
             QueueKind::Checkpoint => "advance-checkpoint",
             QueueKind::Finalize => "finalize",
+            QueueKind::Requests => "requests",
         }
     }
 }

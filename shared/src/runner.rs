@@ -12,7 +12,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::{advance_checkpoint_batch, copy_chunk_batch, finalize_batch, AwsDeps};
+use crate::handlers::{advance_checkpoint_batch, copy_chunk_batch, finalize_batch, requests_batch, AwsDeps};
 use crate::queue::QueueKind;
 
 #[derive(Debug, Clone)]
@@ -48,6 +48,7 @@ pub async fn run(deps: Arc<AwsDeps>, sqs: aws_sdk_sqs::Client, opts: RunnerOptio
         (QueueKind::CopyChunk, opts.concurrency.max(1), opts.copy_batch_size),
         (QueueKind::Checkpoint, opts.concurrency.div_ceil(4).max(1), opts.checkpoint_batch_size),
         (QueueKind::Finalize, 1, opts.checkpoint_batch_size),
+        (QueueKind::Requests, 1, opts.checkpoint_batch_size),
     ];
     for (kind, count, batch) in pollers {
         for _ in 0..count {
@@ -103,6 +104,7 @@ async fn poll(
             QueueKind::CopyChunk => copy_chunk_batch(&deps, event).await,
             QueueKind::Checkpoint => advance_checkpoint_batch(&deps, event).await,
             QueueKind::Finalize => finalize_batch(&deps, event).await,
+            QueueKind::Requests => requests_batch(&deps, event).await,
         };
         let failed: HashSet<String> = match response {
             Ok(r) => r.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),

@@ -169,6 +169,9 @@ pub trait ControlStore: Send + Sync {
     /// The account's write region, if one was set.
     async fn write_region(&self) -> Result<Option<String>, AwsError>;
     async fn set_write_region(&self, region: &str, at: DateTime<Utc>) -> Result<(), AwsError>;
+    /// Record that the CloudFormation request waiting on the job was answered; `false` if it
+    /// already was.
+    async fn mark_answered(&self, name: &JobName) -> Result<bool, AwsError>;
 }
 
 pub fn job_pk(name: &JobName) -> String {
@@ -480,6 +483,19 @@ impl ControlStore for DynamoStore {
             .build()
             .expect("valid update");
         self.update(update, &format!("launching segment {segment} of job {name}")).await
+    }
+
+    async fn mark_answered(&self, name: &JobName) -> Result<bool, AwsError> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(job_pk(name), JOB_SK)))
+            .condition_expression("origin.answered = :false")
+            .update_expression("SET origin.answered = :true")
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .build()
+            .expect("valid update");
+        self.update(update, &format!("recording the CloudFormation answer of job {name}")).await
     }
 
     async fn request_stop(

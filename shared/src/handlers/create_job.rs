@@ -3,10 +3,12 @@ use serde::{Deserialize, Serialize};
 
 use super::lifecycle::{current_region, schedule};
 use super::Deps;
+use crate::config::TableScope;
 use crate::error::RequestError;
 use crate::messages::{CopyChunk, SliceLimits, VERSION};
 use crate::model::{
-    Cursor, InvalidInput, Item, Job, JobName, JobSpec, JobStatus, OnItemError, StatusChange, TableName, MAX_PARALLELISM,
+    Cursor, InvalidInput, Item, Job, JobName, JobSpec, JobStatus, OnItemError, StackOrigin, StatusChange, TableName,
+    MAX_PARALLELISM,
 };
 use crate::queue::Outbox;
 use crate::store::{conflict_pause, ControlStore, Entry, InsertError};
@@ -33,6 +35,15 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     req: CreateJobRequest,
 ) -> Result<Job, RequestError> {
+    create_job_from(deps, req, None).await
+}
+
+/// [`create_job`] for a CloudFormation resource, which is recorded on the job.
+pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    req: CreateJobRequest,
+    origin: Option<StackOrigin>,
+) -> Result<Job, RequestError> {
     let name = JobName::parse(req.job_name)?;
     let source = TableName::parse(req.source_table)?;
     let target = TableName::parse(req.target_table)?;
@@ -41,6 +52,15 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
             "source and target are the same table ({source}); copy into a different, existing table"
         ))
         .into());
+    }
+    for (role, table) in [("source", &source), ("target", &target)] {
+        if !deps.config.tables.allows(table.as_str()) {
+            let TableScope::Prefix(prefix) = &deps.config.tables else { unreachable!("Any allows every table") };
+            return Err(InvalidInput(format!(
+                "the {role} table {table} is outside this deployment: it may copy only tables whose names start with {prefix:?} (template parameter TableNamePrefix)"
+            ))
+            .into());
+        }
     }
     let parallelism = req.parallelism.unwrap_or(deps.config.tuning.default_parallelism);
     if !(1..=MAX_PARALLELISM).contains(&parallelism) {
@@ -90,6 +110,7 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
         history: vec![StatusChange { status: JobStatus::Queued, at: now }],
         pending: None,
         launched_at: None,
+        origin,
     };
     let cursors: Vec<Cursor> = (0..parallelism).map(Cursor::start).collect();
     for attempt in 1.. {

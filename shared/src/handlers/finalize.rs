@@ -1,3 +1,4 @@
+use super::custom_resource::answer_waiting;
 use super::lifecycle::{current_region, move_job, schedule};
 use super::Deps;
 use crate::error::HandlerError;
@@ -8,7 +9,8 @@ use crate::store::ControlStore;
 
 /// Move the job to its final state: `Failed` with the reason it was given or that its counters
 /// show, else `Completed` once every segment is done and the counts agree. Then start the next
-/// queued job. A premature or duplicate finalize changes nothing (but still lets the
+/// queued job. A final job whose CloudFormation resource waits gets its answer here (the
+/// final move sends one more finalize message for it). A premature or duplicate finalize changes nothing (but still lets the
 /// scheduler look for a queued job, which makes it a safe nudge).
 pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: Finalize) -> Result<(), HandlerError> {
     let store = &deps.store;
@@ -16,6 +18,9 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
     let region = current_region(deps).await?;
     if job.status.is_final() || job.write_region != region {
         tracing::info!(status = %job.status, "job already final (or of another write region); nothing to finalize");
+        // A job made final elsewhere (cancel, region change) comes here to answer the
+        // CloudFormation resource waiting for it.
+        answer_waiting(deps, &job).await?;
         schedule(deps).await?;
         return Ok(());
     }

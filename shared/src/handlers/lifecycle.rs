@@ -12,7 +12,7 @@ use super::create_job::slice_message;
 use super::Deps;
 use crate::error::AwsError;
 use crate::messages::{encode, Finalize, VERSION};
-use crate::model::{Job, JobError, JobName, JobStatus};
+use crate::model::{Job, JobError, JobName, JobStatus, StackOrigin};
 use crate::queue::{Outbox, QueueKind};
 use crate::store::{conflict_pause, Applied, ControlStore, Scheduler, Transition};
 
@@ -32,8 +32,9 @@ fn duration_ms(job: &Job, now: DateTime<Utc>) -> Option<u64> {
 /// Move `job` from its current status to `to`, updating the scheduler in the same
 /// transaction: a final job leaves it (freeing its slot or its place in the queue). With
 /// `pending`, the move applies only while that request is pending. `false` if the job had
-/// changed meanwhile.
-pub async fn move_job<S: ControlStore, Q, T>(
+/// changed meanwhile. A job whose CloudFormation resource waits for it gets a finalize
+/// message when it becomes final, whatever made it final: finalize answers CloudFormation.
+pub async fn move_job<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     job: &Job,
     to: JobStatus,
@@ -61,6 +62,10 @@ pub async fn move_job<S: ControlStore, Q, T>(
         match deps.store.transition(&job.name, &t).await? {
             Applied::Yes => {
                 tracing::info!(job = %job.name, from = %job.status, %to, "job moved");
+                if to.is_final() && StackOrigin::awaits_answer(job) {
+                    let f = Finalize { v: VERSION, job: job.name.clone(), failure: None };
+                    deps.outbox.send(QueueKind::Finalize, vec![encode(&f)]).await?;
+                }
                 return Ok(true);
             }
             Applied::JobChanged => return Ok(false),
@@ -182,7 +187,10 @@ pub async fn settle<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, name: &
 
 /// If the scheduler holds jobs of another write region than `current`, fail every one of them
 /// that is incomplete (`WriteRegionChanged`). Returns how many jobs failed.
-pub async fn enforce_region<S: ControlStore, Q, T>(deps: &Deps<S, Q, T>, current: &str) -> Result<usize, AwsError> {
+pub async fn enforce_region<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
+    current: &str,
+) -> Result<usize, AwsError> {
     let mut failed = 0;
     loop {
         let sched = deps.store.scheduler().await?;

@@ -4,6 +4,7 @@
 mod advance_checkpoint;
 mod copy_chunk;
 mod create_job;
+mod custom_resource;
 mod finalize;
 pub mod lifecycle;
 mod requests;
@@ -12,29 +13,35 @@ mod sqs;
 pub use advance_checkpoint::advance_checkpoint;
 pub use copy_chunk::copy_chunk;
 pub use create_job::{create_job, CreateJobRequest};
+pub use custom_resource::{answer_waiting, custom_resource, JobProperties, RESOURCE_TYPE};
 pub use finalize::finalize;
 pub use requests::{
     cancel_job, handle_request, parse_region, pause_job, resume_job, set_write_region, JobRef, JobRequest,
     REQUEST_KINDS,
 };
-pub use sqs::process_batch;
+pub use sqs::{process_batch, process_batch_with};
+
+use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use tracing::Instrument;
 
 use crate::config::{Config, ConfigError};
-use crate::error::RequestError;
+use crate::error::{HandlerError, RequestError};
 use crate::messages::{ChunkResult, CopyChunk, Finalize};
 use crate::model::Job;
 use crate::queue::{Outbox, SqsOutbox};
+use crate::responder::{HttpResponder, Responder};
 use crate::store::{ControlStore, DynamoStore};
 use crate::tables::{DynamoTables, Tables};
 
-/// A function's dependencies: the three capabilities and the configuration.
+/// A function's dependencies: the capabilities and the configuration.
 pub struct Deps<S, Q, T> {
     pub store: S,
     pub outbox: Q,
     pub tables: T,
+    /// Answers CloudFormation custom resource requests.
+    pub responder: Arc<dyn Responder>,
     pub config: Config,
 }
 
@@ -48,6 +55,10 @@ impl AwsDeps {
             store: DynamoStore::new(ddb.clone(), config.resources.control_table.clone()),
             outbox: SqsOutbox::new(aws_sdk_sqs::Client::new(sdk), config.resources.clone()),
             tables: DynamoTables::new(ddb),
+            responder: Arc::new(
+                HttpResponder::new()
+                    .expect("no TLS root certificates on this machine: they are needed to answer CloudFormation"),
+            ),
             config,
         }
     }
@@ -69,8 +80,37 @@ pub async fn request<S: ControlStore, Q: Outbox, T: Tables>(
     handle_request(deps, request).instrument(span).await
 }
 
-/// create-job's Lambda entry point: a direct invoke payload or an EventBridge event, read by
-/// the one parser. Returns the job as JSON.
+/// create-job's Lambda entry point. It takes
+/// - an SQS batch from the requests queue (EventBridge events the deployment's rule
+///   forwarded; see [`requests_batch`]), answered with the batch's failures;
+/// - a CloudFormation custom resource request (`Custom::TableCopyJob`), answered at its
+///   `ResponseURL` (see [`custom_resource`]);
+/// - a direct invoke payload or an EventBridge event, read by the one parser; the job is
+///   returned as JSON.
+pub async fn create_job_entry<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    payload: serde_json::Value,
+) -> Result<serde_json::Value, lambda_runtime::Error> {
+    if payload.get("Records").is_some() {
+        let event: SqsEvent = serde_json::from_value(payload)?;
+        return Ok(serde_json::to_value(requests_batch(deps, event).await?)?);
+    }
+    if payload.get("RequestType").is_some() && payload.get("ResponseURL").is_some() {
+        let request = serde_json::from_value(payload)?;
+        let span = tracing::info_span!(
+            "custom_resource",
+            job = tracing::field::Empty,
+            segment = tracing::field::Empty,
+            seq = tracing::field::Empty
+        );
+        custom_resource(deps, request).instrument(span).await?;
+        return Ok(serde_json::Value::Null);
+    }
+    Ok(create_job_invoke(deps, payload).await?)
+}
+
+/// A direct invoke payload or an EventBridge event, read by the one parser. Returns the job
+/// as JSON.
 pub async fn create_job_invoke<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     payload: serde_json::Value,
@@ -79,6 +119,38 @@ pub async fn create_job_invoke<S: ControlStore, Q: Outbox, T: Tables>(
         tracing::error!(error = %e, retryable = e.is_retryable(), "request refused");
     })?;
     Ok(serde_json::to_value(&job).expect("jobs serialize"))
+}
+
+/// create-job's requests queue: each body is an EventBridge event (or a direct invoke
+/// payload). A refused request is logged and dropped (sending it again changes nothing);
+/// AWS errors leave it on the queue, and after maxReceiveCount in its dead-letter queue.
+pub async fn requests_batch<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    event: SqsEvent,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    Ok(process_batch_with(event, parse_queued_request, |r, _attempt| queued_request(deps, r)).await)
+}
+
+fn parse_queued_request(body: &str) -> Result<JobRequest, String> {
+    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    JobRequest::parse(value).map_err(|e| e.to_string())
+}
+
+async fn queued_request<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    r: JobRequest,
+) -> Result<(), HandlerError> {
+    match request(deps, r).await {
+        Ok(job) => {
+            tracing::info!(job = %job.name, status = %job.status_label(), "request from the queue carried out");
+            Ok(())
+        }
+        Err(RequestError::Aws(e)) if e.is_retryable() => Err(HandlerError::Aws(e)),
+        Err(e) => {
+            tracing::error!(error = %e, "request from the queue refused; dropped");
+            Ok(())
+        }
+    }
 }
 
 /// copy-chunk's entry point: an SQS batch of [`CopyChunk`] messages.

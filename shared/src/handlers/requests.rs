@@ -113,7 +113,7 @@ async fn existing<S: ControlStore, Q, T>(deps: &Deps<S, Q, T>, name: &JobName) -
 }
 
 /// Fail the jobs of an old write region first, so a request sees the truth.
-async fn check_region<S: ControlStore, Q, T>(deps: &Deps<S, Q, T>) -> Result<(), RequestError> {
+async fn check_region<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> Result<(), RequestError> {
     let region = current_region(deps).await?;
     enforce_region(deps, &region).await?;
     Ok(())
@@ -145,12 +145,16 @@ fn refuse(action: &str, job: &Job) -> RequestError {
 
 /// Run `action` on the job as it is now: `step` gets the freshly read job and returns the job
 /// afterwards, or `None` when a conditional write found it changed meanwhile (it is read again).
-async fn on_current_job<S: ControlStore, Q, T>(
+async fn on_current_job<S: ControlStore, Q: Outbox, T, F, Fut>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
     action: &str,
-    step: impl AsyncFn(Job) -> Result<Option<Job>, RequestError>,
-) -> Result<Job, RequestError> {
+    step: F,
+) -> Result<Job, RequestError>
+where
+    F: Fn(Job) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Job>, RequestError>>,
+{
     check_region(deps).await?;
     for attempt in 1..=REQUEST_ATTEMPTS {
         if let Some(done) = step(existing(deps, name).await?).await? {
@@ -170,7 +174,7 @@ pub async fn pause_job<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
 ) -> Result<Job, RequestError> {
-    on_current_job(deps, name, "pause", async |job| {
+    on_current_job(deps, name, "pause", |job| async move {
         if (job.status, job.pending) != (JobStatus::Running, None) {
             return Err(refuse("pause", &job));
         }
@@ -192,7 +196,7 @@ pub async fn resume_job<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
 ) -> Result<Job, RequestError> {
-    on_current_job(deps, name, "resume", async |job| {
+    on_current_job(deps, name, "resume", |job| async move {
         let moved = match (job.status, job.pending) {
             (JobStatus::Paused, _) => move_job(deps, &job, JobStatus::Running, None, None).await?,
             (JobStatus::Running, Some(JobStatus::Paused)) => {
@@ -237,7 +241,7 @@ pub async fn cancel_job<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
 ) -> Result<Job, RequestError> {
-    on_current_job(deps, name, "cancel", async |job| {
+    on_current_job(deps, name, "cancel", |job| async move {
         match (job.status, job.pending) {
             (JobStatus::Queued | JobStatus::Paused, _) => {
                 if !move_job(deps, &job, JobStatus::Cancelled, None, None).await? {

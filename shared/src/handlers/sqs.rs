@@ -21,7 +21,17 @@ where
     F: Fn(M, u32) -> Fut,
     Fut: Future<Output = Result<(), HandlerError>>,
 {
-    let outcomes = join_all(event.records.into_iter().map(|record| handle_record(record, &handler))).await;
+    process_batch_with(event, |body| decode::<M>(body).map_err(|e| e.to_string()), handler).await
+}
+
+/// [`process_batch`] with the body read by `parse` instead of as a versioned message.
+pub async fn process_batch_with<M, P, F, Fut>(event: SqsEvent, parse: P, handler: F) -> SqsBatchResponse
+where
+    P: Fn(&str) -> Result<M, String>,
+    F: Fn(M, u32) -> Fut,
+    Fut: Future<Output = Result<(), HandlerError>>,
+{
+    let outcomes = join_all(event.records.into_iter().map(|record| handle_record(record, &parse, &handler))).await;
     let mut response = SqsBatchResponse::default();
     for failed in outcomes.into_iter().flatten() {
         response.add_failure(failed);
@@ -30,14 +40,14 @@ where
 }
 
 /// `Some(message id)` when the record must be retried.
-async fn handle_record<M, F, Fut>(record: SqsMessage, handler: &F) -> Option<String>
+async fn handle_record<M, P, F, Fut>(record: SqsMessage, parse: &P, handler: &F) -> Option<String>
 where
-    M: DeserializeOwned,
+    P: Fn(&str) -> Result<M, String>,
     F: Fn(M, u32) -> Fut,
     Fut: Future<Output = Result<(), HandlerError>>,
 {
     let id = record.message_id.clone().unwrap_or_default();
-    let msg = match decode::<M>(record.body.as_deref().unwrap_or("")) {
+    let msg = match parse(record.body.as_deref().unwrap_or("")) {
         Ok(msg) => msg,
         Err(e) => {
             tracing::error!(message_id = %id, error = %e, "unreadable message; it will reach the dead-letter queue");

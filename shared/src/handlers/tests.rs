@@ -11,7 +11,7 @@ use rand::SeedableRng;
 
 use super::*;
 use crate::config::{Resources, Tuning};
-use crate::fakes::{FakeOutbox, FakeStore, FakeTables};
+use crate::fakes::{FakeOutbox, FakeResponder, FakeStore, FakeTables};
 use crate::messages::{decode, encode, SliceLimits, VERSION};
 use crate::model::{Item, JobError, JobName, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError};
 use crate::queue::QueueKind;
@@ -54,13 +54,15 @@ fn world(n: u64, without_order_no: &[u64]) -> FakeDeps {
         copy_chunk_queue_url: "q1".into(),
         checkpoint_queue_url: "q2".into(),
         finalize_queue_url: "q3".into(),
+        requests_queue_url: "q4".into(),
     };
     let tuning = Tuning { slice: SliceLimits { max_items: 7, max_bytes: 1 << 20 }, ..Tuning::default() };
     Deps {
         store: FakeStore::default(),
         outbox: FakeOutbox::default(),
         tables,
-        config: Config { resources, tuning, region: "us-east-1".into() },
+        responder: std::sync::Arc::new(FakeResponder::default()),
+        config: Config { resources, tuning, region: "us-east-1".into(), tables: Default::default() },
     }
 }
 
@@ -85,6 +87,7 @@ async fn deliver_nth(d: &FakeDeps, kind: QueueKind, body: &str, attempt: u32) {
         QueueKind::CopyChunk => copy_chunk(&d.tables, &d.outbox, &d.config.tuning, decode(body).unwrap()).await,
         QueueKind::Checkpoint => advance_checkpoint(d, decode(body).unwrap(), attempt).await,
         QueueKind::Finalize => finalize(d, decode(body).unwrap()).await,
+        QueueKind::Requests => panic!("no handler sends to the requests queue"),
     };
     r.unwrap();
 }
@@ -681,4 +684,237 @@ async fn with_two_running_slots_two_jobs_run_and_the_third_waits() {
     let m3 = job(&d, "m3");
     assert_eq!(m3.status, JobStatus::Completed, "m2's slot went to m3");
     assert!(m3.started_at.unwrap() >= job(&d, "m2").completed_at.unwrap());
+}
+
+// ---------------------------------------------------------------- CloudFormation custom resources
+
+/// A world whose CloudFormation answers can be read.
+fn cfn_world(n: u64, without_order_no: &[u64]) -> (FakeDeps, std::sync::Arc<FakeResponder>) {
+    let mut d = world(n, without_order_no);
+    let responder = std::sync::Arc::new(FakeResponder::default());
+    d.responder = responder.clone();
+    (d, responder)
+}
+
+/// A CloudFormation request document as CloudFormation sends it (numbers and booleans as strings).
+fn cfn_request(kind: &str, request_id: &str, props: serde_json::Value, physical: Option<&str>) -> serde_json::Value {
+    let mut props = props;
+    props["ServiceToken"] = "arn:aws:lambda:us-east-1:000000000000:function:create-job".into();
+    let mut r = serde_json::json!({
+        "RequestType": kind,
+        "ServiceToken": props["ServiceToken"],
+        "ResponseURL": format!("https://cfn.example/{request_id}"),
+        "StackId": "arn:aws:cloudformation:us-east-1:000000000000:stack/app/1",
+        "RequestId": request_id,
+        "ResourceType": RESOURCE_TYPE,
+        "LogicalResourceId": "OrdersCopy",
+        "ResourceProperties": props,
+    });
+    if let Some(p) = physical {
+        r["PhysicalResourceId"] = p.into();
+    }
+    if kind == "Update" {
+        r["OldResourceProperties"] = serde_json::json!({});
+    }
+    r
+}
+
+fn props(job: &str, wait: bool) -> serde_json::Value {
+    serde_json::json!({"JobName": job, "SourceTable": "src", "TargetTable": "dst", "Parallelism": "2",
+        "WaitForCompletion": if wait { "true" } else { "false" }})
+}
+
+/// The answers sent so far: (request id, status, physical id, reason, data).
+type Answer = (String, String, String, String, std::collections::HashMap<String, String>);
+fn answers(r: &FakeResponder) -> Vec<Answer> {
+    r.take()
+        .into_iter()
+        .map(|(url, a)| {
+            assert_eq!(url, format!("https://cfn.example/{}", a.request_id), "answered at the request's own URL");
+            let status = serde_json::to_value(&a.status).unwrap().as_str().unwrap().to_string();
+            (a.request_id, status, a.physical_resource_id, a.reason.unwrap_or_default(), a.data)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_custom_resource_create_starts_a_job_and_answers_at_once() {
+    let (d, r) = cfn_world(30, &[]);
+    let out = create_job_entry(&d, cfn_request("Create", "r1", props("cr1", false), None)).await.unwrap();
+    assert_eq!(out, serde_json::Value::Null);
+    let a = answers(&r);
+    assert_eq!(a.len(), 1);
+    assert_eq!((a[0].1.as_str(), a[0].2.as_str()), ("SUCCESS", "cr1"));
+    assert_eq!(a[0].4["JobName"], "cr1");
+    assert_eq!(a[0].4["Status"], "Running");
+    let origin = job(&d, "cr1").origin.unwrap();
+    assert_eq!((origin.logical_resource_id.as_str(), origin.response_url), ("OrdersCopy", None));
+    // A repeated delivery of the same request makes no second job and answers the same way.
+    create_job_entry(&d, cfn_request("Create", "r1", props("cr1", false), None)).await.unwrap();
+    assert_eq!(answers(&r)[0].1, "SUCCESS");
+    drain(&d, 3, false).await;
+    assert_eq!(job(&d, "cr1").status, JobStatus::Completed);
+    assert!(r.take().is_empty(), "a resource that does not wait gets no second answer");
+}
+
+#[tokio::test]
+async fn wait_for_completion_answers_once_when_the_job_completes() {
+    let (d, r) = cfn_world(40, &[]);
+    create_job_entry(&d, cfn_request("Create", "w1", props("wait1", true), None)).await.unwrap();
+    assert!(r.take().is_empty(), "no answer while the job runs");
+    // Every message delivered twice: still exactly one answer.
+    drain(&d, 5, true).await;
+    let a = answers(&r);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!((a[0].0.as_str(), a[0].1.as_str(), a[0].2.as_str()), ("w1", "SUCCESS", "wait1"));
+    assert_eq!(a[0].4["ItemsCopied"], "40");
+    assert!(job(&d, "wait1").origin.unwrap().answered);
+    // A late finalize changes nothing and answers nothing.
+    deliver(
+        &d,
+        QueueKind::Finalize,
+        &encode(&crate::messages::Finalize { v: VERSION, job: name("wait1"), failure: None }),
+    )
+    .await;
+    assert!(r.take().is_empty());
+}
+
+#[tokio::test]
+async fn wait_for_completion_answers_failed_when_the_job_fails_or_is_cancelled() {
+    let (d, r) = cfn_world(40, &[3, 17]);
+    create_job_entry(&d, cfn_request("Create", "f1", props("fails", true), None)).await.unwrap();
+    drain(&d, 9, false).await;
+    let a = answers(&r);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].1, "FAILED");
+    assert!(a[0].3.contains("ItemsRejected") && a[0].3.contains("--on-item-error skip"), "{}", a[0].3);
+
+    // A waiting job cancelled by the stack's Delete (e.g. a rollback): the Delete succeeds at
+    // once and the waiting Create gets FAILED.
+    let (d, r) = cfn_world(40, &[]);
+    create_job_entry(&d, cfn_request("Create", "c1", props("cancelled", true), None)).await.unwrap();
+    step(&d).await;
+    create_job_entry(&d, cfn_request("Delete", "c2", props("cancelled", true), Some("cancelled"))).await.unwrap();
+    drain(&d, 2, false).await;
+    assert_eq!(job(&d, "cancelled").status, JobStatus::Cancelled);
+    let mut a = answers(&r);
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!((a[0].0.as_str(), a[0].1.as_str()), ("c1", "FAILED"));
+    assert!(a[0].3.contains("Cancelled"), "{}", a[0].3);
+    assert_eq!((a[1].0.as_str(), a[1].1.as_str(), a[1].2.as_str()), ("c2", "SUCCESS", "cancelled"));
+}
+
+#[tokio::test]
+async fn bad_custom_resource_requests_answer_failed_and_change_nothing() {
+    let (d, r) = cfn_world(10, &[]);
+    let before = d.store.state.lock().unwrap().jobs.len();
+    let cases = [
+        (serde_json::json!({"JobName": "x1", "SourceTable": "src"}), "TargetTable"),
+        (
+            serde_json::json!({"JobName": "x2", "SourceTable": "src", "TargetTable": "dst", "Workers": "3"}),
+            "unknown property \"Workers\"",
+        ),
+        (
+            serde_json::json!({"JobName": "x3", "SourceTable": "src", "TargetTable": "dst", "Parallelism": "many"}),
+            "Parallelism",
+        ),
+        (serde_json::json!({"JobName": "x4", "SourceTable": "src", "TargetTable": "src"}), "same table"),
+        (serde_json::json!({"JobName": "x5", "SourceTable": "src", "TargetTable": "missing"}), "was not found"),
+    ];
+    for (i, (p, why)) in cases.into_iter().enumerate() {
+        create_job_entry(&d, cfn_request("Create", &format!("b{i}"), p, None)).await.unwrap();
+        let a = answers(&r);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].1, "FAILED");
+        assert!(a[0].3.contains(why), "{} should mention {why}", a[0].3);
+        assert!(a[0].2.starts_with("not-created:"), "{}", a[0].2);
+        // The rollback's Delete of that physical ID succeeds and touches nothing.
+        create_job_entry(&d, cfn_request("Delete", &format!("d{i}"), serde_json::json!({}), Some(&a[0].2)))
+            .await
+            .unwrap();
+        assert_eq!(answers(&r)[0].1, "SUCCESS");
+    }
+    assert_eq!(d.store.state.lock().unwrap().jobs.len(), before);
+    assert!(d.outbox.take().is_empty());
+    // A job of the same name made by someone else is refused, and the Delete leaves it alone.
+    create_job(&d, request("taken", 1, OnItemError::Fail)).await.unwrap();
+    create_job_entry(&d, cfn_request("Create", "t1", props("taken", false), None)).await.unwrap();
+    let a = answers(&r);
+    assert!(a[0].1 == "FAILED" && a[0].3.contains("already exists"), "{a:?}");
+    create_job_entry(&d, cfn_request("Delete", "t2", serde_json::json!({}), Some("taken"))).await.unwrap();
+    assert_eq!(answers(&r)[0].1, "SUCCESS");
+    assert_eq!(job(&d, "taken").status, JobStatus::Running, "not this resource's job");
+}
+
+#[tokio::test]
+async fn updates_start_a_new_job_only_when_the_copy_changes() {
+    let (d, r) = cfn_world(20, &[]);
+    create_job_entry(&d, cfn_request("Create", "u0", props("orders", false), None)).await.unwrap();
+    answers(&r);
+    drain(&d, 1, false).await;
+    // Only WaitForCompletion changed: the same job.
+    create_job_entry(&d, cfn_request("Update", "u1", props("orders", true), Some("orders"))).await.unwrap();
+    let a = answers(&r);
+    assert_eq!((a[0].1.as_str(), a[0].2.as_str(), a[0].4["Status"].as_str()), ("SUCCESS", "orders", "Completed"));
+    assert_eq!(d.store.state.lock().unwrap().jobs.len(), 1);
+    // Another parallelism under the same name: a new job (names are never reused).
+    let mut p = props("orders", false);
+    p["Parallelism"] = "3".into();
+    create_job_entry(&d, cfn_request("Update", "U2-abcdefgh-1", p, Some("orders"))).await.unwrap();
+    let a = answers(&r);
+    assert_eq!((a[0].1.as_str(), a[0].2.as_str()), ("SUCCESS", "orders-u2abcdef"));
+    assert_eq!(job(&d, "orders-u2abcdef").spec.parallelism, 3);
+    // A new JobName: a job of that name.
+    create_job_entry(&d, cfn_request("Update", "u3", props("orders-v3", false), Some("orders-u2abcdef")))
+        .await
+        .unwrap();
+    assert_eq!(answers(&r)[0].2, "orders-v3");
+    // The rollback of that update goes back to the job it had: no new job.
+    let mut p = props("orders", false);
+    p["Parallelism"] = "3".into();
+    p["JobName"] = "orders-u2abcdef".into();
+    create_job_entry(&d, cfn_request("Update", "u4", p, Some("orders-v3"))).await.unwrap();
+    let a = answers(&r);
+    assert_eq!((a[0].1.as_str(), a[0].2.as_str()), ("SUCCESS", "orders-u2abcdef"), "{a:?}");
+    assert_eq!(d.store.state.lock().unwrap().jobs.len(), 3);
+}
+
+#[tokio::test]
+async fn the_requests_queue_carries_out_events_and_drops_refused_ones() {
+    let d = world(10, &[]);
+    let event = |kind: &str, detail: serde_json::Value| {
+        serde_json::json!({"version": "0", "id": "1", "detail-type": kind, "source": "my.app", "account": "1",
+            "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [], "detail": detail})
+        .to_string()
+    };
+    let bodies = [
+        (
+            "m1",
+            event(
+                "tablecopy.CreateJob",
+                serde_json::json!({"jobName": "ev1", "sourceTable": "src", "targetTable": "dst"}),
+            ),
+        ),
+        ("m2", event("tablecopy.PauseJob", serde_json::json!({"jobName": "nope"}))),
+        ("m3", "not json".to_string()),
+    ];
+    let records = bodies
+        .iter()
+        .map(|(id, body)| {
+            let mut m = SqsMessage::default();
+            m.message_id = Some(id.to_string());
+            m.body = Some(body.clone());
+            m.event_source = Some("aws:sqs".into());
+            m
+        })
+        .collect();
+    let mut e = SqsEvent::default();
+    e.records = records;
+    let out = create_job_entry(&d, serde_json::to_value(&e).unwrap()).await.unwrap();
+    let response: SqsBatchResponse = serde_json::from_value(out).unwrap();
+    let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+    // m2 names an unknown job: refused and dropped. m3 cannot be read: to the DLQ.
+    assert_eq!(failed, ["m3"]);
+    assert_eq!(job(&d, "ev1").status, JobStatus::Running);
 }

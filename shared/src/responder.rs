@@ -1,0 +1,67 @@
+//! Answering CloudFormation: a custom resource's response is a JSON document PUT to the
+//! presigned S3 URL its request carries (`ResponseURL`). One capability, so handlers can be
+//! tested with a fake that records the answers.
+
+use async_trait::async_trait;
+use aws_lambda_events::event::cloudformation::CloudFormationCustomResourceResponse;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use crate::error::{AwsError, BoxError};
+
+/// One capability: deliver a response document to a request's `ResponseURL`.
+#[async_trait]
+pub trait Responder: Send + Sync {
+    async fn respond(&self, url: &str, response: &CloudFormationCustomResourceResponse) -> Result<(), AwsError>;
+}
+
+/// HTTPS (and, for LocalStack, HTTP) PUT with hyper and rustls.
+pub struct HttpResponder {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>,
+}
+
+impl HttpResponder {
+    pub fn new() -> Result<Self, BoxError> {
+        let https =
+            hyper_rustls::HttpsConnectorBuilder::new().with_native_roots()?.https_or_http().enable_http1().build();
+        Ok(Self { client: Client::builder(TokioExecutor::new()).build(https) })
+    }
+}
+
+/// Where a response goes, without the presigned query (its signature is a credential).
+fn redacted(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+#[async_trait]
+impl Responder for HttpResponder {
+    async fn respond(&self, url: &str, response: &CloudFormationCustomResourceResponse) -> Result<(), AwsError> {
+        let context = format!("answering CloudFormation at {}", redacted(url));
+        let body = serde_json::to_vec(response).expect("responses serialize");
+        let request = http::Request::put(url)
+            // The presigned URL is signed without a content type; CloudFormation's own
+            // helpers send an empty one.
+            .header(http::header::CONTENT_TYPE, "")
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| AwsError::Permanent { context: context.clone(), detail: e.to_string(), source: e.into() })?;
+        let reply = self.client.request(request).await.map_err(|e| AwsError::Retryable {
+            context: context.clone(),
+            detail: e.to_string(),
+            source: e.into(),
+        })?;
+        let status = reply.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = reply.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let detail = format!("HTTP {status}: {}", String::from_utf8_lossy(&text).chars().take(300).collect::<String>());
+        // A server error may pass; a refusal (an expired or wrong URL) never will.
+        Err(if status.is_server_error() {
+            AwsError::Retryable { context, detail: detail.clone(), source: detail.into() }
+        } else {
+            AwsError::Permanent { context, detail: detail.clone(), source: detail.into() }
+        })
+    }
+}
