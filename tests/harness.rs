@@ -90,7 +90,19 @@ impl World {
     pub async fn deploy_on(sdk: SdkConfig, name: &str, tuning: Tuning, params: &[(String, String)]) -> Result<Self> {
         let stack = unique(&format!("tc-{name}"));
         let cfn = aws_sdk_cloudformation::Client::new(&sdk);
-        let outputs = shared::stack::deploy(&cfn, &stack, TEMPLATE, params).await.context("deploying the stack")?;
+        // Every test stack has a rule on the one default bus: its own event source keeps
+        // another test's events out of its requests queue.
+        let mut params = params.to_vec();
+        params.push(("EventSource".to_string(), stack.clone()));
+        shared::stack::deploy_local(&cfn, &stack, TEMPLATE, &params).await.context("deploying the stack")?;
+        Self::attach(sdk, stack, tuning).await
+    }
+
+    /// The world of an existing stack, known by name only: everything else comes from its
+    /// outputs (as the CLI and the runner find it with --stack-name).
+    pub async fn attach(sdk: SdkConfig, stack: String, tuning: Tuning) -> Result<Self> {
+        let cfn = aws_sdk_cloudformation::Client::new(&sdk);
+        let outputs = shared::stack::outputs(&cfn, &stack).await.context("reading the stack's outputs")?;
         let config = Config::from_outputs(&outputs, tuning, sdk.region().unwrap().to_string())?;
         Ok(Self {
             ddb: shared::config::dynamodb_client(&sdk),
