@@ -126,6 +126,15 @@ struct Head {
 }
 
 impl Head {
+    fn new(request_id: &str, response_url: &str, stack_id: &str, logical_resource_id: &str) -> Self {
+        Self {
+            request_id: request_id.into(),
+            response_url: response_url.into(),
+            stack_id: stack_id.into(),
+            logical_resource_id: logical_resource_id.into(),
+        }
+    }
+
     /// The job was made by this resource (of this stack).
     fn owns(&self, job: &Job) -> bool {
         job.origin
@@ -188,47 +197,26 @@ pub async fn custom_resource<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     request: CfnRequest,
 ) -> Result<(), AwsError> {
-    let (head, outcome) = match request {
-        CfnRequest::Create(r) => {
-            let head = Head {
-                request_id: r.request_id,
-                response_url: r.response_url,
-                stack_id: r.stack_id,
-                logical_resource_id: r.logical_resource_id,
-            };
-            let outcome = match JobProperties::parse(&r.resource_properties) {
-                Ok(props) => {
-                    let name = props.job_name.clone();
-                    start(deps, &head, props, name, not_created(&head)).await
-                }
-                Err(e) => failed(not_created(&head), e),
-            };
-            (head, outcome)
-        }
-        CfnRequest::Update(r) => {
-            let head = Head {
-                request_id: r.request_id,
-                response_url: r.response_url,
-                stack_id: r.stack_id,
-                logical_resource_id: r.logical_resource_id,
-            };
-            let outcome = update(deps, &head, &r.physical_resource_id, &r.resource_properties).await;
-            (head, outcome)
-        }
-        CfnRequest::Delete(r) => {
-            let head = Head {
-                request_id: r.request_id,
-                response_url: r.response_url,
-                stack_id: r.stack_id,
-                logical_resource_id: r.logical_resource_id,
-            };
-            let outcome = delete(deps, &head, &r.physical_resource_id).await;
-            (head, outcome)
-        }
+    let head = match &request {
+        CfnRequest::Create(r) => Head::new(&r.request_id, &r.response_url, &r.stack_id, &r.logical_resource_id),
+        CfnRequest::Update(r) => Head::new(&r.request_id, &r.response_url, &r.stack_id, &r.logical_resource_id),
+        CfnRequest::Delete(r) => Head::new(&r.request_id, &r.response_url, &r.stack_id, &r.logical_resource_id),
         other => {
             tracing::error!(request = ?other, "unknown CloudFormation request type; nothing to answer");
             return Ok(());
         }
+    };
+    let outcome = match &request {
+        CfnRequest::Create(r) => match JobProperties::parse(&r.resource_properties) {
+            Ok(props) => {
+                let name = props.job_name.clone();
+                start(deps, &head, props, name, not_created(&head)).await
+            }
+            Err(e) => failed(not_created(&head), e),
+        },
+        CfnRequest::Update(r) => update(deps, &head, &r.physical_resource_id, &r.resource_properties).await,
+        CfnRequest::Delete(r) => delete(deps, &head, &r.physical_resource_id).await,
+        _ => unreachable!("other request types returned above"),
     };
     match outcome {
         Outcome::Wait => {
@@ -367,12 +355,7 @@ async fn delete<S: ControlStore, Q: Outbox, T: Tables>(
 pub async fn answer_waiting<S: ControlStore, Q, T>(deps: &Deps<S, Q, T>, job: &Job) -> Result<(), AwsError> {
     let (Some(origin), true) = (job.origin.as_ref(), job.status.is_final()) else { return Ok(()) };
     let (Some(url), false) = (origin.response_url.as_deref(), origin.answered) else { return Ok(()) };
-    let head = Head {
-        request_id: origin.request_id.clone(),
-        response_url: url.to_string(),
-        stack_id: origin.stack_id.clone(),
-        logical_resource_id: origin.logical_resource_id.clone(),
-    };
+    let head = Head::new(&origin.request_id, url, &origin.stack_id, &origin.logical_resource_id);
     let (status, reason) = match (job.status, &job.error) {
         (JobStatus::Completed, _) => (CfnStatus::Success, None),
         (s, Some(e)) => (CfnStatus::Failed, Some(format!("copy job {} is {s} ({}): {}", job.name, e.code, e.message))),

@@ -918,3 +918,15 @@ async fn the_requests_queue_carries_out_events_and_drops_refused_ones() {
     assert_eq!(failed, ["m3"]);
     assert_eq!(job(&d, "ev1").status, JobStatus::Running);
 }
+
+#[tokio::test]
+async fn tables_outside_the_deployments_prefix_are_refused() {
+    let mut d = world(5, &[]);
+    d.config.tables = crate::config::TableScope::parse(Some("sr"));
+    let e = create_job(&d, request("outside", 1, OnItemError::Fail)).await.unwrap_err();
+    assert!(e.to_string().contains("the target table dst is outside this deployment"), "{e}");
+    assert!(e.to_string().contains("TableNamePrefix"), "{e}");
+    assert!(d.store.state.lock().unwrap().jobs.is_empty() && d.outbox.take().is_empty());
+    d.config.tables = crate::config::TableScope::parse(Some("*"));
+    create_job(&d, request("inside", 1, OnItemError::Fail)).await.unwrap();
+}
