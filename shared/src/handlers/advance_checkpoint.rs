@@ -1,11 +1,11 @@
 use chrono::Utc;
 
 use super::create_job::slice_message;
-use super::lifecycle::{current_region, enforce_region, settle};
+use super::lifecycle::{current_region, enforce_region, send_finalize, settle};
 use super::Deps;
 use crate::error::HandlerError;
 use crate::messages::{encode, ChunkResult, Finalize, VERSION};
-use crate::model::{Cursor, Item, Job, OnItemError, MAX_REJECTED_SAMPLES};
+use crate::model::{Cursor, Item, Job, OnItemError, StackOrigin, MAX_REJECTED_SAMPLES};
 use crate::queue::{Outbox, QueueKind};
 use crate::store::{Commit, ControlStore, SliceCommit};
 
@@ -26,6 +26,11 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
 ) -> Result<(), HandlerError> {
     let store = &deps.store;
     let job = store.get_job(&msg.job).await?.ok_or_else(|| HandlerError::JobNotFound(msg.job.to_string()))?;
+    if job.status.is_final() && StackOrigin::awaits_answer(&job) {
+        // The final move's own finalize message may have died with its process: any later
+        // result of the job asks again (finalize answers once).
+        send_finalize(deps, &job.name).await?;
+    }
     let region = current_region(deps).await?;
     if job.write_region != region && !job.status.is_final() {
         // The job fails now; the slice is still committed below (it parks).

@@ -25,6 +25,7 @@ use aws_lambda_events::event::cloudformation::{
 use serde_json::Value;
 
 use super::create_job::{create_job_from, CreateJobRequest};
+use super::lifecycle::send_finalize;
 use super::requests::cancel_job;
 use super::Deps;
 use crate::error::{AwsError, RequestError};
@@ -266,7 +267,9 @@ async fn start<S: ControlStore, Q: Outbox, T: Tables>(
                 if wait && same_request && StackOrigin::awaits_answer(&job) {
                     if job.status.is_final() {
                         // Answered by finalize; nudging it is harmless if it already did.
-                        return nudge(deps, &job).await.map_or_else(|e| failed(failed_id, e), |_| Outcome::Wait);
+                        return send_finalize(deps, &job.name)
+                            .await
+                            .map_or_else(|e| failed(failed_id, e), |_| Outcome::Wait);
                     }
                     Outcome::Wait
                 } else {
@@ -285,12 +288,6 @@ async fn existing<S: ControlStore, Q, T>(deps: &Deps<S, Q, T>, name: &str) -> Re
         Ok(n) => deps.store.get_job(&n).await,
         Err(_) => Ok(None),
     }
-}
-
-/// Ask finalize to answer a final job's waiting resource.
-async fn nudge<S, Q: Outbox, T>(deps: &Deps<S, Q, T>, job: &Job) -> Result<(), AwsError> {
-    let f = crate::messages::Finalize { v: crate::messages::VERSION, job: job.name.clone(), failure: None };
-    deps.outbox.send(crate::queue::QueueKind::Finalize, vec![crate::messages::encode(&f)]).await
 }
 
 async fn update<S: ControlStore, Q: Outbox, T: Tables>(

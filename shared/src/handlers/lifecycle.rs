@@ -63,8 +63,7 @@ pub async fn move_job<S: ControlStore, Q: Outbox, T>(
             Applied::Yes => {
                 tracing::info!(job = %job.name, from = %job.status, %to, "job moved");
                 if to.is_final() && StackOrigin::awaits_answer(job) {
-                    let f = Finalize { v: VERSION, job: job.name.clone(), failure: None };
-                    deps.outbox.send(QueueKind::Finalize, vec![encode(&f)]).await?;
+                    send_finalize(deps, &job.name).await?;
                 }
                 return Ok(true);
             }
@@ -73,6 +72,12 @@ pub async fn move_job<S: ControlStore, Q: Outbox, T>(
         }
     }
     unreachable!("the loop only ends by returning")
+}
+
+/// Ask finalize to look at the job (it answers a waiting CloudFormation resource of a final job).
+pub(crate) async fn send_finalize<S, Q: Outbox, T>(deps: &Deps<S, Q, T>, name: &JobName) -> Result<(), AwsError> {
+    let f = Finalize { v: VERSION, job: name.clone(), failure: None };
+    deps.outbox.send(QueueKind::Finalize, vec![encode(&f)]).await
 }
 
 /// Start queued jobs, oldest first, while a running slot is free, and re-launch a running job

@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::create_job::{create_job, CreateJobRequest};
-use super::lifecycle::{current_region, enforce_region, launch, move_job, schedule, settle};
+use super::lifecycle::{current_region, enforce_region, launch, move_job, schedule, send_finalize, settle};
 use super::Deps;
 use crate::error::RequestError;
-use crate::model::{InvalidInput, Job, JobName, JobStatus};
+use crate::model::{InvalidInput, Job, JobName, JobStatus, StackOrigin};
 use crate::queue::Outbox;
 use crate::store::{conflict_pause, ControlStore};
 use crate::tables::Tables;
@@ -157,7 +157,12 @@ where
 {
     check_region(deps).await?;
     for attempt in 1..=REQUEST_ATTEMPTS {
-        if let Some(done) = step(existing(deps, name).await?).await? {
+        let job = existing(deps, name).await?;
+        if job.status.is_final() && StackOrigin::awaits_answer(&job) {
+            // A repeated request after a crash: the final move's finalize message may be lost.
+            send_finalize(deps, name).await?;
+        }
+        if let Some(done) = step(job).await? {
             return Ok(done);
         }
         conflict_pause(attempt).await;

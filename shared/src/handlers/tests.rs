@@ -930,3 +930,27 @@ async fn tables_outside_the_deployments_prefix_are_refused() {
     d.config.tables = crate::config::TableScope::parse(Some("*"));
     create_job(&d, request("inside", 1, OnItemError::Fail)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lost_finalize_message_of_a_waiting_job_is_sent_again_by_a_redelivered_result() {
+    let (d, r) = cfn_world(30, &[]);
+    let mut p = props("lost", true);
+    p["Parallelism"] = "1".into();
+    create_job_entry(&d, cfn_request("Create", "l1", p, None)).await.unwrap();
+    step(&d).await; // the slice is copied; its result waits on the checkpoint queue
+    cancel_job(&d, &name("lost")).await.unwrap();
+    let result = d.outbox.take();
+    assert_eq!(result.len(), 1);
+    deliver(&d, QueueKind::Checkpoint, &result[0].1).await; // parks: the job moves to Cancelled
+    assert_eq!(job(&d, "lost").status, JobStatus::Cancelled);
+    // The process dies before its finalize message is sent: the message is lost.
+    let lost = d.outbox.take();
+    assert_eq!(lost.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [QueueKind::Finalize]);
+    assert!(r.take().is_empty());
+    // SQS delivers the result again (its handler never finished): it asks finalize again.
+    deliver_nth(&d, QueueKind::Checkpoint, &result[0].1, 2).await;
+    drain(&d, 1, false).await;
+    let a = answers(&r);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!((a[0].0.as_str(), a[0].1.as_str()), ("l1", "FAILED"));
+}
