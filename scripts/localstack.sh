@@ -101,7 +101,10 @@ start() {
   log "starting LocalStack at $ENDPOINT (log: $LOG)"
   local listen="${ENDPOINT#http://}"
   # setsid: own process group, so stop can end LocalStack and the JVMs it started.
-  DISABLE_EVENTS=1 DNS_ADDRESS=0 GATEWAY_LISTEN="$listen" DYNAMODB_IN_MEMORY="${DYNAMODB_IN_MEMORY:-1}" \
+  # AWS_DEFAULT_REGION: LocalStack sets it around each SAM transform and removes it afterwards
+  # when it was unset, so two stacks deployed at once can leave the other's transform without
+  # a region ("AWS Region cannot be found"). Set, it is only ever restored.
+  AWS_DEFAULT_REGION="${AWS_REGION:-us-east-1}" DISABLE_EVENTS=1 DNS_ADDRESS=0 GATEWAY_LISTEN="$listen" DYNAMODB_IN_MEMORY="${DYNAMODB_IN_MEMORY:-1}" \
     DYNAMODB_HEAP_SIZE="${DYNAMODB_HEAP_SIZE:-2G}" SKIP_SSL_CERT_DOWNLOAD=1 \
     setsid "$VENV/bin/python" -m localstack.runtime.main >"$LOG" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
