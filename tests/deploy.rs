@@ -301,6 +301,7 @@ async fn custom_resource_create_update_and_delete_answer_at_the_response_url() -
     let r = bucket.response("c1").await?.context("the Create was answered")?;
     check(&r, "c1", "SUCCESS", &job);
     assert_eq!(r["Data"]["JobName"], job.as_str());
+    assert_eq!(r["Reason"], format!("copy job {job} is Running"), "a reason even on success, never null");
     let stored = w.deps.store.get_job(&JobName::parse(&job)?).await?.context("job")?;
     assert_eq!(stored.status, JobStatus::Running);
 
@@ -351,6 +352,7 @@ async fn wait_for_completion_answers_when_the_job_completes_or_fails() -> Result
     let r = poll_response(&bucket, "w1").await?;
     check(&r, "w1", "SUCCESS", &job);
     assert_eq!(r["Data"]["ItemsCopied"], "700");
+    assert_eq!(r["Reason"], format!("copy job {job} is Completed: 700 items copied"));
     assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 700);
 
     // A job that fails (items lacking the target's key): FAILED, with the job's reason.

@@ -153,7 +153,8 @@ enum Outcome {
 fn success(job_name: &str, status: &str) -> Outcome {
     Outcome::Answer {
         status: CfnStatus::Success,
-        reason: None,
+        // Never null: CloudFormation shows the reason in the stack's events.
+        reason: Some(format!("copy job {job_name} is {status}")),
         physical_id: job_name.to_string(),
         data: HashMap::from([("JobName".into(), job_name.to_string()), ("Status".into(), status.to_string())]),
     }
@@ -354,7 +355,9 @@ pub async fn answer_waiting<S: ControlStore, Q, T>(deps: &Deps<S, Q, T>, job: &J
     let (Some(url), false) = (origin.response_url.as_deref(), origin.answered) else { return Ok(()) };
     let head = Head::new(&origin.request_id, url, &origin.stack_id, &origin.logical_resource_id);
     let (status, reason) = match (job.status, &job.error) {
-        (JobStatus::Completed, _) => (CfnStatus::Success, None),
+        (JobStatus::Completed, _) => {
+            (CfnStatus::Success, Some(format!("copy job {} is Completed: {} items copied", job.name, job.items_copied)))
+        }
         (s, Some(e)) => (CfnStatus::Failed, Some(format!("copy job {} is {s} ({}): {}", job.name, e.code, e.message))),
         (s, None) => (CfnStatus::Failed, Some(format!("copy job {} is {s}", job.name))),
     };
