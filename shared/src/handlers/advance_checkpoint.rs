@@ -108,10 +108,9 @@ async fn follow_up<S: ControlStore, Q: Outbox, T>(
         tracing::info!(status = %job.status, "job is final; no further slice");
         return Ok(());
     }
-    let finalize = || encode(&Finalize { v: VERSION, job: job.name.clone(), failure: None });
     if rejected_total > 0 && job.spec.on_item_error == OnItemError::Fail {
         tracing::warn!(rejected = rejected_total, "items rejected; the job will fail");
-        deps.outbox.send(QueueKind::Finalize, vec![finalize()]).await?;
+        send_finalize(deps, &job.name).await?;
         return Ok(());
     }
     if !cursor.done {
@@ -123,7 +122,7 @@ async fn follow_up<S: ControlStore, Q: Outbox, T>(
     let now = deps.store.get_job(&job.name).await?.ok_or_else(|| HandlerError::JobNotFound(job.name.to_string()))?;
     tracing::info!(segments_done = now.segments_done, of = now.spec.parallelism, "segment done");
     if now.segments_done >= now.spec.parallelism {
-        deps.outbox.send(QueueKind::Finalize, vec![finalize()]).await?;
+        send_finalize(deps, &job.name).await?;
     }
     Ok(())
 }

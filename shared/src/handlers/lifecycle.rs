@@ -74,7 +74,8 @@ pub async fn move_job<S: ControlStore, Q: Outbox, T>(
     unreachable!("the loop only ends by returning")
 }
 
-/// Ask finalize to look at the job (it answers a waiting CloudFormation resource of a final job).
+/// Ask finalize to look at the job: complete or fail it, or answer the waiting CloudFormation
+/// resource of a final job.
 pub(crate) async fn send_finalize<S, Q: Outbox, T>(deps: &Deps<S, Q, T>, name: &JobName) -> Result<(), AwsError> {
     let f = Finalize { v: VERSION, job: name.clone(), failure: None };
     deps.outbox.send(QueueKind::Finalize, vec![encode(&f)]).await
@@ -155,8 +156,7 @@ async fn repair_launches<S: ControlStore, Q: Outbox, T>(
 pub async fn launch<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, job: &Job) -> Result<(), AwsError> {
     let cursors = deps.store.cursors(&job.name).await?;
     if cursors.iter().all(|c| c.done) {
-        let f = Finalize { v: VERSION, job: job.name.clone(), failure: None };
-        return deps.outbox.send(QueueKind::Finalize, vec![encode(&f)]).await;
+        return send_finalize(deps, &job.name).await;
     }
     let idle: Vec<_> = cursors.iter().filter(|c| c.parked && !c.done).collect();
     if idle.is_empty() {
