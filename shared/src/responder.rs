@@ -2,13 +2,15 @@
 //! presigned S3 URL its request carries (`ResponseURL`). One capability, so handlers can be
 //! tested with a fake that records the answers.
 
+use std::sync::OnceLock;
+
 use async_trait::async_trait;
 use aws_lambda_events::event::cloudformation::CloudFormationCustomResourceResponse;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use crate::error::{AwsError, BoxError};
+use crate::error::AwsError;
 
 /// One capability: deliver a response document to a request's `ResponseURL`.
 #[async_trait]
@@ -16,16 +18,31 @@ pub trait Responder: Send + Sync {
     async fn respond(&self, url: &str, response: &CloudFormationCustomResourceResponse) -> Result<(), AwsError>;
 }
 
-/// HTTPS (and, for LocalStack, HTTP) PUT with hyper and rustls.
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>;
+
+/// HTTPS (and, for LocalStack, HTTP) PUT with hyper and rustls. The client (and the TLS roots
+/// it loads from the machine) is built on the first answer: most invocations never answer.
+#[derive(Default)]
 pub struct HttpResponder {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>,
+    client: OnceLock<Result<HttpsClient, String>>,
 }
 
 impl HttpResponder {
-    pub fn new() -> Result<Self, BoxError> {
-        let https =
-            hyper_rustls::HttpsConnectorBuilder::new().with_native_roots()?.https_or_http().enable_http1().build();
-        Ok(Self { client: Client::builder(TokioExecutor::new()).build(https) })
+    fn client(&self) -> Result<&HttpsClient, AwsError> {
+        let built = self.client.get_or_init(|| {
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_native_roots()
+                .map_err(|e| format!("no TLS root certificates on this machine: {e}"))?
+                .https_or_http()
+                .enable_http1()
+                .build();
+            Ok(Client::builder(TokioExecutor::new()).build(https))
+        });
+        built.as_ref().map_err(|e| AwsError::Permanent {
+            context: "answering CloudFormation".into(),
+            detail: e.clone(),
+            source: e.clone().into(),
+        })
     }
 }
 
@@ -46,7 +63,7 @@ impl Responder for HttpResponder {
             .header(http::header::CONTENT_LENGTH, body.len())
             .body(Full::new(bytes::Bytes::from(body)))
             .map_err(|e| AwsError::Permanent { context: context.clone(), detail: e.to_string(), source: e.into() })?;
-        let reply = self.client.request(request).await.map_err(|e| AwsError::Retryable {
+        let reply = self.client()?.request(request).await.map_err(|e| AwsError::Retryable {
             context: context.clone(),
             detail: e.to_string(),
             source: e.into(),
