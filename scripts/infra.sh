@@ -19,18 +19,8 @@ CHECKOV_PACKAGES=(checkov==3.3.30)
 export SAM_CLI_TELEMETRY=0
 
 log() { echo "[infra] $*" >&2; }
-
-find_python() {
-  local py pyenv_root
-  pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
-  for py in "${INFRA_PYTHON:-}" "$pyenv_root"/versions/3.13*/bin/python "$pyenv_root"/versions/3.12*/bin/python python3; do
-    [ -n "$py" ] || continue
-    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
-      command -v "$py"; return 0
-    fi
-  done
-  log "needs Python >= 3.10"; return 1
-}
+# shellcheck source=scripts/python.sh
+. "$ROOT/scripts/python.sh"
 
 venv() { # venv DIR PACKAGES...
   local dir="$1"; shift
@@ -38,7 +28,8 @@ venv() { # venv DIR PACKAGES...
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$*" ]; then return 0; fi
   log "installing $* into $dir"
   rm -rf "$dir"
-  "$(find_python)" -m venv "$dir"
+  local py; py="$(find_python 10 "${INFRA_PYTHON:-}")"
+  "$py" -m venv "$dir"
   "$dir/bin/pip" install --quiet --upgrade pip
   "$dir/bin/pip" install --quiet "$@"
   echo "$*" > "$stamp"

