@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ScalarAttributeType as T};
 use clap::Parser;
 use shared::handlers::{create_job, CreateJobRequest};
 use shared::model::{Item, JobName, JobStatus, OnItemError};
-use shared::store::ControlStore;
+use shared::store::JobStore;
 use tests::{assert_same_items, create_table, put_items, unique, World};
 use tokio::io::AsyncReadExt;
 

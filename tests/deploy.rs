@@ -11,7 +11,7 @@ use aws_sdk_sqs::types::QueueAttributeName as A;
 use serde_json::{json, Value};
 use shared::handlers::create_job_entry;
 use shared::model::{JobName, JobStatus};
-use shared::store::ControlStore;
+use shared::store::JobStore;
 use tests::{
     assert_same_items, create_table, localstack, put_items, runner_opts, sample_item, small_slices, unique, wait_final,
     World, DEFAULT_ENDPOINT,
@@ -46,6 +46,8 @@ async fn the_template_deploys_what_it_declares_and_deletes_cleanly() -> Result<(
         "EventSource",
         "MaxRunningJobs",
         "TableNamePrefix",
+        "CopyChunkVisibilityTimeout",
+        "ReconcileScheduleName",
     ] {
         assert!(o.get(key).is_some_and(|v| !v.is_empty()), "output {key} missing: {o:?}");
     }
@@ -74,6 +76,19 @@ async fn the_template_deploys_what_it_declares_and_deletes_cleanly() -> Result<(
     let statement = &policy["Statement"][0];
     assert_eq!(statement["Principal"]["Service"], "events.amazonaws.com");
     assert!(statement["Condition"]["ArnEquals"]["aws:SourceArn"].as_str().unwrap().ends_with(&o["RequestsRuleName"]));
+    // Only the reconciler's schedule may send to the finalize queue from EventBridge, and it
+    // sends the reconcile message every minute.
+    let policy: Value = serde_json::from_str(&queue_attributes(&w, &o["FinalizeQueueUrl"]).await?[&A::Policy])?;
+    let statement = &policy["Statement"][0];
+    assert_eq!(statement["Principal"]["Service"], "events.amazonaws.com");
+    let schedule = &o["ReconcileScheduleName"];
+    assert!(statement["Condition"]["ArnEquals"]["aws:SourceArn"].as_str().unwrap().ends_with(schedule.as_str()));
+    let events = aws_sdk_eventbridge::Client::new(&w.sdk);
+    let rule = events.describe_rule().name(schedule).send().await?;
+    assert_eq!(rule.schedule_expression(), Some("rate(1 minute)"));
+    let targets = events.list_targets_by_rule().rule(schedule).send().await?;
+    let input: Value = serde_json::from_str(targets.targets()[0].input().context("the reconcile message")?)?;
+    assert_eq!(input, json!({"v": 1, "reconcile": true}));
 
     // The control table: keys, the list index, on-demand, PITR, SSE, deletion protection off locally.
     let table = &o["ControlTableName"];
@@ -145,8 +160,8 @@ async fn the_template_deploys_what_it_declares_and_deletes_cleanly() -> Result<(
     let expected = [
         ("AWS::DynamoDB::Table", 1),
         ("AWS::SQS::Queue", 8),
-        ("AWS::SQS::QueuePolicy", 1),
-        ("AWS::Events::Rule", 1),
+        ("AWS::SQS::QueuePolicy", 2),
+        ("AWS::Events::Rule", 2),
         ("AWS::CloudWatch::Alarm", 4),
     ];
     assert_eq!(types, expected.iter().map(|(t, n)| (t.to_string(), *n)).collect(), "resources of the stack");

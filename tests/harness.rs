@@ -14,10 +14,10 @@ use aws_sdk_dynamodb::types::{
 };
 use futures::stream::{self, StreamExt, TryStreamExt};
 use shared::config::{Config, Resources, Tuning};
-use shared::handlers::{AwsDeps, CreateJobRequest};
+use shared::handlers::{AwsDeps, CreateJobRequest, Deps};
 use shared::model::{Item, Job, JobName, OnItemError};
 use shared::runner::RunnerOptions;
-use shared::store::ControlStore;
+use shared::store::{DynamoStore, JobStore};
 use tokio_util::sync::CancellationToken;
 
 pub const TEMPLATE: &str = include_str!("../infra/template.yaml");
@@ -120,25 +120,42 @@ impl World {
 
     /// Start the local runner in this process.
     pub fn start_runner(&self, opts: RunnerOptions) -> Runner {
+        self.start_runner_with(self.deps.clone(), opts)
+    }
+
+    /// Start the local runner with other capabilities (e.g. an outbox that misbehaves).
+    pub fn start_runner_with<S, Q, T>(&self, deps: Arc<Deps<S, Q, T>>, opts: RunnerOptions) -> Runner
+    where
+        S: shared::store::ControlStore + 'static,
+        Q: shared::queue::Outbox + 'static,
+        T: shared::tables::Tables + 'static,
+    {
         let token = CancellationToken::new();
-        let handle = tokio::spawn(shared::runner::run(self.deps.clone(), self.sqs.clone(), opts, token.clone()));
+        let handle = tokio::spawn(shared::runner::run(deps, self.sqs.clone(), opts, token.clone()));
         Runner { token, handle }
+    }
+
+    /// This world's functions with a control-table client that makes at most `attempts` SDK
+    /// attempts per request, so that a throttling LocalStack's errors reach the handlers (the
+    /// functions' own client tries 8 times).
+    pub fn control_with_attempts(&self, attempts: u32) -> Arc<AwsDeps> {
+        let conf = aws_sdk_dynamodb::config::Builder::from(&self.sdk)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(attempts))
+            .build();
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(conf), self.resources().control_table.clone());
+        let d = &self.deps;
+        Arc::new(Deps {
+            store,
+            outbox: d.outbox.clone(),
+            tables: d.tables.clone(),
+            responder: d.responder.clone(),
+            config: d.config.clone(),
+        })
     }
 
     /// Messages waiting or in flight on a queue (approximate, as SQS counts).
     pub async fn queue_depth(&self, url: &str) -> Result<u64> {
-        use aws_sdk_sqs::types::QueueAttributeName as A;
-        let out = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(A::ApproximateNumberOfMessages)
-            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await?;
-        let attrs = out.attributes.unwrap_or_default();
-        let get = |a: &A| attrs.get(a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        Ok(get(&A::ApproximateNumberOfMessages) + get(&A::ApproximateNumberOfMessagesNotVisible))
+        Ok(shared::queue::queue_depth(&self.sqs, url).await?)
     }
 
     /// Every item of the control table.
@@ -444,8 +461,10 @@ pub fn small_slices(max_items: u32) -> Tuning {
     Tuning { slice: shared::messages::SliceLimits { max_items, max_bytes: 1 << 24 }, ..Tuning::default() }
 }
 
+/// The runner as the tests run it: four copy-chunk invocations at once, and the reconciler
+/// every two seconds (the template's period is a minute).
 pub fn runner_opts() -> RunnerOptions {
-    RunnerOptions { concurrency: 4, ..RunnerOptions::default() }
+    RunnerOptions { concurrency: 4, reconcile_every: Some(Duration::from_secs(2)), ..RunnerOptions::default() }
 }
 
 /// A source keyed `pk` with sample items 0..n, and an empty target keyed `customer` +

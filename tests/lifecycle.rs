@@ -12,7 +12,7 @@ use shared::handlers::{
     cancel_job, create_job, create_job_invoke, pause_job, resume_job, set_write_region, CreateJobRequest,
 };
 use shared::model::{Job, JobName, JobStatus};
-use shared::store::{ControlStore, ListQuery};
+use shared::store::{CursorStore, JobStore, ListQuery};
 use tests::{
     assert_same_items, create_table, put_items, rekey_tables, request, runner_opts, sample_item, scan_all,
     small_slices, unique, wait_final, wait_for, World,
@@ -85,7 +85,7 @@ async fn cancel_mid_copy_keeps_what_was_copied_and_starts_the_next_queued_job() 
     assert_eq!(next.status, JobStatus::Queued);
     wait_for(&w, "c1", "500 items copied", |j| j.items_copied >= 500).await?;
 
-    cancel_job(&w.deps, &name("c1")).await?;
+    cancel_job(&w.deps, &name("c1"), false).await?;
     let cancelled = wait_for(&w, "c1", "Cancelled", |j| j.status == JobStatus::Cancelled).await?;
     assert!(cancelled.items_copied < 6_000, "cancelled mid-copy");
     assert!(cancelled.error.is_none());
@@ -130,7 +130,7 @@ async fn pause_and_cancel_requests_racing_with_in_flight_slices() -> Result<()> 
     seen = job(&w, "r1").await?.items_copied;
     wait_for(&w, "r1", "progress", |j| j.items_copied > seen).await?;
     let pausing = pause_job(&w.deps, &name("r1")).await?;
-    let cancelling = cancel_job(&w.deps, &name("r1")).await?;
+    let cancelling = cancel_job(&w.deps, &name("r1"), false).await?;
     let cancelled = wait_for(&w, "r1", "Cancelled", |j| j.status == JobStatus::Cancelled).await?;
     runner.stop().await;
     assert!(pausing.pending == Some(JobStatus::Paused) || pausing.status == JobStatus::Paused);
@@ -281,7 +281,7 @@ async fn every_invalid_transition_is_refused_with_the_current_state_and_changes_
     create_job(&w.deps, request("run", &src, &dst)).await?;
     create_job(&w.deps, request("wait", &src, &dst)).await?;
     create_job(&w.deps, request("gone", &src, &dst)).await?;
-    assert_eq!(cancel_job(&w.deps, &name("gone")).await?.status, JobStatus::Cancelled);
+    assert_eq!(cancel_job(&w.deps, &name("gone"), false).await?.status, JobStatus::Cancelled);
 
     let before = w.control_items().await?;
     let depth = w.queue_depth(&w.resources().copy_chunk_queue_url).await?;
@@ -295,18 +295,18 @@ async fn every_invalid_transition_is_refused_with_the_current_state_and_changes_
             "cannot pause job \"done\": it is Completed, a final state that never changes",
         ),
         (
-            cancel_job(&w.deps, &name("gone")).await,
+            cancel_job(&w.deps, &name("gone"), false).await,
             "cannot cancel job \"gone\": it is already Cancelled, a final state",
         ),
         (pause_job(&w.deps, &name("nope")).await, "job \"nope\" does not exist; `tablecopy list` shows the jobs"),
         (resume_job(&w.deps, &name("nope")).await, "job \"nope\" does not exist"),
-        (cancel_job(&w.deps, &name("nope")).await, "job \"nope\" does not exist"),
+        (cancel_job(&w.deps, &name("nope"), false).await, "job \"nope\" does not exist"),
         (
             pause_job(&w.deps, &name("wait")).await,
             "cannot pause job \"wait\": it is Queued. Only a Running job can be paused",
         ),
         (resume_job(&w.deps, &name("done")).await, "cannot resume job \"done\": it is Completed"),
-        (cancel_job(&w.deps, &name("done")).await, "cannot cancel job \"done\": it is Completed"),
+        (cancel_job(&w.deps, &name("done"), false).await, "cannot cancel job \"done\": it is Completed"),
         (resume_job(&w.deps, &name("wait")).await, "it is Queued (place 1 in the queue) and starts by itself"),
     ];
     for (result, expected) in cases {
@@ -378,7 +378,7 @@ async fn list_pages_through_hundreds_of_jobs_newest_first_with_a_status_filter()
         let j = format!("list-{i:03}");
         create_job(&w.deps, CreateJobRequest { parallelism: Some(1), ..request(&j, &src, &dst) }).await?;
         if i % 8 == 7 {
-            cancel_job(&w.deps, &name(&j)).await?;
+            cancel_job(&w.deps, &name(&j), false).await?;
         }
     }
     let all_pages = |status: Option<JobStatus>, limit: usize| {

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::ScalarAttributeType as T;
 use shared::handlers::{create_job, CreateJobRequest};
 use shared::model::{JobName, JobStatus, OnItemError};
 use shared::runner::RunnerOptions;
-use shared::store::ControlStore;
+use shared::store::{CursorStore, JobStore};
 use tests::{
     assert_same_items, create_table, put_items, rekey_tables, request, runner_opts, sample_item, scan_all,
     small_slices, unique, wait_final, World,

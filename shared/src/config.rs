@@ -2,6 +2,7 @@
 //! for the CLI and the runner) and tuning knobs with defaults.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::messages::SliceLimits;
 
@@ -78,6 +79,20 @@ pub struct Tuning {
     /// `MAX_RUNNING_JOBS`: jobs that hold a running slot at once (Running or Paused); the
     /// others wait `Queued`.
     pub max_running_jobs: usize,
+    /// A segment in flight without progress for this long is shown stalled (its slice is
+    /// probably in the copy-chunk dead-letter queue): 3 × `COPY_CHUNK_VISIBILITY_TIMEOUT`.
+    pub stall_after: Duration,
+    /// A launch that has not marked its segments in flight after this long is taken as
+    /// interrupted (its process died) and done again by the scheduler or the reconciler.
+    pub launch_grace: Duration,
+}
+
+/// The copy-chunk queue's visibility timeout when nothing says otherwise (the template's).
+pub const COPY_CHUNK_VISIBILITY_TIMEOUT: u64 = 900;
+
+/// The stall bound for a copy-chunk visibility timeout: three deliveries of a slice.
+pub fn stall_after(copy_chunk_visibility_timeout_secs: u64) -> Duration {
+    Duration::from_secs(3 * copy_chunk_visibility_timeout_secs)
 }
 
 impl Default for Tuning {
@@ -88,6 +103,8 @@ impl Default for Tuning {
             default_parallelism: 4,
             max_write_attempts: 12,
             max_running_jobs: 1,
+            stall_after: stall_after(COPY_CHUNK_VISIBILITY_TIMEOUT),
+            launch_grace: Duration::from_secs(30),
         }
     }
 }
@@ -113,6 +130,8 @@ impl Tuning {
                 }
                 m => m,
             },
+            stall_after: stall_after(env_or("COPY_CHUNK_VISIBILITY_TIMEOUT", COPY_CHUNK_VISIBILITY_TIMEOUT)?),
+            launch_grace: d.launch_grace,
         })
     }
 }
@@ -167,8 +186,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// For the CLI, the runner and the tests: resource names and the deployment's
-    /// `MaxRunningJobs` from the stack's outputs (the functions run with the same figure).
+    /// For the CLI, the runner and the tests: resource names, the deployment's
+    /// `MaxRunningJobs` and its copy-chunk visibility timeout (the stall bound) from the
+    /// stack's outputs (the functions run with the same figures).
     pub fn from_outputs(
         outputs: &HashMap<String, String>,
         mut tuning: Tuning,
@@ -181,6 +201,13 @@ impl Config {
                 value: max.clone(),
                 why: "expected a whole number of at least 1".into(),
             })?;
+        }
+        if let Some(v) = outputs.get("CopyChunkVisibilityTimeout") {
+            tuning.stall_after = stall_after(v.parse().map_err(|_| ConfigError::Invalid {
+                name: "stack output CopyChunkVisibilityTimeout".into(),
+                value: v.clone(),
+                why: "expected a whole number of seconds".into(),
+            })?);
         }
         let tables = TableScope::parse(outputs.get("TableNamePrefix").map(String::as_str));
         Ok(Self { resources, tuning, region, tables })

@@ -1,14 +1,16 @@
 //! The copy engine: read one bounded slice of a segment and write it to the target, retrying
 //! throttling and unprocessed items with exponential backoff and full jitter, until every item
-//! is written or permanently rejected.
+//! is written or permanently rejected, its segment says stop, or its deadline comes.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::stream::{self, StreamExt, TryStreamExt};
+use tokio::time::{timeout_at, Instant};
 
 use crate::config::Tuning;
-use crate::error::AwsError;
+use crate::error::{AwsError, ErrorKind};
 use crate::messages::CopyChunk;
 use crate::model::{item_size, render_key, Item, RejectedItem, MAX_REJECTED_SAMPLES};
 use crate::tables::{Tables, WriteError};
@@ -25,8 +27,11 @@ pub struct SliceOutcome {
     pub bytes_written: u64,
     pub rejected_count: u64,
     pub rejected_samples: Vec<RejectedItem>,
-    /// Where the next slice starts; `None` when the segment is finished.
+    /// Where the next slice starts; `None` when the segment is finished (unless `partial`).
     pub next_key: Option<Item>,
+    /// The slice ended early at a page boundary (a stop or its deadline): `next_key` is where
+    /// the next slice starts, `None` meaning the segment's start.
+    pub partial: bool,
 }
 
 impl SliceOutcome {
@@ -37,6 +42,29 @@ impl SliceOutcome {
         let room = MAX_REJECTED_SAMPLES.saturating_sub(self.rejected_samples.len());
         self.rejected_samples.extend(page.rejected_samples.into_iter().take(room));
     }
+
+    /// What was written up to `position`, ending the slice there.
+    pub fn ended_at(mut self, position: Option<Item>) -> Self {
+        self.next_key = position;
+        self.partial = true;
+        self
+    }
+}
+
+/// Whether a slice may go on writing: asked between its pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proceed {
+    Go,
+    /// End the slice now and report what was written.
+    Stop,
+    /// Nobody expects this slice any more: end it and report nothing.
+    Abandon,
+}
+
+/// Asked before every page of a slice but the first (which its caller checked).
+#[async_trait]
+pub trait SliceControl: Send + Sync {
+    async fn proceed(&self) -> Result<Proceed, AwsError>;
 }
 
 /// Exponential backoff with full jitter: a random wait in `[0, min(cap, base·2^attempt))`.
@@ -47,40 +75,74 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::random_range(0..=max))
 }
 
-/// Copy the slice `msg` describes.
-pub async fn copy_slice<T: Tables + ?Sized>(
+/// Copy the slice `msg` describes, page by page, until its limits, its segment's end, a stop
+/// from `control`, or `stop_at`: a page whose reads and writes are not all done by then is
+/// left to the next slice, which starts after the last whole page. `None` when the slice
+/// was abandoned.
+pub async fn copy_slice<T: Tables + ?Sized, C: SliceControl + ?Sized>(
     tables: &T,
     msg: &CopyChunk,
     tuning: &Tuning,
-) -> Result<SliceOutcome, AwsError> {
+    control: &C,
+    stop_at: Instant,
+) -> Result<Option<SliceOutcome>, AwsError> {
     let limits = msg.limits;
     let scan = |start: Option<Item>, read: u64| {
         let limit = PAGE_LIMIT.min(limits.max_items.saturating_sub(read as u32)).max(1);
         tables.scan_page(&msg.source, msg.segment, msg.total_segments, start, limit)
     };
     let mut out = SliceOutcome::default();
+    let mut position: Option<Item> = msg.start_key.clone().map(Into::into);
     let mut read = 0u64;
     let mut read_bytes = 0u64;
-    let mut page = scan(msg.start_key.clone().map(Into::into), 0).await?;
+    let mut page = match timeout_at(stop_at, scan(position.clone(), 0)).await {
+        Ok(page) => page?,
+        Err(_) => return Ok(Some(out.ended_at(position))),
+    };
+    let mut first = true;
     loop {
+        if !first {
+            match control.proceed().await? {
+                Proceed::Go => {}
+                Proceed::Stop => return Ok(Some(out.ended_at(position))),
+                Proceed::Abandon => return Ok(None),
+            }
+        }
+        first = false;
         read += page.items.len() as u64;
         read_bytes += page.items.iter().map(item_size).sum::<u64>();
         let more = page.last_key.is_some() && read < u64::from(limits.max_items) && read_bytes < limits.max_bytes;
         let next_start = page.last_key.clone();
-        // Write this page while the next one is read.
-        let (written, next) = tokio::join!(write_page(tables, msg, page.items, tuning), async {
-            if more {
-                Some(scan(next_start, read).await)
-            } else {
-                None
+        // Write this page while the next one is read, both by the deadline.
+        let both = async {
+            tokio::join!(write_page(tables, msg, page.items, tuning), async {
+                if more {
+                    Some(scan(next_start, read).await)
+                } else {
+                    None
+                }
+            })
+        };
+        let (written, next) = match timeout_at(stop_at, both).await {
+            Ok(done) => done,
+            Err(_) => return Ok(Some(out.ended_at(position))),
+        };
+        match written {
+            Ok(page) => out.add(page),
+            // Still throttled after every attempt: keep the whole pages already written, and
+            // leave the rest to the next slice; with none, the message is retried later.
+            Err(e) if e.is_retryable() && out.items_written + out.rejected_count > 0 => {
+                tracing::warn!(error = %e, "ending the slice after its last whole page");
+                return Ok(Some(out.ended_at(position)));
             }
-        });
-        out.add(written?);
+            Err(e) => return Err(e),
+        }
+        position = page.last_key;
         match next {
             Some(next) => page = next?,
             None => {
-                out.next_key = page.last_key;
-                return Ok(out);
+                out.next_key = position;
+                return Ok(Some(out));
             }
         }
     }
@@ -131,11 +193,11 @@ fn rejected(msg: &CopyChunk, item: &Item, reason: String) -> SliceOutcome {
 }
 
 fn gave_up(what: &str, attempts: u32, last: String) -> AwsError {
-    AwsError::Retryable {
-        context: format!("{what}: still throttled or unprocessed after {attempts} attempts"),
-        detail: last.clone(),
-        source: last.into(),
-    }
+    AwsError::new(
+        ErrorKind::Throttled,
+        format!("{what}: still throttled or unprocessed after {attempts} attempts"),
+        last,
+    )
 }
 
 /// BatchWriteItem until nothing is unprocessed. A batch the service refuses as a whole is

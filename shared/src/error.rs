@@ -1,71 +1,148 @@
-//! Errors: what the user got wrong, what is worth retrying, and what is not.
+//! Errors: what the user got wrong, what is worth retrying, and what is not. AWS errors are
+//! classified once, here, from the SDK's error metadata (the service's error code and the
+//! error's kind), never from the text of a message.
+
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
 use crate::model::InvalidInput;
 
-/// Errors of the control table, queues and user tables.
+/// What kind of failure an AWS error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Throttling and request limits: back off and try again.
+    Throttled,
+    /// A concurrent transaction on the same item: try again.
+    Conflict,
+    /// Timeouts, dispatch failures, 5xx: try again.
+    Transient,
+    /// A write's condition was false.
+    ConditionFailed,
+    /// The request does not fit (e.g. an item without its key attributes).
+    Validation,
+    /// The table, queue or resource does not exist.
+    NotFound,
+    /// Credentials or permissions.
+    AccessDenied,
+    /// Anything else the service refused.
+    Other,
+}
+
+impl ErrorKind {
+    /// Worth trying again later.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Throttled | ErrorKind::Conflict | ErrorKind::Transient)
+    }
+
+    /// The kind of a service error code (DynamoDB's, SQS's, CloudFormation's).
+    pub fn of_code(code: &str) -> Self {
+        match code {
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "Throttling"
+            | "ThrottledException"
+            | "RequestLimitExceeded"
+            | "LimitExceededException"
+            | "RequestThrottled"
+            | "RequestThrottledException"
+            | "TooManyRequestsException" => ErrorKind::Throttled,
+            "TransactionConflictException" | "TransactionInProgressException" => ErrorKind::Conflict,
+            "InternalServerError" | "InternalFailure" | "ServiceUnavailable" | "InternalError" => ErrorKind::Transient,
+            "ConditionalCheckFailedException" => ErrorKind::ConditionFailed,
+            "ValidationException" | "ValidationError" | "InvalidParameterValue" => ErrorKind::Validation,
+            "ResourceNotFoundException" | "QueueDoesNotExist" | "AWS.SimpleQueueService.NonExistentQueue" => {
+                ErrorKind::NotFound
+            }
+            "AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException" => ErrorKind::AccessDenied,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    /// The kind of one `CancellationReason` code of a cancelled transaction (`None` for the
+    /// items that were fine).
+    pub fn of_cancellation(code: &str) -> Option<Self> {
+        match code {
+            "None" | "" => None,
+            "ConditionalCheckFailed" => Some(ErrorKind::ConditionFailed),
+            "TransactionConflict" => Some(ErrorKind::Conflict),
+            "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded" => Some(ErrorKind::Throttled),
+            "ItemCollectionSizeLimitExceeded" | "ValidationError" => Some(ErrorKind::Validation),
+            _ => Some(ErrorKind::Other),
+        }
+    }
+
+    /// The kind that decides for a cancelled transaction: a failed condition first (retrying
+    /// cannot help), then a validation error, else the retryable causes.
+    pub fn of_cancellations<'a>(codes: impl IntoIterator<Item = &'a str>) -> Self {
+        let kinds: Vec<ErrorKind> = codes.into_iter().filter_map(Self::of_cancellation).collect();
+        [ErrorKind::ConditionFailed, ErrorKind::Validation, ErrorKind::Other, ErrorKind::Throttled, ErrorKind::Conflict]
+            .into_iter()
+            .find(|k| kinds.contains(k))
+            .unwrap_or(ErrorKind::Other)
+    }
+}
+
+/// An error of the control table, the queues or the user's tables, with what was being done.
 #[derive(Debug, thiserror::Error)]
-pub enum AwsError {
-    /// Throttling, timeouts, 5xx: try again later.
-    #[error("{context}: {detail}")]
-    Retryable { context: String, detail: String, source: BoxError },
-    /// The request can never succeed as it is.
-    #[error("{context}: {detail}")]
-    Permanent { context: String, detail: String, source: BoxError },
+#[error("{context}: {detail}")]
+pub struct AwsError {
+    pub kind: ErrorKind,
+    /// The service's error code, e.g. `ResourceNotFoundException`.
+    pub code: Option<String>,
+    pub context: String,
+    pub detail: String,
+    #[source]
+    pub source: BoxError,
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl AwsError {
+    pub fn new(kind: ErrorKind, context: impl Into<String>, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        Self { kind, code: None, context: context.into(), source: detail.clone().into(), detail }
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
     pub fn is_retryable(&self) -> bool {
-        matches!(self, AwsError::Retryable { .. })
+        self.kind.is_retryable()
     }
 
     /// The service's error code, e.g. `ResourceNotFoundException`.
     pub fn code(&self) -> Option<&str> {
-        let (AwsError::Retryable { detail, .. } | AwsError::Permanent { detail, .. }) = self;
-        RETRYABLE_CODES.iter().chain(PERMANENT_CODES).copied().find(|c| detail.contains(c))
+        self.code.as_deref()
     }
 }
 
-const RETRYABLE_CODES: &[&str] = &[
-    "ProvisionedThroughputExceededException",
-    "ThrottlingException",
-    "Throttling",
-    "RequestLimitExceeded",
-    "InternalServerError",
-    "ServiceUnavailable",
-    "LimitExceededException",
-    "TransactionConflictException",
-    "RequestThrottled",
-];
-const PERMANENT_CODES: &[&str] = &["ResourceNotFoundException", "ValidationException", "AccessDeniedException"];
-
-/// Classify an SDK error of any AWS service: throttling, server and transport errors are
-/// retryable, everything else is permanent.
-pub fn classify<E, R>(context: impl Into<String>, err: aws_sdk_dynamodb::error::SdkError<E, R>) -> AwsError
+/// Classify an SDK error of any AWS service from its metadata: transport failures and
+/// timeouts are transient, a service error is what its code says.
+pub fn classify<E>(context: impl Into<String>, err: SdkError<E, HttpResponse>) -> AwsError
 where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    use aws_sdk_dynamodb::error::SdkError;
     let context = context.into();
-    let retryable = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(e) => e.err().code().is_some_and(|c| RETRYABLE_CODES.contains(&c)),
-        _ => false,
-    };
-    let detail = match &err {
-        SdkError::ServiceError(e) => {
-            format!("{}: {}", e.err().code().unwrap_or("ServiceError"), e.err().message().unwrap_or_default())
+    let (kind, code, detail) = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            (ErrorKind::Transient, None, aws_sdk_dynamodb::error::DisplayErrorContext(&err).to_string())
         }
-        other => aws_sdk_dynamodb::error::DisplayErrorContext(other).to_string(),
+        SdkError::ServiceError(e) => {
+            let code = e.err().code().map(str::to_string);
+            let kind = match (&code, e.raw().status().as_u16()) {
+                (Some(c), _) if ErrorKind::of_code(c) != ErrorKind::Other => ErrorKind::of_code(c),
+                (_, status) if status >= 500 => ErrorKind::Transient,
+                _ => ErrorKind::Other,
+            };
+            let detail =
+                format!("{}: {}", code.as_deref().unwrap_or("ServiceError"), e.err().message().unwrap_or_default());
+            (kind, code, detail)
+        }
+        other => (ErrorKind::Other, None, aws_sdk_dynamodb::error::DisplayErrorContext(other).to_string()),
     };
-    let source: BoxError = Box::new(err);
-    if retryable {
-        AwsError::Retryable { context, detail, source }
-    } else {
-        AwsError::Permanent { context, detail, source }
-    }
+    AwsError { kind, code, context, detail, source: Box::new(err) }
 }
 
 /// Why a request (create, pause, resume, cancel, region) was refused. A refused request
@@ -84,7 +161,7 @@ pub enum RequestError {
     #[error("{0}")]
     NotAllowed(String),
     /// The request took effect in part (the job exists but did not start); the message says
-    /// how to finish it.
+    /// what happens next.
     #[error("{0}")]
     Incomplete(String),
     #[error(transparent)]
@@ -96,6 +173,13 @@ impl RequestError {
     /// succeeds as it is.
     pub fn is_retryable(&self) -> bool {
         matches!(self, RequestError::Aws(e) if e.is_retryable())
+    }
+
+    /// The request was refused for what it asked (bad input, a missing table, a job in the
+    /// wrong state): sending it again gives the same answer. Everything else is a failure
+    /// of the service and must end applied or in a dead-letter queue.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(self, RequestError::Aws(_) | RequestError::Incomplete(_))
     }
 }
 
@@ -119,5 +203,33 @@ impl HandlerError {
             HandlerError::Aws(_) => true,
             HandlerError::JobNotFound(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_have_kinds() {
+        assert_eq!(ErrorKind::of_code("ProvisionedThroughputExceededException"), ErrorKind::Throttled);
+        assert_eq!(ErrorKind::of_code("TransactionConflictException"), ErrorKind::Conflict);
+        assert_eq!(ErrorKind::of_code("ResourceNotFoundException"), ErrorKind::NotFound);
+        assert_eq!(ErrorKind::of_code("ValidationException"), ErrorKind::Validation);
+        assert_eq!(ErrorKind::of_code("ConditionalCheckFailedException"), ErrorKind::ConditionFailed);
+        assert_eq!(ErrorKind::of_code("SomethingNew"), ErrorKind::Other);
+        assert!(ErrorKind::Throttled.is_retryable() && ErrorKind::Conflict.is_retryable());
+        assert!(!ErrorKind::Validation.is_retryable() && !ErrorKind::ConditionFailed.is_retryable());
+    }
+
+    #[test]
+    fn a_cancelled_transaction_is_as_retryable_as_its_reasons() {
+        let kind = |codes: &[&str]| ErrorKind::of_cancellations(codes.iter().copied());
+        assert_eq!(kind(&["None", "ThrottlingError"]), ErrorKind::Throttled);
+        assert_eq!(kind(&["ProvisionedThroughputExceeded"]), ErrorKind::Throttled);
+        assert_eq!(kind(&["TransactionConflict", "None"]), ErrorKind::Conflict);
+        assert_eq!(kind(&["ThrottlingError", "ConditionalCheckFailed"]), ErrorKind::ConditionFailed);
+        assert_eq!(kind(&["ValidationError", "TransactionConflict"]), ErrorKind::Validation);
+        assert_eq!(kind(&["None", "None"]), ErrorKind::Other);
     }
 }

@@ -1,12 +1,14 @@
 //! tablecopy: managed, resumable copy jobs between DynamoDB tables.
 //!
 //! The library behind the four functions, the CLI and the local runner: the job model and
-//! state machine ([`model`]), the versioned messages ([`messages`]), the control-table store
+//! state machine ([`model`]), the rules that decide a segment's fate ([`rules`]), the
+//! scheduler ([`scheduler`]), the versioned messages ([`messages`]), the control-table store
 //! ([`store`]), the queues ([`queue`]), the user's tables ([`tables`]), the copy engine
-//! ([`engine`]), CloudFormation's answers ([`responder`]), the handlers ([`handlers`]) and the
-//! local runner ([`runner`]).
+//! ([`engine`]), job control ([`control`]), CloudFormation's answers ([`responder`]), the
+//! handlers ([`handlers`]) and the local runner ([`runner`]).
 
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod error;
 pub mod handlers;
@@ -15,10 +17,14 @@ pub mod messages;
 pub mod model;
 pub mod queue;
 pub mod responder;
+pub mod rules;
 pub mod runner;
+pub mod scheduler;
 pub mod stack;
 pub mod store;
 pub mod tables;
 
-#[cfg(test)]
-mod fakes;
+/// In-memory fakes of the queues, the user's tables and CloudFormation's responses (the
+/// control table's is [`store::memory`]), for handler tests here and in `tests/`.
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;

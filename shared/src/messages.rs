@@ -62,10 +62,39 @@ pub struct ChunkResult {
     pub bytes_written: u64,
     pub rejected_count: u64,
     pub rejected_samples: Vec<RejectedItem>,
-    /// `None` when the segment is finished.
+    /// Where the next slice starts; `None` when the segment is finished (unless `partial`).
     pub next_key: Option<WireKey>,
     /// A failure that ends the job (e.g. the source table vanished).
     pub fatal: Option<JobError>,
+    /// The slice ended early, at a page boundary: a pause, cancel or final move reached its
+    /// segment, or its invocation's deadline came. `next_key` is where the next slice starts,
+    /// `None` meaning the segment's start, never its end.
+    #[serde(default)]
+    pub partial: bool,
+}
+
+impl ChunkResult {
+    /// The segment is finished.
+    pub fn segment_done(&self) -> bool {
+        self.next_key.is_none() && !self.partial && self.fatal.is_none()
+    }
+}
+
+/// finalize queue: a [`Finalize`], or the reconciler's periodic pass (the template's
+/// schedule sends `{"v": 1, "reconcile": true}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FinalizeQueue {
+    Reconcile(Reconcile),
+    Finalize(Finalize),
+}
+
+/// The reconciler's pass over every job holding a slot (see `handlers::reconcile`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reconcile {
+    pub v: u32,
+    pub reconcile: bool,
 }
 
 /// finalize queue: check the job and move it to its final state.
@@ -126,12 +155,26 @@ mod tests {
             rejected_samples: vec![],
             next_key: Some(key.clone().into()),
             fatal: None,
+            partial: false,
         };
         let body = encode(&r);
         assert!(body.contains(r#""S":"a""#), "{body}");
         let back: ChunkResult = decode(&body).unwrap();
         assert_eq!(Item::from(back.next_key.unwrap()), key);
         assert_eq!(decode::<Finalize>(&encode(&f)).unwrap(), f);
+    }
+
+    #[test]
+    fn the_finalize_queue_carries_finalize_and_reconcile_messages() {
+        let f = Finalize { v: VERSION, job: JobName::parse("j").unwrap(), failure: None };
+        assert_eq!(decode::<FinalizeQueue>(&encode(&f)).unwrap(), FinalizeQueue::Finalize(f));
+        assert_eq!(
+            decode::<FinalizeQueue>(r#"{"v": 1, "reconcile": true}"#).unwrap(),
+            FinalizeQueue::Reconcile(Reconcile { v: 1, reconcile: true })
+        );
+        // A result of an older build (no `partial`) still reads.
+        let old = r#"{"v":1,"job":"j","segment":0,"seq":0,"items_written":1,"bytes_written":2,"rejected_count":0,"rejected_samples":[],"next_key":null,"fatal":null}"#;
+        assert!(decode::<ChunkResult>(old).unwrap().segment_done());
     }
 
     #[test]

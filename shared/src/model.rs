@@ -321,6 +321,9 @@ pub struct Job {
     /// DescribeTable's ItemCount of the source at creation: an estimate, updated by DynamoDB
     /// about every six hours.
     pub estimated_total: u64,
+    /// What the job has copied: the sum of its cursors, refreshed here at most every few
+    /// seconds while it runs and exactly at every move to `Paused` or a final state (`show`
+    /// reads the cursors themselves).
     #[serde(default)]
     pub items_copied: u64,
     #[serde(default)]
@@ -331,6 +334,9 @@ pub struct Job {
     pub rejected_samples: Vec<RejectedItem>,
     #[serde(default)]
     pub segments_done: u32,
+    /// When the counters above were last refreshed from the cursors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
@@ -343,6 +349,11 @@ pub struct Job {
     pub error: Option<JobError>,
     #[serde(default)]
     pub version: u64,
+    /// The control epoch: raised by every change of what the segments must do (start,
+    /// pause, resume, cancel, a final move), each a write conditional on the epoch read.
+    /// Every cursor is brought to the job's epoch (see [`crate::rules`]).
+    #[serde(default)]
+    pub epoch: u64,
     #[serde(default)]
     pub history: Vec<StatusChange>,
     /// A pause or cancel request of a `Running` job, waiting for its in-flight slices to be
@@ -352,9 +363,16 @@ pub struct Job {
     /// When the job last started running (created, started from the queue, or resumed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launched_at: Option<DateTime<Utc>>,
+    /// Segments the reconciler found with no progress for longer than the stall bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stalled: u32,
     /// The CloudFormation resource (`Custom::TableCopyJob`) that created the job, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<StackOrigin>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The `Custom::TableCopyJob` resource that created a job, and, when it waits for the job's
@@ -382,13 +400,29 @@ impl StackOrigin {
 }
 
 impl Job {
-    /// The status as people read it: `Running (pausing)` while a request waits.
+    /// The status as people read it: `Running (pausing)` while a request waits, `Running
+    /// (stalled: ...)` when the reconciler found segments without progress.
     pub fn status_label(&self) -> String {
         match (self.status, self.pending) {
             (JobStatus::Running, Some(JobStatus::Paused)) => "Running (pausing)".into(),
             (JobStatus::Running, Some(JobStatus::Cancelled)) => "Running (cancelling)".into(),
+            (JobStatus::Running, None) if self.stalled > 0 => format!(
+                "Running (stalled: {} segment{}, see the copy-chunk DLQ)",
+                self.stalled,
+                if self.stalled == 1 { "" } else { "s" }
+            ),
             (s, _) => s.to_string(),
         }
+    }
+
+    /// The job with its counters set to `p`.
+    pub fn with_progress(mut self, p: &Progress) -> Self {
+        self.items_copied = p.items;
+        self.bytes_copied = p.bytes;
+        self.items_rejected = p.rejected;
+        self.rejected_samples = p.samples.clone();
+        self.segments_done = p.segments_done;
+        self
     }
 
     /// Processed share of the estimate, in percent (100 when completed).
@@ -431,7 +465,9 @@ impl Job {
     }
 }
 
-/// A segment's read cursor.
+/// A segment's read cursor. It is the only item a slice's commit writes, and it carries what
+/// the job wants of its segment (the job's control epoch it last heard of, and whether the
+/// segment must stop), so a commit decides continue / park / stale from it alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cursor {
     pub segment: u32,
@@ -439,21 +475,73 @@ pub struct Cursor {
     pub seq: u64,
     /// Last committed `LastEvaluatedKey`; `None` = start of the segment (or end, when done).
     pub last_key: Option<Item>,
-    pub items: u64,
     pub done: bool,
     /// No slice of this segment is in flight and none will be sent until the job is launched
     /// (started or resumed). A new job's cursors start parked.
     pub parked: bool,
+    /// The job's control epoch this cursor was last brought to.
+    pub epoch: u64,
+    /// At that epoch the job wants no further slice (paused, pausing, cancelled, final, or
+    /// not started): a commit parks the segment, and copy-chunk writes nothing.
+    pub stop: bool,
+    /// What this segment copied.
+    pub items: u64,
+    pub bytes: u64,
+    pub rejected: u64,
+    /// Up to [`MAX_REJECTED_SAMPLES`] rejected items of this segment.
+    pub samples: Vec<RejectedItem>,
+    /// The last progress: a commit, or a launch.
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl Cursor {
+    /// A new job's cursor: at the segment's start, parked, and stopped until the job starts.
     pub fn start(segment: u32) -> Self {
-        Self { segment, seq: 0, last_key: None, items: 0, done: false, parked: true }
+        Self {
+            segment,
+            seq: 0,
+            last_key: None,
+            done: false,
+            parked: true,
+            epoch: 0,
+            stop: true,
+            items: 0,
+            bytes: 0,
+            rejected: 0,
+            samples: vec![],
+            updated_at: None,
+        }
     }
 
     /// A slice of this segment is in flight (or owed: its follow-up is being sent).
     pub fn in_flight(&self) -> bool {
         !self.done && !self.parked
+    }
+}
+
+/// What a job has copied: the sum of its cursors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub items: u64,
+    pub bytes: u64,
+    pub rejected: u64,
+    /// Up to [`MAX_REJECTED_SAMPLES`], in segment order.
+    pub samples: Vec<RejectedItem>,
+    pub segments_done: u32,
+}
+
+impl Progress {
+    pub fn of(cursors: &[Cursor]) -> Self {
+        let mut p = Progress::default();
+        for c in cursors {
+            p.items += c.items;
+            p.bytes += c.bytes;
+            p.rejected += c.rejected;
+            p.segments_done += u32::from(c.done);
+            let room = MAX_REJECTED_SAMPLES.saturating_sub(p.samples.len());
+            p.samples.extend(c.samples.iter().take(room).cloned());
+        }
+        p
     }
 }
 

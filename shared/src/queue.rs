@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
 use crate::config::Resources;
-use crate::error::{classify, AwsError};
+use crate::error::{classify, AwsError, ErrorKind};
 
 /// Which queue a message goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,16 +92,34 @@ impl Outbox for SqsOutbox {
                 .await
                 .map_err(|e| classify(format!("SendMessageBatch to the {} queue", to.name()), e))?;
             if let Some(failed) = out.failed.first() {
+                // A sender fault (a bad message) never succeeds; the others are the service's.
+                let kind = match ErrorKind::of_code(&failed.code) {
+                    ErrorKind::Other if failed.sender_fault => ErrorKind::Validation,
+                    ErrorKind::Other => ErrorKind::Transient,
+                    kind => kind,
+                };
                 let detail = format!("{}: {}", failed.code, failed.message.as_deref().unwrap_or(""));
-                let context = format!("SendMessageBatch to the {} queue", to.name());
-                return Err(if failed.sender_fault {
-                    AwsError::Permanent { context, detail: detail.clone(), source: detail.into() }
-                } else {
-                    AwsError::Retryable { context, detail: detail.clone(), source: detail.into() }
-                });
+                return Err(AwsError::new(kind, format!("SendMessageBatch to the {} queue", to.name()), detail)
+                    .with_code(failed.code.clone()));
             }
             self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         Ok(())
     }
+}
+
+/// Messages waiting or in flight on a queue, as SQS counts them (approximately).
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<u64, AwsError> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(|e| classify(format!("reading the depth of {url}"), e))?;
+    let attrs = out.attributes.unwrap_or_default();
+    let get = |a: &A| attrs.get(a).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(get(&A::ApproximateNumberOfMessages) + get(&A::ApproximateNumberOfMessagesNotVisible))
 }

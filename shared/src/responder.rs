@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use crate::error::AwsError;
+use crate::error::{AwsError, ErrorKind};
 
 /// One capability: deliver a response document to a request's `ResponseURL`.
 #[async_trait]
@@ -38,11 +38,7 @@ impl HttpResponder {
                 .build();
             Ok(Client::builder(TokioExecutor::new()).build(https))
         });
-        built.as_ref().map_err(|e| AwsError::Permanent {
-            context: "answering CloudFormation".into(),
-            detail: e.clone(),
-            source: e.clone().into(),
-        })
+        built.as_ref().map_err(|e| AwsError::new(ErrorKind::Other, "answering CloudFormation", e.clone()))
     }
 }
 
@@ -62,12 +58,12 @@ impl Responder for HttpResponder {
             .header(http::header::CONTENT_TYPE, "")
             .header(http::header::CONTENT_LENGTH, body.len())
             .body(Full::new(bytes::Bytes::from(body)))
-            .map_err(|e| AwsError::Permanent { context: context.clone(), detail: e.to_string(), source: e.into() })?;
-        let reply = self.client()?.request(request).await.map_err(|e| AwsError::Retryable {
-            context: context.clone(),
-            detail: e.to_string(),
-            source: e.into(),
-        })?;
+            .map_err(|e| AwsError::new(ErrorKind::Validation, context.clone(), e.to_string()))?;
+        let reply = self
+            .client()?
+            .request(request)
+            .await
+            .map_err(|e| AwsError::new(ErrorKind::Transient, context.clone(), e.to_string()))?;
         let status = reply.status();
         if status.is_success() {
             return Ok(());
@@ -75,10 +71,7 @@ impl Responder for HttpResponder {
         let text = reply.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let detail = format!("HTTP {status}: {}", String::from_utf8_lossy(&text).chars().take(300).collect::<String>());
         // A server error may pass; a refusal (an expired or wrong URL) never will.
-        Err(if status.is_server_error() {
-            AwsError::Retryable { context, detail: detail.clone(), source: detail.into() }
-        } else {
-            AwsError::Permanent { context, detail: detail.clone(), source: detail.into() }
-        })
+        let kind = if status.is_server_error() { ErrorKind::Transient } else { ErrorKind::Other };
+        Err(AwsError::new(kind, context, detail))
     }
 }

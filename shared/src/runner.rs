@@ -2,7 +2,9 @@
 //! or AWS's) and invokes the same handlers the functions run. Per queue it long-polls with the
 //! function's batch size, leaves failed records on the queue (they come back after the
 //! visibility timeout and reach the DLQ through the queue's own redrive policy after
-//! maxReceiveCount), and deletes the others.
+//! maxReceiveCount), and deletes the others. A copy-chunk batch gets a deadline as Lambda
+//! gives one (the function's timeout, and never past the message's visibility timeout). It
+//! also runs the reconciler on the template's period, as its EventBridge schedule does.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,10 +12,13 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::{advance_checkpoint_batch, copy_chunk_batch, finalize_batch, requests_batch, AwsDeps};
-use crate::queue::QueueKind;
+use crate::handlers::{advance_checkpoint_batch, copy_chunk_batch, finalize_batch, reconcile, requests_batch, Deps};
+use crate::queue::{Outbox, QueueKind};
+use crate::store::ControlStore;
+use crate::tables::Tables;
 
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
@@ -27,6 +32,10 @@ pub struct RunnerOptions {
     pub wait_seconds: i32,
     /// Overrides the queue's visibility timeout when set.
     pub visibility_timeout: Option<i32>,
+    /// copy-chunk's timeout (the template's 600 s): a slice's deadline.
+    pub copy_timeout: Duration,
+    /// The reconciler's period (the template's `ReconcileMinutes`); `None`: never.
+    pub reconcile_every: Option<Duration>,
 }
 
 impl Default for RunnerOptions {
@@ -37,13 +46,27 @@ impl Default for RunnerOptions {
             checkpoint_batch_size: 10,
             wait_seconds: 1,
             visibility_timeout: None,
+            copy_timeout: Duration::from_secs(600),
+            reconcile_every: Some(Duration::from_secs(60)),
         }
     }
 }
 
 /// Poll every queue until `shutdown` is cancelled; a batch in progress is finished first.
-pub async fn run(deps: Arc<AwsDeps>, sqs: aws_sdk_sqs::Client, opts: RunnerOptions, shutdown: CancellationToken) {
+pub async fn run<S, Q, T>(
+    deps: Arc<Deps<S, Q, T>>,
+    sqs: aws_sdk_sqs::Client,
+    opts: RunnerOptions,
+    shutdown: CancellationToken,
+) where
+    S: ControlStore + 'static,
+    Q: Outbox + 'static,
+    T: Tables + 'static,
+{
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(every) = opts.reconcile_every {
+        tasks.spawn(reconciler(deps.clone(), every, shutdown.clone()));
+    }
     let pollers = [
         (QueueKind::CopyChunk, opts.concurrency.max(1), opts.copy_batch_size),
         (QueueKind::Checkpoint, opts.concurrency.div_ceil(4).max(1), opts.checkpoint_batch_size),
@@ -59,23 +82,53 @@ pub async fn run(deps: Arc<AwsDeps>, sqs: aws_sdk_sqs::Client, opts: RunnerOptio
     while tasks.join_next().await.is_some() {}
 }
 
-async fn poll(
-    deps: Arc<AwsDeps>,
+/// The reconciler every `every`, as the template's schedule runs it.
+async fn reconciler<S: ControlStore, Q: Outbox, T>(
+    deps: Arc<Deps<S, Q, T>>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match reconcile(&deps).await {
+            Ok(found) => tracing::debug!(jobs = found.jobs, stalled = found.stalled, "reconciled"),
+            Err(e) => tracing::warn!(error = %e, "reconciler pass failed; the next one tries again"),
+        }
+    }
+}
+
+async fn poll<S, Q, T>(
+    deps: Arc<Deps<S, Q, T>>,
     sqs: aws_sdk_sqs::Client,
     kind: QueueKind,
     batch_size: i32,
     opts: RunnerOptions,
     shutdown: CancellationToken,
-) {
+) where
+    S: ControlStore,
+    Q: Outbox,
+    T: Tables,
+{
     let url = kind.url(&deps.config.resources).to_string();
-    let arn = sqs
+    let attributes = sqs
         .get_queue_attributes()
         .queue_url(&url)
         .attribute_names(QueueAttributeName::QueueArn)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
         .send()
         .await
         .ok()
-        .and_then(|o| o.attributes?.get(&QueueAttributeName::QueueArn).cloned());
+        .and_then(|o| o.attributes)
+        .unwrap_or_default();
+    let arn = attributes.get(&QueueAttributeName::QueueArn).cloned();
+    let visibility = opts
+        .visibility_timeout
+        .or_else(|| attributes.get(&QueueAttributeName::VisibilityTimeout)?.parse().ok())
+        .map(|s: i32| Duration::from_secs(s.max(1) as u64));
+    let budget = visibility.map_or(opts.copy_timeout, |v| v.min(opts.copy_timeout));
     while !shutdown.is_cancelled() {
         let received = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -98,10 +151,11 @@ async fn poll(
         if messages.is_empty() {
             continue;
         }
+        let received = Instant::now();
         let mut event = SqsEvent::default();
         event.records = messages.iter().map(|m| to_record(m, arn.as_deref(), &deps.config.region)).collect();
         let response = match kind {
-            QueueKind::CopyChunk => copy_chunk_batch(&deps, event).await,
+            QueueKind::CopyChunk => copy_chunk_batch(&deps, event, received + budget).await,
             QueueKind::Checkpoint => advance_checkpoint_batch(&deps, event).await,
             QueueKind::Finalize => finalize_batch(&deps, event).await,
             QueueKind::Requests => requests_batch(&deps, event).await,

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{KeyType as DdbKeyType, PutRequest, ScalarAttributeType, WriteRequest};
 
-use crate::error::{classify, AwsError};
+use crate::error::{classify, AwsError, ErrorKind};
 use crate::model::{Item, KeyAttribute, KeySchema, KeyType, TableName};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +61,8 @@ impl DynamoTables {
 }
 
 fn write_error(err: AwsError) -> WriteError {
-    match err.code() {
-        Some("ValidationException") => WriteError::Rejected(err.to_string()),
+    match err.kind {
+        ErrorKind::Validation => WriteError::Rejected(err.to_string()),
         _ => WriteError::Aws(err),
     }
 }

@@ -44,8 +44,9 @@ pub enum Output {
 pub enum Command {
     /// Create a copy job (it starts at once, or waits Queued while another job runs).
     Create(CreateArgs),
-    /// Show a job: status, progress, rate, bytes, rejected items, times, error, history.
-    Show(JobArg),
+    /// Show a job: status, progress, rate, bytes, rejected items, times, error, history, and
+    /// the depth of any dead-letter queue that is not empty.
+    Show(ShowArgs),
     /// List jobs, newest first, a page at a time.
     List(ListArgs),
     /// Pause a running job: no new slice starts; it shows Paused once the slices in flight are
@@ -54,7 +55,7 @@ pub enum Command {
     /// Resume a paused job from its stored cursors.
     Resume(JobArg),
     /// Cancel a job for good, keeping what was copied; its slot goes to the next queued job.
-    Cancel(JobArg),
+    Cancel(CancelArgs),
     /// The account's write region: jobs run only in the region they were created in.
     #[command(subcommand)]
     Region(RegionCommand),
@@ -102,6 +103,26 @@ impl From<ItemErrorArg> for OnItemError {
 pub struct JobArg {
     #[arg(long)]
     pub job_name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[arg(long)]
+    pub job_name: String,
+    /// Also one line per segment: slice sequence, items, last progress, and in flight /
+    /// parked / done / stalled.
+    #[arg(long)]
+    pub segments: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[arg(long)]
+    pub job_name: String,
+    /// End a running job now, without waiting for its slices in flight (e.g. stuck in the
+    /// copy-chunk dead-letter queue): when they come back they write nothing.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +211,9 @@ pub struct RunArgs {
     /// Override the queues' visibility timeout (seconds).
     #[arg(long)]
     pub visibility_timeout: Option<i32>,
+    /// Seconds between the reconciler's passes (default: the stack's ReconcileMinutes).
+    #[arg(long)]
+    pub reconcile_seconds: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod cli;
 mod render;
 mod watch;
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
@@ -14,10 +15,10 @@ use chrono::Utc;
 use clap::Parser;
 use shared::config::{Config, Tuning};
 use shared::error::RequestError;
-use shared::handlers::{request, set_write_region, AwsDeps, CreateJobRequest, JobRef, JobRequest};
+use shared::handlers::{request, set_write_region, AwsDeps, CancelRequest, CreateJobRequest, JobRef, JobRequest};
 use shared::model::JobName;
 use shared::runner::{run, RunnerOptions};
-use shared::store::{ControlStore, ListQuery};
+use shared::store::{live_job, JobStore, ListQuery};
 use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command, Global, LocalCommand, Output, RegionCommand};
@@ -54,13 +55,34 @@ async fn sdk_config(g: &Global) -> Result<aws_config::SdkConfig> {
 
 /// Clients and resource names, read from the stack's outputs.
 async fn deps(g: &Global) -> Result<(aws_config::SdkConfig, AwsDeps)> {
+    let (sdk, deps, _) = deployment(g).await?;
+    Ok((sdk, deps))
+}
+
+/// [`deps`], and the stack's outputs.
+async fn deployment(g: &Global) -> Result<(aws_config::SdkConfig, AwsDeps, HashMap<String, String>)> {
     let sdk = sdk_config(g).await?;
     let cfn = shared::stack::CfnClient::new(&sdk);
     let outputs = shared::stack::outputs(&cfn, &g.stack_name).await?;
     let region = sdk.region().expect("checked").to_string();
     let config = Config::from_outputs(&outputs, Tuning::from_env()?, region)?;
     let deps = AwsDeps::new(&sdk, config);
-    Ok((sdk, deps))
+    Ok((sdk, deps, outputs))
+}
+
+/// The dead-letter queues of the stack that hold messages, with their depth.
+async fn dead_letters(sdk: &aws_config::SdkConfig, outputs: &HashMap<String, String>) -> Result<Vec<(String, u64)>> {
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let mut found = Vec::new();
+    for (output, queue) in render::DEAD_LETTER_QUEUES {
+        if let Some(url) = outputs.get(output) {
+            let depth = shared::queue::queue_depth(&sqs, url).await?;
+            if depth > 0 {
+                found.push((queue.to_string(), depth));
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -101,14 +123,38 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Pause(a) => job_request(g, JobRequest::Pause(JobRef { job_name: a.job_name })).await?,
         Command::Resume(a) => job_request(g, JobRequest::Resume(JobRef { job_name: a.job_name })).await?,
-        Command::Cancel(a) => job_request(g, JobRequest::Cancel(JobRef { job_name: a.job_name })).await?,
+        Command::Cancel(a) => {
+            job_request(g, JobRequest::Cancel(CancelRequest { job_name: a.job_name, force: a.force })).await?
+        }
         Command::Show(a) => {
-            let (_, deps) = deps(g).await?;
+            let (sdk, deps, outputs) = deployment(g).await?;
             let name = JobName::parse(a.job_name)?;
-            let Some(job) = deps.store.get_job(&name).await? else {
+            let Some((job, cursors)) = live_job(&deps.store, &name).await? else {
                 bail!(RequestError::JobNotFound(name.to_string()))
             };
-            print_job(g.output, &job)?;
+            let dlqs = dead_letters(&sdk, &outputs).await?;
+            let now = Utc::now();
+            let stall = deps.config.tuning.stall_after;
+            match g.output {
+                Output::Json => {
+                    let mut view = serde_json::to_value(render::JobView::new(&job, now))?;
+                    view["deadLetterQueues"] =
+                        dlqs.iter().map(|(q, n)| serde_json::json!({"queue": q, "messages": n})).collect();
+                    if a.segments {
+                        view["segments"] = serde_json::to_value(render::segment_views(&cursors, now, stall))?;
+                    }
+                    print_json(&view)?;
+                }
+                Output::Table => {
+                    print!("{}", render::job_table(&job, now));
+                    for (queue, depth) in &dlqs {
+                        println!("Dead letters    {depth} message(s) in the {queue} dead-letter queue");
+                    }
+                    if a.segments {
+                        print!("{}", render::segments_table(&cursors, now, stall));
+                    }
+                }
+            }
         }
         Command::List(a) => {
             let (_, deps) = deps(g).await?;
@@ -168,7 +214,9 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Local(LocalCommand::Run(a)) => {
             shared::logging::init();
-            let (sdk, deps) = deps(g).await?;
+            let (sdk, deps, outputs) = deployment(g).await?;
+            let minutes = outputs.get("ReconcileMinutes").and_then(|m| m.parse::<u64>().ok()).unwrap_or(1);
+            let reconcile = std::time::Duration::from_secs(a.reconcile_seconds.unwrap_or(60 * minutes).max(1));
             let outbox = deps.outbox.clone();
             let store = deps.store.clone();
             let shutdown = CancellationToken::new();
@@ -184,6 +232,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                 copy_batch_size: a.copy_batch_size,
                 checkpoint_batch_size: a.checkpoint_batch_size,
                 visibility_timeout: a.visibility_timeout,
+                reconcile_every: Some(reconcile),
                 ..RunnerOptions::default()
             };
             run(Arc::new(deps), aws_sdk_sqs::Client::new(&sdk), opts, shutdown).await;

@@ -1,8 +1,18 @@
 //! How jobs are printed: a JSON document or an aligned table.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared::model::Job;
+use shared::model::{Cursor, Job};
+
+/// The stack outputs of the dead-letter queues, and the queue each serves.
+pub const DEAD_LETTER_QUEUES: [(&str, &str); 4] = [
+    ("CopyChunkDeadLetterQueueUrl", "copy-chunk"),
+    ("CheckpointDeadLetterQueueUrl", "checkpoint"),
+    ("FinalizeDeadLetterQueueUrl", "finalize"),
+    ("RequestsDeadLetterQueueUrl", "requests"),
+];
 
 /// A job with its derived figures, as `show --output json` prints it.
 #[derive(Serialize)]
@@ -104,6 +114,60 @@ pub fn job_table(job: &Job, now: DateTime<Utc>) -> String {
     rows.iter().map(|(k, v)| format!("{k:<width$}  {v}").trim_end().to_string() + "\n").collect()
 }
 
+/// One segment as `show --segments` prints it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentView {
+    pub segment: u32,
+    pub seq: u64,
+    pub items: u64,
+    pub last_progress: Option<DateTime<Utc>>,
+    pub state: &'static str,
+}
+
+/// A segment's state: done, parked, stopping (in flight, its job pausing or cancelling),
+/// stalled (in flight without progress for longer than `stall`), or in flight.
+fn segment_state(c: &Cursor, now: DateTime<Utc>, stall: Duration) -> &'static str {
+    let stall = chrono::Duration::from_std(stall).unwrap_or(chrono::Duration::MAX);
+    match c {
+        c if c.done => "done",
+        c if c.parked => "parked",
+        c if c.updated_at.is_some_and(|t| now - t > stall) => "stalled",
+        c if c.stop => "stopping",
+        _ => "in flight",
+    }
+}
+
+pub fn segment_views(cursors: &[Cursor], now: DateTime<Utc>, stall: Duration) -> Vec<SegmentView> {
+    cursors
+        .iter()
+        .map(|c| SegmentView {
+            segment: c.segment,
+            seq: c.seq,
+            items: c.items,
+            last_progress: c.updated_at,
+            state: segment_state(c, now, stall),
+        })
+        .collect()
+}
+
+/// The `show --segments` table.
+pub fn segments_table(cursors: &[Cursor], now: DateTime<Utc>, stall: Duration) -> String {
+    let mut out =
+        format!("\n{:>7}  {:>6}  {:>12}  {:<24}  {}\n", "SEGMENT", "SLICE", "ITEMS", "LAST PROGRESS", "STATE");
+    for v in segment_views(cursors, now, stall) {
+        out.push_str(&format!(
+            "{:>7}  {:>6}  {:>12}  {:<24}  {}\n",
+            v.segment,
+            v.seq,
+            thousands(v.items),
+            time(v.last_progress),
+            v.state
+        ));
+    }
+    out
+}
+
 /// The `list` table.
 pub fn jobs_table(jobs: &[Job]) -> String {
     let mut out =
@@ -124,6 +188,26 @@ pub fn jobs_table(jobs: &[Job]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_show_their_state() {
+        let now = Utc::now();
+        let mut c = Cursor::start(0);
+        let stall = Duration::from_secs(60);
+        assert_eq!(segment_state(&c, now, stall), "parked");
+        c.parked = false;
+        c.stop = false;
+        c.updated_at = Some(now);
+        assert_eq!(segment_state(&c, now, stall), "in flight");
+        c.stop = true;
+        assert_eq!(segment_state(&c, now, stall), "stopping");
+        c.updated_at = Some(now - chrono::Duration::minutes(2));
+        assert_eq!(segment_state(&c, now, stall), "stalled");
+        c.done = true;
+        assert_eq!(segment_state(&c, now, stall), "done");
+        let table = segments_table(&[Cursor { items: 1234, seq: 7, ..Cursor::start(3) }], now, stall);
+        assert!(table.contains("      3       7         1,234  -                         parked"), "{table}");
+    }
 
     #[test]
     fn numbers_read_well() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::model::{Job, JobName};
-use shared::store::ControlStore;
+use shared::store::{live_job, ControlStore};
 
 use crate::render::thousands;
 
@@ -25,7 +25,7 @@ pub async fn watch<S: ControlStore>(store: &S, name: &JobName, interval_ms: u64,
     );
     let mut last_line = std::time::Instant::now();
     loop {
-        let Some(job) = store.get_job(name).await? else { bail!("job {name} not found") };
+        let Some((job, _)) = live_job(store, name).await? else { bail!("job {name} not found") };
         let done = job.items_copied + job.items_rejected;
         bar.set_length(job.estimated_total.max(done));
         bar.set_position(done);

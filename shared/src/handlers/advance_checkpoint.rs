@@ -1,18 +1,18 @@
 use chrono::Utc;
 
-use super::create_job::slice_message;
-use super::lifecycle::{current_region, enforce_region, send_finalize, settle};
 use super::Deps;
+use crate::control::slice_message;
 use crate::error::HandlerError;
-use crate::messages::{encode, ChunkResult, Finalize, VERSION};
-use crate::model::{Cursor, Item, Job, OnItemError, StackOrigin, MAX_REJECTED_SAMPLES};
+use crate::messages::{encode, ChunkResult};
+use crate::model::{Item, Job, OnItemError, StackOrigin};
 use crate::queue::{Outbox, QueueKind};
 use crate::store::{Commit, ControlStore, SliceCommit};
 
-/// Commit a slice's result on its cursor and the job's counters exactly once, then send what
-/// comes next: the segment's next slice, finalize when the job is done or must fail, or
-/// nothing when the job is pausing or cancelling (the cursor parks, and the last one to park
-/// settles the request).
+/// Commit a slice's result on its cursor exactly once, then send what comes next: the
+/// segment's next slice, finalize when the job is done or must fail, or nothing when its
+/// segment parked (the job is pausing, cancelling or final; the last segment to park settles
+/// the request). The commit writes the cursor alone and decides from it
+/// ([`crate::rules::commit_rule`]), so segments never contend for the job item.
 ///
 /// A stale result changes no state and sends nothing. The one exception is a result that was
 /// delivered before (`attempt` > 1) and is the segment's last committed one: the earlier
@@ -24,70 +24,73 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
     msg: ChunkResult,
     attempt: u32,
 ) -> Result<(), HandlerError> {
-    let store = &deps.store;
+    let (store, control) = (&deps.store, deps.control());
     let job = store.get_job(&msg.job).await?.ok_or_else(|| HandlerError::JobNotFound(msg.job.to_string()))?;
     if job.status.is_final() && StackOrigin::awaits_answer(&job) {
         // The final move's own finalize message may have died with its process: any later
         // result of the job asks again (finalize answers once).
-        send_finalize(deps, &job.name).await?;
+        control.send_finalize(&job.name).await?;
     }
-    let region = current_region(deps).await?;
+    let region = control.current_region().await?;
     if job.write_region != region && !job.status.is_final() {
-        // The job fails now; the slice is still committed below (it parks).
-        enforce_region(deps, &region).await?;
+        // The job fails now and its segments stop: the slice is still committed below (it parks).
+        control.enforce_region(&region).await?;
     }
 
     if let Some(fatal) = msg.fatal {
         if !job.status.is_final() {
             tracing::error!(code = %fatal.code, message = %fatal.message, "slice failed; failing the job");
-            let f = Finalize { v: VERSION, job: msg.job, failure: Some(fatal) };
-            deps.outbox.send(QueueKind::Finalize, vec![encode(&f)]).await?;
+            control.send_failure(&job.name, Some(fatal)).await?;
         }
         return Ok(());
     }
 
-    let room = MAX_REJECTED_SAMPLES.saturating_sub(job.rejected_samples.len());
+    let done = msg.segment_done();
     let commit = SliceCommit {
         segment: msg.segment,
         seq: msg.seq,
         next_key: msg.next_key.map(Item::from),
+        done,
         items: msg.items_written,
         bytes: msg.bytes_written,
         rejected: msg.rejected_count,
-        samples: msg.rejected_samples.into_iter().take(room).collect(),
+        samples: msg.rejected_samples,
         at: Utc::now(),
     };
     match store.commit_slice(&msg.job, &commit).await? {
         Commit::Continued => {
-            tracing::info!(items = commit.items, rejected = commit.rejected, "checkpoint advanced");
-            let cursor = Cursor {
-                segment: msg.segment,
-                seq: msg.seq + 1,
-                done: commit.next_key.is_none(),
-                last_key: commit.next_key,
-                items: 0,
-                parked: false,
-            };
-            follow_up(deps, &job, &cursor, job.items_rejected + commit.rejected).await
+            tracing::info!(
+                items = commit.items,
+                rejected = commit.rejected,
+                partial = msg.partial,
+                "checkpoint advanced"
+            );
+            let next = Next { segment: msg.segment, seq: msg.seq + 1, done, start: commit.next_key };
+            follow_up(deps, &job, next, msg.rejected_count).await?;
+            control.refresh_progress(&job, false).await?;
+            Ok(())
         }
         Commit::Parked => {
-            tracing::info!(items = commit.items, status = %job.status, "checkpoint advanced; segment parked");
-            Ok(settle(deps, &msg.job).await?)
-        }
-        Commit::Stale if attempt > 1 => {
-            let cursor = store.cursors(&msg.job).await?.into_iter().find(|c| c.segment == msg.segment);
-            match cursor {
-                Some(c) if c.seq == msg.seq + 1 && c.parked => Ok(settle(deps, &msg.job).await?),
-                Some(c) if c.seq == msg.seq + 1 => {
-                    tracing::info!(attempt, "redelivery of the last committed slice; sending its follow-up again");
-                    follow_up(deps, &job, &c, job.items_rejected).await
-                }
-                _ => {
-                    tracing::info!(attempt, "stale slice result ignored");
-                    Ok(())
-                }
+            tracing::info!(items = commit.items, status = %job.status_label(), "checkpoint advanced; segment parked");
+            control.settle(&msg.job).await?;
+            if job.status.is_final() && commit.items + commit.rejected > 0 {
+                // A slice that was in flight at a final move wrote these: they count too.
+                control.refresh_progress(&job, true).await?;
             }
+            Ok(())
         }
+        Commit::Stale if attempt > 1 => match store.cursor(&msg.job, msg.segment).await? {
+            Some(c) if c.seq == msg.seq + 1 && c.parked => Ok(control.settle(&msg.job).await?),
+            Some(c) if c.seq == msg.seq + 1 => {
+                tracing::info!(attempt, "redelivery of the last committed slice; sending its follow-up again");
+                let next = Next { segment: c.segment, seq: c.seq, done: c.done, start: c.last_key };
+                follow_up(deps, &job, next, msg.rejected_count).await
+            }
+            _ => {
+                tracing::info!(attempt, "stale slice result ignored");
+                Ok(())
+            }
+        },
         Commit::Stale => {
             tracing::info!("stale or duplicate slice result ignored");
             Ok(())
@@ -95,34 +98,44 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
     }
 }
 
-/// What an unparked cursor owes: its next slice, or, when its segment is done, finalize if it
-/// was the last one. A cursor left unparked always gets its message, even if the job began
-/// pausing meanwhile (that slice's commit will park it).
+/// What a segment that goes on owes next.
+struct Next {
+    segment: u32,
+    seq: u64,
+    done: bool,
+    start: Option<Item>,
+}
+
+/// What a segment that goes on owes: its next slice, or, when it is done, finalize if it was
+/// the last one. A segment in flight always gets its message, even if the job began pausing
+/// meanwhile (that slice stops at once and its commit parks the segment).
 async fn follow_up<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     job: &Job,
-    cursor: &Cursor,
-    rejected_total: u64,
+    next: Next,
+    rejected: u64,
 ) -> Result<(), HandlerError> {
     if job.status.is_final() {
         tracing::info!(status = %job.status, "job is final; no further slice");
         return Ok(());
     }
-    if rejected_total > 0 && job.spec.on_item_error == OnItemError::Fail {
-        tracing::warn!(rejected = rejected_total, "items rejected; the job will fail");
-        send_finalize(deps, &job.name).await?;
+    if rejected > 0 && job.spec.on_item_error == OnItemError::Fail {
+        tracing::warn!(rejected, "items rejected; the job will fail");
+        deps.control().send_finalize(&job.name).await?;
         return Ok(());
     }
-    if !cursor.done {
-        let next = slice_message(job, cursor.segment, cursor.seq, cursor.last_key.clone(), deps.config.tuning.slice);
-        deps.outbox.send(QueueKind::CopyChunk, vec![encode(&next)]).await?;
+    if !next.done {
+        let msg = slice_message(job, next.segment, next.seq, next.start, deps.config.tuning.slice);
+        deps.outbox.send(QueueKind::CopyChunk, vec![encode(&msg)]).await?;
         return Ok(());
     }
-    // The segment is done: the last one to finish sends finalize.
-    let now = deps.store.get_job(&job.name).await?.ok_or_else(|| HandlerError::JobNotFound(job.name.to_string()))?;
-    tracing::info!(segments_done = now.segments_done, of = now.spec.parallelism, "segment done");
-    if now.segments_done >= now.spec.parallelism {
-        send_finalize(deps, &job.name).await?;
+    // The segment is done: whoever sees every segment done sends finalize (two may: finalize
+    // is idempotent).
+    let cursors = deps.store.cursors(&job.name).await?;
+    let done = cursors.iter().filter(|c| c.done).count();
+    tracing::info!(segments_done = done, of = cursors.len(), "segment done");
+    if done == cursors.len() {
+        deps.control().send_finalize(&job.name).await?;
     }
     Ok(())
 }

@@ -1,17 +1,16 @@
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use super::lifecycle::{current_region, schedule};
 use super::Deps;
 use crate::config::TableScope;
 use crate::error::RequestError;
-use crate::messages::{CopyChunk, SliceLimits, VERSION};
 use crate::model::{
-    Cursor, InvalidInput, Item, Job, JobName, JobSpec, JobStatus, OnItemError, StackOrigin, StatusChange, TableName,
+    Cursor, InvalidInput, Job, JobName, JobSpec, JobStatus, OnItemError, StackOrigin, StatusChange, TableName,
     MAX_PARALLELISM,
 };
 use crate::queue::Outbox;
-use crate::store::{conflict_pause, ControlStore, Entry, InsertError};
+use crate::scheduler::Entry;
+use crate::store::{conflict_pause, ControlStore, InsertError};
 use crate::tables::Tables;
 
 /// A request to create a copy job: the CLI's call, a direct invoke payload, an event's detail.
@@ -26,6 +25,18 @@ pub struct CreateJobRequest {
     pub parallelism: Option<u32>,
     #[serde(default)]
     pub on_item_error: OnItemError,
+}
+
+impl CreateJobRequest {
+    /// Whether `job` is the copy this request asks for (a deployment's default parallelism
+    /// stands in for a request without one).
+    pub fn describes(&self, job: &Job, default_parallelism: u32) -> bool {
+        job.name.as_str() == self.job_name
+            && job.spec.source.as_str() == self.source_table
+            && job.spec.target.as_str() == self.target_table
+            && self.parallelism.unwrap_or(default_parallelism) == job.spec.parallelism
+            && self.on_item_error == job.spec.on_item_error
+    }
 }
 
 /// Validate everything, then record the job `Queued` (at the end of the queue, with one
@@ -75,11 +86,14 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
     };
     let source_info = deps.tables.describe(&source).await?.ok_or_else(|| not_found("source", &source))?;
     let target_info = deps.tables.describe(&target).await?.ok_or_else(|| not_found("target", &target))?;
+    let control = deps.control();
     if deps.store.get_job(&name).await?.is_some() {
+        // A create delivered again after a crash may find its own job not started yet.
+        control.schedule().await?;
         return Err(RequestError::JobExists(name.to_string()));
     }
     // Jobs of an old write region are failed by `schedule` below, before any job starts.
-    let region = current_region(deps).await?;
+    let region = control.current_region().await?;
 
     let now = Utc::now();
     let mut job = Job {
@@ -106,62 +120,41 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
         completed_at: None,
         duration_ms: None,
         error: None,
+        progress_at: None,
         version: 0,
+        epoch: 0,
         history: vec![StatusChange { status: JobStatus::Queued, at: now }],
         pending: None,
         launched_at: None,
+        stalled: 0,
         origin,
     };
     let cursors: Vec<Cursor> = (0..parallelism).map(Cursor::start).collect();
     for attempt in 1.. {
         let mut next = deps.store.scheduler().await?.next();
         next.queued.push(Entry { job: name.clone(), region: region.clone() });
-        let at = match next.last_created {
-            Some(last) if last >= Utc::now() => last + chrono::Duration::milliseconds(1),
-            _ => Utc::now(),
-        };
+        let at = next.creation_time(Utc::now());
         (job.created_at, job.updated_at, job.history[0].at) = (at, at, at);
         next.last_created = Some(at);
         match deps.store.insert_job(&job, &cursors, &next).await {
             Ok(()) => break,
             Err(InsertError::SchedulerChanged) => conflict_pause(attempt).await,
-            Err(InsertError::JobExists) => return Err(RequestError::JobExists(name.to_string())),
+            Err(InsertError::JobExists) => {
+                control.schedule().await?;
+                return Err(RequestError::JobExists(name.to_string()));
+            }
             Err(InsertError::Aws(e)) => return Err(e.into()),
         }
     }
     tracing::info!(segments = parallelism, estimated_total = job.estimated_total, "job recorded");
-    if let Err(e) = schedule(deps).await {
-        // The job exists and waits; the next job event (or `resume`) starts it.
+    if let Err(e) = control.schedule().await {
+        // The job exists and waits; the reconciler starts it when a slot is free.
         return Err(RequestError::Incomplete(format!(
-            "job {:?} was recorded but could not be started yet ({e}); run `tablecopy resume --job-name {name}` to try again",
+            "job {:?} was recorded but could not be started yet ({e}); it starts by itself within a minute (the reconciler), or run `tablecopy resume --job-name {name}`",
             name.as_str()
         )));
     }
     let job = deps.store.get_job(&name).await?.ok_or_else(|| RequestError::JobNotFound(name.to_string()))?;
     tracing::info!(status = %job.status, "job created");
     Ok(job)
-}
-
-/// The copy-chunk message of a segment's slice `seq`, starting after `start_key`.
-pub(crate) fn slice_message(
-    job: &Job,
-    segment: u32,
-    seq: u64,
-    start_key: Option<Item>,
-    limits: SliceLimits,
-) -> CopyChunk {
-    CopyChunk {
-        v: VERSION,
-        job: job.name.clone(),
-        segment,
-        total_segments: job.spec.parallelism,
-        seq,
-        start_key: start_key.map(Into::into),
-        source: job.spec.source.clone(),
-        target: job.spec.target.clone(),
-        source_key: job.spec.source_key.clone(),
-        target_key: job.spec.target_key.clone(),
-        on_item_error: job.spec.on_item_error,
-        limits,
-    }
 }

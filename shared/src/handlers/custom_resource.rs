@@ -25,7 +25,6 @@ use aws_lambda_events::event::cloudformation::{
 use serde_json::Value;
 
 use super::create_job::{create_job_from, CreateJobRequest};
-use super::lifecycle::send_finalize;
 use super::requests::cancel_job;
 use super::Deps;
 use crate::error::{AwsError, RequestError};
@@ -268,7 +267,9 @@ async fn start<S: ControlStore, Q: Outbox, T: Tables>(
                 if wait && same_request && StackOrigin::awaits_answer(&job) {
                     if job.status.is_final() {
                         // Answered by finalize; nudging it is harmless if it already did.
-                        return send_finalize(deps, &job.name)
+                        return deps
+                            .control()
+                            .send_finalize(&job.name)
                             .await
                             .map_or_else(|e| failed(failed_id, e), |_| Outcome::Wait);
                     }
@@ -338,7 +339,7 @@ async fn delete<S: ControlStore, Q: Outbox, T: Tables>(
     if job.status.is_final() {
         return done(&job.status_label());
     }
-    match cancel_job(deps, &job.name).await {
+    match cancel_job(deps, &job.name, false).await {
         Ok(job) => done(&job.status_label()),
         // It became final meanwhile.
         Err(RequestError::NotAllowed(_)) => done("Final"),

@@ -6,7 +6,7 @@ mod copy_chunk;
 mod create_job;
 mod custom_resource;
 mod finalize;
-pub mod lifecycle;
+mod reconcile;
 mod requests;
 mod sqs;
 
@@ -15,20 +15,24 @@ pub use copy_chunk::copy_chunk;
 pub use create_job::{create_job, CreateJobRequest};
 pub use custom_resource::{answer_waiting, custom_resource, JobProperties, RESOURCE_TYPE};
 pub use finalize::finalize;
+pub use reconcile::{reconcile, Reconciled};
 pub use requests::{
-    cancel_job, handle_request, parse_region, pause_job, resume_job, set_write_region, JobRef, JobRequest,
-    REQUEST_KINDS,
+    cancel_job, handle_request, parse_region, pause_job, resume_job, set_write_region, CancelRequest, JobRef,
+    JobRequest, REQUEST_KINDS,
 };
 pub use sqs::{process_batch, process_batch_with};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::config::{Config, ConfigError};
+use crate::control::Control;
 use crate::error::{HandlerError, RequestError};
-use crate::messages::{ChunkResult, CopyChunk, Finalize};
+use crate::messages::{ChunkResult, CopyChunk, FinalizeQueue};
 use crate::model::Job;
 use crate::queue::{Outbox, SqsOutbox};
 use crate::responder::{HttpResponder, Responder};
@@ -43,6 +47,13 @@ pub struct Deps<S, Q, T> {
     /// Answers CloudFormation custom resource requests.
     pub responder: Arc<dyn Responder>,
     pub config: Config,
+}
+
+impl<S, Q, T> Deps<S, Q, T> {
+    /// Job control over these dependencies.
+    pub fn control(&self) -> Control<'_, S, Q> {
+        Control { store: &self.store, outbox: &self.outbox, config: &self.config }
+    }
 }
 
 /// The real adapters.
@@ -119,13 +130,15 @@ pub async fn create_job_invoke<S: ControlStore, Q: Outbox, T: Tables>(
 }
 
 /// create-job's requests queue: each body is an EventBridge event (or a direct invoke
-/// payload). A refused request is logged and dropped (sending it again changes nothing);
-/// AWS errors leave it on the queue, and after maxReceiveCount in its dead-letter queue.
+/// payload). A refused request (bad input, a job in the wrong state) is logged and dropped:
+/// sending it again gives the same answer. Every other failure (an AWS error of any kind)
+/// leaves it on the queue, so it ends applied or, after maxReceiveCount, in the requests
+/// dead-letter queue. A create delivered again that finds the job it made is applied.
 pub async fn requests_batch<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    Ok(process_batch_with(event, parse_queued_request, |r, _attempt| queued_request(deps, r)).await)
+    Ok(process_batch_with(event, parse_queued_request, |r, attempt| queued_request(deps, r, attempt)).await)
 }
 
 fn parse_queued_request(body: &str) -> Result<JobRequest, String> {
@@ -136,30 +149,73 @@ fn parse_queued_request(body: &str) -> Result<JobRequest, String> {
 async fn queued_request<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     r: JobRequest,
+    attempt: u32,
 ) -> Result<(), HandlerError> {
+    let create = match &r {
+        JobRequest::Create(c) => Some(c.clone()),
+        _ => None,
+    };
     match request(deps, r).await {
         Ok(job) => {
             tracing::info!(job = %job.name, status = %job.status_label(), "request from the queue carried out");
             Ok(())
         }
-        Err(RequestError::Aws(e)) if e.is_retryable() => Err(HandlerError::Aws(e)),
-        Err(e) => {
-            tracing::error!(error = %e, "request from the queue refused; dropped");
+        Err(RequestError::JobExists(name)) if attempt > 1 => {
+            // An earlier delivery may have created it and died before the message was deleted.
+            let job = deps.store.get_job(&crate::model::JobName::parse(name.as_str()).expect("a job's name")).await?;
+            match (create, job) {
+                (Some(c), Some(job)) if c.describes(&job, deps.config.tuning.default_parallelism) => {
+                    tracing::info!(job = %job.name, attempt, "a create delivered again found the job it made");
+                    Ok(())
+                }
+                _ => refused(RequestError::JobExists(name)),
+            }
+        }
+        // Recorded; the reconciler starts it.
+        Err(e @ RequestError::Incomplete(_)) => {
+            tracing::warn!(error = %e, "request from the queue recorded; the job starts later");
             Ok(())
         }
+        Err(e) if e.is_refusal() => refused(e),
+        Err(RequestError::Aws(e)) => Err(HandlerError::Aws(e)),
+        Err(e) => unreachable!("every other error is a refusal: {e}"),
     }
 }
 
-/// copy-chunk's entry point: an SQS batch of [`CopyChunk`] messages.
-pub async fn copy_chunk_batch<S, Q: Outbox, T: Tables>(
+fn refused(e: RequestError) -> Result<(), HandlerError> {
+    tracing::error!(error = %e, "request from the queue refused; dropped");
+    Ok(())
+}
+
+/// copy-chunk's entry point: an SQS batch of [`CopyChunk`] messages, to be done by
+/// `deadline` (Lambda's context deadline; the runner gives the same). Each slice ends at a
+/// page boundary [`stop_margin`] before it.
+pub async fn copy_chunk_batch<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
+    deadline: Instant,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    let stop_at = deadline - stop_margin(deadline.saturating_duration_since(Instant::now()));
     Ok(process_batch(event, |msg: CopyChunk, _attempt| {
         let span = tracing::info_span!("copy_chunk", job = %msg.job, segment = msg.segment, seq = msg.seq);
-        copy_chunk(&deps.tables, &deps.outbox, &deps.config.tuning, msg).instrument(span)
+        copy_chunk(&deps.tables, &deps.store, &deps.outbox, &deps.config.tuning, msg, stop_at).instrument(span)
     })
     .await)
+}
+
+/// How long before its deadline a slice stops starting pages: a quarter of its time, at most
+/// 30 s (the last page's writes are cut there too, and its result must still be sent).
+pub fn stop_margin(budget: Duration) -> Duration {
+    (budget / 4).min(Duration::from_secs(30))
+}
+
+/// A Lambda context deadline (milliseconds since the epoch) as an instant.
+pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
 }
 
 /// advance-checkpoint's entry point: an SQS batch of [`ChunkResult`] messages.
@@ -174,14 +230,23 @@ pub async fn advance_checkpoint_batch<S: ControlStore, Q: Outbox, T>(
     .await)
 }
 
-/// finalize's entry point: an SQS batch of [`Finalize`] messages.
+/// finalize's entry point: an SQS batch of [`FinalizeQueue`] messages: finalize a job, or
+/// the reconciler's periodic pass.
 pub async fn finalize_batch<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    Ok(process_batch(event, |msg: Finalize, _attempt| {
-        let span = tracing::info_span!("finalize", job = %msg.job, segment = tracing::field::Empty, seq = tracing::field::Empty);
-        finalize(deps, msg).instrument(span)
+    Ok(process_batch(event, |msg: FinalizeQueue, _attempt| async move {
+        match msg {
+            FinalizeQueue::Finalize(msg) => {
+                let span = tracing::info_span!("finalize", job = %msg.job, segment = tracing::field::Empty, seq = tracing::field::Empty);
+                finalize(deps, msg).instrument(span).await
+            }
+            FinalizeQueue::Reconcile(_) => {
+                let span = tracing::info_span!("reconcile", job = tracing::field::Empty, segment = tracing::field::Empty, seq = tracing::field::Empty);
+                reconcile(deps).instrument(span).await.map(|_| ()).map_err(HandlerError::from)
+            }
+        }
     })
     .await)
 }

@@ -9,10 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::create_job::{create_job, CreateJobRequest};
-use super::lifecycle::{current_region, enforce_region, launch, move_job, schedule, send_finalize, settle};
 use super::Deps;
 use crate::error::RequestError;
-use crate::model::{InvalidInput, Job, JobName, JobStatus, StackOrigin};
+use crate::model::{InvalidInput, Job, JobName, JobStatus, Progress, StackOrigin};
 use crate::queue::Outbox;
 use crate::store::{conflict_pause, ControlStore};
 use crate::tables::Tables;
@@ -24,13 +23,23 @@ pub struct JobRef {
     pub job_name: String,
 }
 
+/// A cancel request. `force` ends a running job at once, without waiting for its slices in
+/// flight (for slices stuck in a dead-letter queue): they write nothing when they come back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CancelRequest {
+    pub job_name: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// Everything create-job's entry point accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobRequest {
     Create(CreateJobRequest),
     Pause(JobRef),
     Resume(JobRef),
-    Cancel(JobRef),
+    Cancel(CancelRequest),
 }
 
 /// EventBridge `detail-type` of each request, and the `action` of a direct invoke payload.
@@ -87,7 +96,8 @@ impl JobRequest {
     pub fn job_name(&self) -> &str {
         match self {
             JobRequest::Create(r) => &r.job_name,
-            JobRequest::Pause(r) | JobRequest::Resume(r) | JobRequest::Cancel(r) => &r.job_name,
+            JobRequest::Pause(r) | JobRequest::Resume(r) => &r.job_name,
+            JobRequest::Cancel(r) => &r.job_name,
         }
     }
 }
@@ -101,7 +111,7 @@ pub async fn handle_request<S: ControlStore, Q: Outbox, T: Tables>(
         JobRequest::Create(r) => create_job(deps, r).await,
         JobRequest::Pause(r) => pause_job(deps, &JobName::parse(r.job_name)?).await,
         JobRequest::Resume(r) => resume_job(deps, &JobName::parse(r.job_name)?).await,
-        JobRequest::Cancel(r) => cancel_job(deps, &JobName::parse(r.job_name)?).await,
+        JobRequest::Cancel(r) => cancel_job(deps, &JobName::parse(r.job_name)?, r.force).await,
     }
 }
 
@@ -114,8 +124,8 @@ async fn existing<S: ControlStore, Q, T>(deps: &Deps<S, Q, T>, name: &JobName) -
 
 /// Fail the jobs of an old write region first, so a request sees the truth.
 async fn check_region<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> Result<(), RequestError> {
-    let region = current_region(deps).await?;
-    enforce_region(deps, &region).await?;
+    let control = deps.control();
+    control.enforce_region(&control.current_region().await?).await?;
     Ok(())
 }
 
@@ -130,7 +140,7 @@ fn refuse(action: &str, job: &Job) -> RequestError {
             "it is Running and already pausing: it shows Paused once its in-flight slices are checkpointed".into()
         }
         (JobStatus::Running, Some(JobStatus::Cancelled)) => {
-            "it is Running and already being cancelled: it shows Cancelled once its in-flight slices are checkpointed"
+            "it is Running and already being cancelled: it shows Cancelled once its in-flight slices are checkpointed (if they are stuck in the copy-chunk dead-letter queue, `tablecopy cancel --force` ends it now)"
                 .into()
         }
         (s, _) => format!("it is {s}"),
@@ -145,6 +155,8 @@ fn refuse(action: &str, job: &Job) -> RequestError {
 
 /// Run `action` on the job as it is now: `step` gets the freshly read job and returns the job
 /// afterwards, or `None` when a conditional write found it changed meanwhile (it is read again).
+/// A request refused for the job's state still runs the scheduler: it may be the repeated
+/// delivery of a request whose first run made the job final and died before scheduling.
 async fn on_current_job<S: ControlStore, Q: Outbox, T, F, Fut>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
@@ -160,12 +172,17 @@ where
         let job = existing(deps, name).await?;
         if job.status.is_final() && StackOrigin::awaits_answer(&job) {
             // A repeated request after a crash: the final move's finalize message may be lost.
-            send_finalize(deps, name).await?;
+            deps.control().send_finalize(name).await?;
         }
-        if let Some(done) = step(job).await? {
-            return Ok(done);
+        match step(job).await {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => conflict_pause(attempt).await,
+            Err(e @ RequestError::NotAllowed(_)) => {
+                deps.control().schedule().await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
         }
-        conflict_pause(attempt).await;
     }
     Err(RequestError::NotAllowed(format!(
         "cannot {action} job {:?}: it kept changing state meanwhile; try again",
@@ -183,11 +200,13 @@ pub async fn pause_job<S: ControlStore, Q: Outbox, T>(
         if (job.status, job.pending) != (JobStatus::Running, None) {
             return Err(refuse("pause", &job));
         }
-        if !deps.store.request_stop(name, JobStatus::Paused, None, Utc::now()).await? {
+        if !deps.store.request_stop(name, JobStatus::Paused, None, job.epoch, Utc::now()).await? {
             return Ok(None);
         }
         tracing::info!(job = %name, "pause requested");
-        settle(deps, name).await?;
+        let control = deps.control();
+        control.stop_cursors(name, job.epoch + 1).await?;
+        control.settle(name).await?;
         Ok(Some(existing(deps, name).await?))
     })
     .await
@@ -202,21 +221,22 @@ pub async fn resume_job<S: ControlStore, Q: Outbox, T>(
     name: &JobName,
 ) -> Result<Job, RequestError> {
     on_current_job(deps, name, "resume", |job| async move {
+        let control = deps.control();
         let moved = match (job.status, job.pending) {
-            (JobStatus::Paused, _) => move_job(deps, &job, JobStatus::Running, None, None).await?,
+            (JobStatus::Paused, _) => control.move_job(&job, JobStatus::Running, None, None, None).await?,
             (JobStatus::Running, Some(JobStatus::Paused)) => {
-                deps.store.withdraw_stop(name, JobStatus::Paused, Utc::now()).await?
+                deps.store.withdraw_stop(name, JobStatus::Paused, job.epoch, Utc::now()).await?
             }
             (JobStatus::Running, None) => {
-                let idle = deps.store.cursors(name).await?.iter().filter(|c| c.parked && !c.done).count();
-                if idle == 0 {
+                let owed = deps.store.cursors(name).await?.iter().filter(|c| !c.done && (c.parked || c.epoch < job.epoch)).count();
+                if owed == 0 {
                     return Err(refuse("resume", &job));
                 }
-                tracing::warn!(job = %name, idle, "running job with idle segments: launching them");
+                tracing::warn!(job = %name, owed, "running job with segments a launch still owes: launching them");
                 true
             }
             (JobStatus::Queued, _) => {
-                schedule(deps).await?;
+                control.schedule().await?;
                 let job = existing(deps, name).await?;
                 if job.status != JobStatus::Queued {
                     return Ok(Some(job));
@@ -233,33 +253,45 @@ pub async fn resume_job<S: ControlStore, Q: Outbox, T>(
             return Ok(None);
         }
         tracing::info!(job = %name, "job resumed");
-        launch(deps, &existing(deps, name).await?).await?;
+        control.launch(&existing(deps, name).await?).await?;
         Ok(Some(existing(deps, name).await?))
     })
     .await
 }
 
 /// Cancel a job for good, keeping what was copied. A queued or paused job is cancelled at
-/// once; a running one once its in-flight slices are checkpointed. Its slot goes to the next
-/// queued job.
+/// once; a running one once its in-flight slices are checkpointed, or at once with `force`
+/// (its slices in flight, e.g. stuck in a dead-letter queue, write nothing when they come
+/// back). Its slot goes to the next queued job.
 pub async fn cancel_job<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     name: &JobName,
+    force: bool,
 ) -> Result<Job, RequestError> {
     on_current_job(deps, name, "cancel", |job| async move {
+        let control = deps.control();
         match (job.status, job.pending) {
             (JobStatus::Queued | JobStatus::Paused, _) => {
-                if !move_job(deps, &job, JobStatus::Cancelled, None, None).await? {
+                if !control.move_job(&job, JobStatus::Cancelled, None, None, None).await? {
                     return Ok(None);
                 }
-                schedule(deps).await?;
+                control.schedule().await?;
+            }
+            (JobStatus::Running, _) if force => {
+                let progress = Progress::of(&deps.store.cursors(name).await?);
+                if !control.move_job(&job, JobStatus::Cancelled, None, None, Some(progress)).await? {
+                    return Ok(None);
+                }
+                tracing::warn!(job = %name, "cancelled without waiting for its slices in flight");
+                control.schedule().await?;
             }
             (JobStatus::Running, pending @ (None | Some(JobStatus::Paused))) => {
-                if !deps.store.request_stop(name, JobStatus::Cancelled, pending, Utc::now()).await? {
+                if !deps.store.request_stop(name, JobStatus::Cancelled, pending, job.epoch, Utc::now()).await? {
                     return Ok(None);
                 }
                 tracing::info!(job = %name, "cancel requested");
-                settle(deps, name).await?;
+                control.stop_cursors(name, job.epoch + 1).await?;
+                control.settle(name).await?;
             }
             _ => return Err(refuse("cancel", &job)),
         }
@@ -294,7 +326,8 @@ pub async fn set_write_region<S: ControlStore, Q: Outbox, T>(
     let region = parse_region(region)?;
     deps.store.set_write_region(&region, Utc::now()).await?;
     tracing::info!(%region, "write region set");
-    let failed = enforce_region(deps, &region).await?;
-    schedule(deps).await?;
+    let control = deps.control();
+    let failed = control.enforce_region(&region).await?;
+    control.schedule().await?;
     Ok(failed)
 }

@@ -11,12 +11,14 @@ use rand::SeedableRng;
 
 use super::*;
 use crate::config::{Resources, Tuning};
-use crate::fakes::{FakeOutbox, FakeResponder, FakeStore, FakeTables};
+use crate::fakes::{FakeOutbox, FakeResponder, FakeTables};
 use crate::messages::{decode, encode, SliceLimits, VERSION};
 use crate::model::{Item, JobError, JobName, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError};
 use crate::queue::QueueKind;
+use crate::store::memory::MemoryStore;
+use crate::store::{CursorStore, JobStore};
 
-type FakeDeps = Deps<FakeStore, FakeOutbox, FakeTables>;
+type FakeDeps = Deps<MemoryStore, FakeOutbox, FakeTables>;
 
 fn schema(p: (&str, KeyType), s: Option<(&str, KeyType)>) -> KeySchema {
     KeySchema {
@@ -58,7 +60,7 @@ fn world(n: u64, without_order_no: &[u64]) -> FakeDeps {
     };
     let tuning = Tuning { slice: SliceLimits { max_items: 7, max_bytes: 1 << 20 }, ..Tuning::default() };
     Deps {
-        store: FakeStore::default(),
+        store: MemoryStore::default(),
         outbox: FakeOutbox::default(),
         tables,
         responder: std::sync::Arc::new(FakeResponder::default()),
@@ -84,9 +86,15 @@ async fn deliver(d: &FakeDeps, kind: QueueKind, body: &str) {
 /// Deliver a message that SQS has delivered `attempt - 1` times before.
 async fn deliver_nth(d: &FakeDeps, kind: QueueKind, body: &str, attempt: u32) {
     let r = match kind {
-        QueueKind::CopyChunk => copy_chunk(&d.tables, &d.outbox, &d.config.tuning, decode(body).unwrap()).await,
+        QueueKind::CopyChunk => {
+            let stop_at = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+            copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, decode(body).unwrap(), stop_at).await
+        }
         QueueKind::Checkpoint => advance_checkpoint(d, decode(body).unwrap(), attempt).await,
-        QueueKind::Finalize => finalize(d, decode(body).unwrap()).await,
+        QueueKind::Finalize => match decode(body).unwrap() {
+            crate::messages::FinalizeQueue::Finalize(f) => finalize(d, f).await,
+            crate::messages::FinalizeQueue::Reconcile(_) => reconcile(d).await.map(|_| ()).map_err(Into::into),
+        },
         QueueKind::Requests => panic!("no handler sends to the requests queue"),
     };
     r.unwrap();
@@ -313,6 +321,7 @@ async fn a_fatal_slice_error_fails_the_job_with_its_reason() {
         rejected_samples: vec![],
         next_key: None,
         fatal: Some(JobError { code: "ResourceNotFoundException".into(), message: "table dst was deleted".into() }),
+        partial: false,
     };
     deliver(&d, QueueKind::Checkpoint, &encode(&result)).await;
     drain(&d, 0, true).await;
@@ -445,18 +454,26 @@ fn states(j: &Job) -> Vec<JobStatus> {
 }
 
 #[tokio::test]
-async fn a_pause_that_lands_after_a_commit_parks_the_next_slice() {
+async fn a_pause_that_lands_after_a_commit_stops_the_next_slice_before_it_writes() {
     let d = world(60, &[]);
     create_job(&d, request("late", 1, OnItemError::Fail)).await.unwrap();
     step(&d).await; // slice 0 copied
     step(&d).await; // slice 0 committed (continued); slice 1 sent
     pause_job(&d, &name("late")).await.unwrap();
     assert_eq!(job(&d, "late").status, JobStatus::Running, "slice 1 is in flight");
-    step(&d).await; // slice 1 copied
-    step(&d).await; // slice 1 committed: parked, and the job settles
+    step(&d).await; // slice 1 finds its segment stopping: it writes nothing and reports so
+    assert_eq!(d.tables.items("dst").len(), 7, "slice 1 wrote nothing");
+    step(&d).await; // slice 1's empty result parks the segment, and the job settles
     assert!(d.outbox.take().is_empty());
     let j = job(&d, "late");
-    assert_eq!((j.status, j.items_copied), (JobStatus::Paused, 14));
+    assert_eq!((j.status, j.items_copied), (JobStatus::Paused, 7));
+    let c = d.store.cursors(&j.name).await.unwrap().remove(0);
+    assert_eq!((c.seq, c.items, c.parked, c.last_key.is_some()), (2, 7, true, true), "resumes after slice 0's items");
+    resume_job(&d, &name("late")).await.unwrap();
+    drain(&d, 0, true).await;
+    let j = job(&d, "late");
+    assert_eq!((j.status, j.items_copied), (JobStatus::Completed, 60));
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
 }
 
 #[tokio::test]
@@ -468,7 +485,7 @@ async fn cancel_keeps_what_was_copied_and_starts_the_next_queued_job() {
         .unwrap();
     assert_eq!(queued.status, JobStatus::Queued);
     step(&d).await;
-    let cancelling = cancel_job(&d, &name("c1")).await.unwrap();
+    let cancelling = cancel_job(&d, &name("c1"), false).await.unwrap();
     assert_eq!(cancelling.status_label(), "Running (cancelling)");
     assert_eq!(job(&d, "c2").status, JobStatus::Queued, "the slot is held until nothing is in flight");
     step(&d).await; // c1's results park it; it is cancelled and c2 starts
@@ -489,12 +506,12 @@ async fn queued_and_paused_jobs_cancel_at_once() {
     create_job(&d, request("a", 1, OnItemError::Fail)).await.unwrap();
     create_job(&d, request("b", 1, OnItemError::Fail)).await.unwrap();
     create_job(&d, request("c", 1, OnItemError::Fail)).await.unwrap();
-    assert_eq!(cancel_job(&d, &name("b")).await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(cancel_job(&d, &name("b"), false).await.unwrap().status, JobStatus::Cancelled);
     pause_job(&d, &name("a")).await.unwrap();
     drain(&d, 0, false).await;
     assert_eq!(job(&d, "a").status, JobStatus::Paused);
     assert_eq!(job(&d, "c").status, JobStatus::Queued, "a paused job keeps its slot");
-    assert_eq!(cancel_job(&d, &name("a")).await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(cancel_job(&d, &name("a"), false).await.unwrap().status, JobStatus::Cancelled);
     assert_eq!(job(&d, "c").status, JobStatus::Running, "the freed slot goes to the next queued job");
     drain(&d, 0, false).await;
     assert_eq!(job(&d, "c").status, JobStatus::Completed);
@@ -506,7 +523,7 @@ async fn requests_in_the_wrong_state_are_refused_with_the_state_and_change_nothi
     create_job(&d, request("run", 1, OnItemError::Fail)).await.unwrap();
     create_job(&d, request("wait", 1, OnItemError::Fail)).await.unwrap();
     create_job(&d, request("gone", 1, OnItemError::Fail)).await.unwrap();
-    cancel_job(&d, &name("gone")).await.unwrap();
+    cancel_job(&d, &name("gone"), false).await.unwrap();
     d.outbox.take();
     let before = d.store.state.lock().unwrap().clone();
     let cases: Vec<(JobRequest, &str)> = vec![
@@ -523,7 +540,7 @@ async fn requests_in_the_wrong_state_are_refused_with_the_state_and_change_nothi
             "it is Queued (place 1 in the queue) and starts by itself",
         ),
         (
-            JobRequest::Cancel(JobRef { job_name: "gone".into() }),
+            JobRequest::Cancel(CancelRequest { job_name: "gone".into(), force: false }),
             "cannot cancel job \"gone\": it is already Cancelled, a final state",
         ),
         (
@@ -531,7 +548,7 @@ async fn requests_in_the_wrong_state_are_refused_with_the_state_and_change_nothi
             "cannot pause job \"gone\": it is Cancelled, a final state that never changes",
         ),
         (JobRequest::Pause(JobRef { job_name: "nope".into() }), "job \"nope\" does not exist; `tablecopy list`"),
-        (JobRequest::Cancel(JobRef { job_name: "bad name".into() }), "invalid job name"),
+        (JobRequest::Cancel(CancelRequest { job_name: "bad name".into(), force: false }), "invalid job name"),
     ];
     for (req, expected) in cases {
         let err = handle_request(&d, req.clone()).await.unwrap_err().to_string();
@@ -543,8 +560,8 @@ async fn requests_in_the_wrong_state_are_refused_with_the_state_and_change_nothi
     pause_job(&d, &name("run")).await.unwrap();
     let err = pause_job(&d, &name("run")).await.unwrap_err().to_string();
     assert!(err.contains("it is Running and already pausing"), "{err}");
-    cancel_job(&d, &name("run")).await.unwrap();
-    let err = cancel_job(&d, &name("run")).await.unwrap_err().to_string();
+    cancel_job(&d, &name("run"), false).await.unwrap();
+    let err = cancel_job(&d, &name("run"), false).await.unwrap_err().to_string();
     assert!(err.contains("already being cancelled"), "{err}");
     let err = resume_job(&d, &name("run")).await.unwrap_err().to_string();
     assert!(err.contains("cannot resume job \"run\": it is Running and already being cancelled"), "{err}");
@@ -627,11 +644,13 @@ fn requests_parse_from_invoke_payloads_and_eventbridge_events() {
         JobRequest::parse(event("tablecopy.ResumeJob", json!({"jobName": "j1"}))).unwrap(),
         JobRequest::Resume(j())
     );
+    let cancel = |force| JobRequest::Cancel(CancelRequest { job_name: "j1".into(), force });
+    assert_eq!(JobRequest::parse(event("tablecopy.CancelJob", json!({"jobName": "j1"}))).unwrap(), cancel(false));
+    assert_eq!(JobRequest::parse(json!({"action": "cancel", "jobName": "j1"})).unwrap(), cancel(false));
     assert_eq!(
-        JobRequest::parse(event("tablecopy.CancelJob", json!({"jobName": "j1"}))).unwrap(),
-        JobRequest::Cancel(j())
+        JobRequest::parse(event("tablecopy.CancelJob", json!({"jobName": "j1", "force": true}))).unwrap(),
+        cancel(true)
     );
-    assert_eq!(JobRequest::parse(json!({"action": "cancel", "jobName": "j1"})).unwrap(), JobRequest::Cancel(j()));
 
     let errors = [
         (
@@ -938,7 +957,7 @@ async fn a_lost_finalize_message_of_a_waiting_job_is_sent_again_by_a_redelivered
     p["Parallelism"] = "1".into();
     create_job_entry(&d, cfn_request("Create", "l1", p, None)).await.unwrap();
     step(&d).await; // the slice is copied; its result waits on the checkpoint queue
-    cancel_job(&d, &name("lost")).await.unwrap();
+    cancel_job(&d, &name("lost"), false).await.unwrap();
     let result = d.outbox.take();
     assert_eq!(result.len(), 1);
     deliver(&d, QueueKind::Checkpoint, &result[0].1).await; // parks: the job moves to Cancelled
@@ -953,4 +972,374 @@ async fn a_lost_finalize_message_of_a_waiting_job_is_sent_again_by_a_redelivered
     let a = answers(&r);
     assert_eq!(a.len(), 1, "{a:?}");
     assert_eq!((a[0].0.as_str(), a[0].1.as_str()), ("l1", "FAILED"));
+}
+
+// ---------------------------------------------------------------- late messages, races, faults
+
+/// The copy-chunk messages `d` sent so far, taken off its outbox.
+fn take_slices(d: &FakeDeps) -> Vec<String> {
+    d.outbox.take().into_iter().filter(|(k, _)| *k == QueueKind::CopyChunk).map(|(_, b)| b).collect()
+}
+
+/// The application writes to the target after the copy: every item gets a new attribute.
+fn application_writes(d: &FakeDeps) -> Vec<Item> {
+    let mut tables = d.tables.tables.lock().unwrap();
+    let t = tables.get_mut(&crate::model::TableName::parse("dst").unwrap()).unwrap();
+    for item in t.items.values_mut() {
+        item.insert("app".into(), AttributeValue::S("written after cutover".into()));
+    }
+    t.items.values().cloned().collect()
+}
+
+#[tokio::test]
+async fn late_copy_chunk_messages_of_a_completed_cancelled_or_paused_job_write_nothing() {
+    // Completed: every first slice delivered again after the application wrote to the target.
+    let d = world(40, &[]);
+    create_job(&d, request("done", 2, OnItemError::Fail)).await.unwrap();
+    let first = d.outbox.sent.lock().unwrap().iter().map(|(_, b)| b.clone()).collect::<Vec<_>>();
+    drain(&d, 1, false).await;
+    assert_eq!(job(&d, "done").status, JobStatus::Completed);
+    let written = application_writes(&d);
+    let control = d.store.state.lock().unwrap().clone();
+    for body in &first {
+        deliver(&d, QueueKind::CopyChunk, body).await;
+    }
+    assert!(d.outbox.take().is_empty(), "no result: nobody expects these slices");
+    assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(written), "the application's writes stay");
+    assert_eq!(d.store.state.lock().unwrap().cursors, control.cursors);
+    assert_eq!(d.store.state.lock().unwrap().jobs, control.jobs);
+
+    // Paused, then Cancelled: the slices that were in flight are delivered once more each time.
+    let d = world(60, &[]);
+    create_job(&d, request("stop", 2, OnItemError::Fail)).await.unwrap();
+    step(&d).await; // first slices copied
+    step(&d).await; // committed; second slices sent
+    let in_flight = take_slices(&d);
+    assert_eq!(in_flight.len(), 2);
+    pause_job(&d, &name("stop")).await.unwrap();
+    for body in &in_flight {
+        deliver(&d, QueueKind::CopyChunk, body).await; // they stop: zero items, reported
+    }
+    drain(&d, 0, false).await; // the empty results park the segments
+    let paused = job(&d, "stop");
+    assert_eq!((paused.status, paused.items_copied), (JobStatus::Paused, 14));
+    for stopped in [JobStatus::Paused, JobStatus::Cancelled] {
+        if stopped == JobStatus::Cancelled {
+            cancel_job(&d, &name("stop"), false).await.unwrap();
+        }
+        let before = d.store.state.lock().unwrap().clone();
+        for body in &in_flight {
+            deliver_nth(&d, QueueKind::CopyChunk, body, 3).await;
+        }
+        assert!(d.outbox.take().is_empty(), "{stopped}: nothing reported");
+        assert_eq!(d.tables.items("dst").len(), 14, "{stopped}: nothing written");
+        assert_eq!(d.store.state.lock().unwrap().cursors, before.cursors, "{stopped}");
+        assert_eq!(job(&d, "stop").status, stopped);
+    }
+}
+
+#[tokio::test]
+async fn a_resume_landing_anywhere_around_a_slices_commit_never_strands_a_segment() {
+    // The race of defect 2: a slice is in flight when a pause comes; the resume that withdraws
+    // it runs its steps (withdraw, bring the cursors to its epoch, launch the parked ones)
+    // while the slice's result commits. Every order ends with the job completing.
+    for commit_after in 0..3 {
+        let d = world(50, &[]);
+        create_job(&d, request("race", 1, OnItemError::Fail)).await.unwrap();
+        step(&d).await; // slice 0 copied; its result is in flight
+        let result = d.outbox.take().remove(0).1;
+        pause_job(&d, &name("race")).await.unwrap();
+        let pausing = job(&d, "race");
+        assert_eq!(pausing.pending, Some(JobStatus::Paused));
+        let control = d.control();
+        let mut committed = false;
+        let mut commit_now = |at: usize| at == commit_after && !std::mem::replace(&mut committed, true);
+        // resume_job's steps, one at a time.
+        if commit_now(0) {
+            deliver(&d, QueueKind::Checkpoint, &result).await; // parks: the pause still holds
+        }
+        // As resume_job: a job that settled meanwhile is resumed, else the pause is withdrawn.
+        let now = job(&d, "race");
+        if now.status == JobStatus::Paused {
+            assert!(control.move_job(&now, JobStatus::Running, None, None, None).await.unwrap());
+        } else {
+            assert!(d
+                .store
+                .withdraw_stop(&name("race"), JobStatus::Paused, pausing.epoch, chrono::Utc::now())
+                .await
+                .unwrap());
+        }
+        if commit_now(1) {
+            deliver(&d, QueueKind::Checkpoint, &result).await; // parks: its cursor has not heard of the resume
+        }
+        let resumed = job(&d, "race");
+        let cursors = control.sync_cursors(&resumed.name, resumed.epoch, false).await.unwrap();
+        assert!(cursors.iter().all(|c| !c.stop));
+        if commit_now(2) {
+            deliver(&d, QueueKind::Checkpoint, &result).await; // continues: the cursor says go on
+        }
+        control.launch(&resumed).await.unwrap();
+        if !committed {
+            deliver(&d, QueueKind::Checkpoint, &result).await;
+        }
+        drain(&d, commit_after as u64, true).await;
+        let j = job(&d, "race");
+        assert_eq!((j.status, j.items_copied), (JobStatus::Completed, 50), "commit after step {commit_after}");
+        assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    }
+}
+
+#[tokio::test]
+async fn pause_and_resume_hammered_between_every_delivery_still_completes_exactly() {
+    for seed in 0..6u64 {
+        let d = world(120, &[]);
+        create_job(&d, request("h", 6, OnItemError::Fail)).await.unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..200 {
+            let mut batch = d.outbox.take();
+            if batch.is_empty() {
+                break;
+            }
+            batch.shuffle(&mut rng);
+            let (kind, body) = batch.remove(0);
+            d.outbox.sent.lock().unwrap().extend(batch);
+            deliver(&d, kind, &body).await;
+            match rand::Rng::random_range(&mut rng, 0..4) {
+                0 => {
+                    let _ = pause_job(&d, &name("h")).await;
+                }
+                1 => {
+                    let _ = resume_job(&d, &name("h")).await;
+                }
+                _ => {}
+            }
+        }
+        let j = job(&d, "h");
+        if j.status == JobStatus::Paused || j.pending.is_some() {
+            resume_job(&d, &name("h")).await.unwrap();
+        }
+        drain(&d, seed, true).await;
+        let j = job(&d, "h");
+        assert_eq!((j.status, j.items_copied), (JobStatus::Completed, 120), "seed {seed}: {:?}", j.pending);
+        assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    }
+}
+
+/// A requests-queue batch of one EventBridge event, delivered for the `attempt`-th time.
+fn queued(detail_type: &str, detail: serde_json::Value, attempt: u32) -> SqsEvent {
+    let body = serde_json::json!({"version": "0", "id": "1", "detail-type": detail_type, "source": "my.app",
+        "account": "1", "time": "2026-01-01T00:00:00Z", "region": "us-east-1", "resources": [], "detail": detail});
+    let mut m = SqsMessage::default();
+    m.message_id = Some("m1".into());
+    m.body = Some(body.to_string());
+    m.attributes.insert("ApproximateReceiveCount".into(), attempt.to_string());
+    let mut e = SqsEvent::default();
+    e.records = vec![m];
+    e
+}
+
+#[tokio::test]
+async fn a_cancel_whose_schedule_fails_is_retried_and_its_retry_starts_the_next_job() {
+    let d = world(30, &[]);
+    create_job(&d, request("a", 1, OnItemError::Fail)).await.unwrap();
+    create_job(&d, request("b", 1, OnItemError::Fail)).await.unwrap();
+    pause_job(&d, &name("a")).await.unwrap();
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "a").status, JobStatus::Paused);
+    // The cancel's move reads the scheduler (fine); the scheduling after it is throttled.
+    d.store.script("scheduler", [None, None, Some(crate::error::ErrorKind::Throttled)]);
+    let cancel = serde_json::json!({"jobName": "a"});
+    let r = requests_batch(&d, queued("tablecopy.CancelJob", cancel.clone(), 1)).await.unwrap();
+    assert_eq!(job(&d, "a").status, JobStatus::Cancelled);
+    assert_eq!(r.batch_item_failures.len(), 1, "the request goes back to its queue");
+    assert_eq!(job(&d, "b").status, JobStatus::Queued);
+    // Its second delivery is refused (already Cancelled) but schedules: the slot goes on.
+    let r = requests_batch(&d, queued("tablecopy.CancelJob", cancel, 2)).await.unwrap();
+    assert!(r.batch_item_failures.is_empty(), "refused, not retried");
+    assert_eq!(job(&d, "b").status, JobStatus::Running);
+}
+
+#[tokio::test]
+async fn a_throttled_create_from_the_requests_queue_is_retried_and_applied_once() {
+    let d = world(20, &[]);
+    let create = serde_json::json!({"jobName": "ev", "sourceTable": "src", "targetTable": "dst", "parallelism": 2});
+    d.store.script("insert_job", [Some(crate::error::ErrorKind::Throttled)]);
+    let r = requests_batch(&d, queued("tablecopy.CreateJob", create.clone(), 1)).await.unwrap();
+    assert_eq!(r.batch_item_failures.len(), 1, "an AWS error is never dropped");
+    assert!(d.store.state.lock().unwrap().jobs.is_empty());
+    let r = requests_batch(&d, queued("tablecopy.CreateJob", create.clone(), 2)).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    assert_eq!(job(&d, "ev").status, JobStatus::Running);
+    // Delivered once more (its deletion was lost): it finds the job it made, and is done.
+    let r = requests_batch(&d, queued("tablecopy.CreateJob", create, 3)).await.unwrap();
+    assert!(r.batch_item_failures.is_empty());
+    // A permanent AWS error (no permission) is not dropped either: it ends in the DLQ.
+    d.store.script("get_job", [Some(crate::error::ErrorKind::AccessDenied)]);
+    let r = requests_batch(&d, queued("tablecopy.PauseJob", serde_json::json!({"jobName": "ev"}), 1)).await.unwrap();
+    assert_eq!(r.batch_item_failures.len(), 1);
+    drain(&d, 0, false).await;
+    assert_eq!((job(&d, "ev").status, job(&d, "ev").items_copied), (JobStatus::Completed, 20));
+}
+
+/// Move a job's launch back in time, as if it happened well before now.
+fn launched_long_ago(d: &FakeDeps, j: &str) {
+    let mut s = d.store.state.lock().unwrap();
+    let job = s.jobs.get_mut(&name(j)).unwrap();
+    job.launched_at = job.launched_at.map(|t| t - chrono::Duration::minutes(5));
+}
+
+#[tokio::test]
+async fn the_reconciler_repairs_an_interrupted_launch_a_stranded_pause_a_lost_finalize_and_a_crash_before_scheduling() {
+    // A launch whose messages were never sent (the process died): the job waits Running with
+    // every segment parked; the reconciler launches it again.
+    let d = world(30, &[]);
+    d.outbox.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = create_job(&d, request("launch", 2, OnItemError::Fail)).await.unwrap_err().to_string();
+    assert!(err.contains("starts by itself within a minute"), "{err}");
+    d.outbox.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    reconcile(&d).await.unwrap();
+    assert!(d.outbox.take().is_empty(), "not before the launch's grace period");
+    launched_long_ago(&d, "launch");
+    reconcile(&d).await.unwrap();
+    drain(&d, 0, false).await;
+    assert_eq!((job(&d, "launch").status, job(&d, "launch").items_copied), (JobStatus::Completed, 30));
+
+    // A pause recorded on the job whose process died before it reached the cursors: the
+    // slices go on until the reconciler stops them; then the job settles.
+    let d = world(60, &[]);
+    create_job(&d, request("p", 2, OnItemError::Fail)).await.unwrap();
+    let j = job(&d, "p");
+    assert!(d.store.request_stop(&j.name, JobStatus::Paused, None, j.epoch, chrono::Utc::now()).await.unwrap());
+    step(&d).await;
+    step(&d).await; // committed and continued: the cursors did not hear of the pause
+    reconcile(&d).await.unwrap();
+    drain(&d, 0, false).await;
+    let paused = job(&d, "p");
+    assert_eq!(paused.status, JobStatus::Paused);
+    assert_eq!(d.tables.items("dst").len() as u64, paused.items_copied);
+
+    // Every segment done but the finalize message lost: the reconciler asks again.
+    let d = world(20, &[]);
+    create_job(&d, request("fin", 2, OnItemError::Fail)).await.unwrap();
+    loop {
+        let batch: Vec<_> = d.outbox.take().into_iter().filter(|(k, _)| *k != QueueKind::Finalize).collect();
+        if batch.is_empty() {
+            break;
+        }
+        for (k, b) in batch {
+            deliver(&d, k, &b).await;
+        }
+    }
+    assert_eq!(job(&d, "fin").status, JobStatus::Running);
+    reconcile(&d).await.unwrap();
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "fin").status, JobStatus::Completed);
+
+    // A job recorded Queued while a slot is free (the process died before scheduling it).
+    let d = world(20, &[]);
+    create_job(&d, request("first", 1, OnItemError::Fail)).await.unwrap();
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "first").status, JobStatus::Completed);
+    // The insert reads the scheduler (fine); the scheduling after it is throttled.
+    d.store.script("scheduler", [None, Some(crate::error::ErrorKind::Throttled)]);
+    let err = create_job(&d, request("second", 1, OnItemError::Fail)).await.unwrap_err().to_string();
+    assert!(err.contains("was recorded but could not be started yet"), "{err}");
+    assert_eq!(job(&d, "second").status, JobStatus::Queued);
+    reconcile(&d).await.unwrap();
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "second").status, JobStatus::Completed);
+}
+
+#[tokio::test]
+async fn the_reconciler_shows_segments_without_progress_as_stalled() {
+    let mut d = world(40, &[]);
+    d.config.tuning.stall_after = std::time::Duration::from_secs(60);
+    create_job(&d, request("st", 2, OnItemError::Fail)).await.unwrap();
+    let slices = take_slices(&d); // the slices end in the copy-chunk DLQ
+    reconcile(&d).await.unwrap();
+    assert_eq!(job(&d, "st").stalled, 0, "not before the bound");
+    for c in d.store.state.lock().unwrap().cursors.values_mut() {
+        c.updated_at = c.updated_at.map(|t| t - chrono::Duration::minutes(2));
+    }
+    let found = reconcile(&d).await.unwrap();
+    assert_eq!(found.stalled, 2);
+    let j = job(&d, "st");
+    assert_eq!(j.status_label(), "Running (stalled: 2 segments, see the copy-chunk DLQ)");
+    // The DLQ is redriven: the job goes on and the mark goes away.
+    for body in &slices {
+        deliver(&d, QueueKind::CopyChunk, body).await;
+    }
+    drain(&d, 0, false).await;
+    let j = job(&d, "st");
+    assert_eq!(j.status, JobStatus::Completed);
+}
+
+#[tokio::test]
+async fn cancel_force_ends_a_job_whose_slices_are_stuck_and_they_write_nothing_when_redriven() {
+    let d = world(40, &[]);
+    create_job(&d, request("stuck", 2, OnItemError::Fail)).await.unwrap();
+    create_job(&d, request("next", 2, OnItemError::Fail)).await.unwrap();
+    let stuck = take_slices(&d); // in the copy-chunk DLQ
+    cancel_job(&d, &name("stuck"), false).await.unwrap();
+    assert_eq!(job(&d, "stuck").status_label(), "Running (cancelling)", "waits for its slices");
+    let err = cancel_job(&d, &name("stuck"), false).await.unwrap_err().to_string();
+    assert!(err.contains("`tablecopy cancel --force` ends it now"), "{err}");
+    let forced = cancel_job(&d, &name("stuck"), true).await.unwrap();
+    assert_eq!(forced.status, JobStatus::Cancelled);
+    assert_eq!(job(&d, "next").status, JobStatus::Running, "the slot goes on");
+    d.outbox.take();
+    // The DLQ is redriven: the slices write nothing.
+    for body in &stuck {
+        deliver(&d, QueueKind::CopyChunk, body).await;
+    }
+    assert!(d.tables.items("dst").is_empty(), "a redriven slice of a final job writes nothing");
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "stuck"), forced, "a cancelled job never changes");
+}
+
+/// A one-segment job of 2,500 items with 3,000-item slices (pages of 1,000), whose target
+/// accepts the first page (40 batches) and then throttles for good; its first slice.
+async fn throttled_after_one_page(d: &mut FakeDeps) -> crate::messages::CopyChunk {
+    d.config.tuning.slice = SliceLimits { max_items: 3_000, max_bytes: 1 << 30 };
+    create_job(d, request("dl", 1, OnItemError::Fail)).await.unwrap();
+    *d.tables.throttle_after.lock().unwrap() = Some(40);
+    decode(&take_slices(d)[0]).unwrap()
+}
+
+/// The slice's result reports the whole first page and nothing more; once the target
+/// recovers, the rest is copied from the end of that page, each item once.
+async fn the_rest_is_copied_once(d: &FakeDeps) {
+    let sent = d.outbox.take();
+    let result: crate::messages::ChunkResult = decode(&sent[0].1).unwrap();
+    assert!(result.partial && result.next_key.is_some());
+    assert_eq!(result.items_written, 1_000, "the whole first page, nothing of the second");
+    *d.tables.throttle_after.lock().unwrap() = None;
+    deliver(d, QueueKind::Checkpoint, &sent[0].1).await;
+    drain(d, 0, false).await;
+    let j = job(d, "dl");
+    assert_eq!((j.status, j.items_copied), (JobStatus::Completed, 2_500));
+    assert_eq!(d.tables.items("dst").len(), 2_500);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slice_under_endless_throttling_ends_at_a_page_boundary_before_its_deadline() {
+    let mut d = world(2_500, &[]);
+    d.config.tuning.max_write_attempts = u32::MAX;
+    let slice = throttled_after_one_page(&mut d).await;
+    let started = tokio::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(20);
+    let stop_at = deadline - stop_margin(deadline - started);
+    copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, stop_at).await.unwrap();
+    let ended = tokio::time::Instant::now();
+    assert!(ended >= stop_at && ended < deadline, "ended {:?} after its start", ended - started);
+    the_rest_is_copied_once(&d).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slice_that_runs_out_of_write_attempts_keeps_its_whole_pages() {
+    let mut d = world(2_500, &[]);
+    let slice = throttled_after_one_page(&mut d).await;
+    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3_600);
+    copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, far).await.unwrap();
+    the_rest_is_copied_once(&d).await;
 }

@@ -1,0 +1,346 @@
+//! Job control: every move of a job outside a slice's own commit (starting queued jobs when a
+//! slot is free, launching, pausing, settling a pause or cancel once nothing is in flight,
+//! final moves, failing the jobs of an old write region), and how each move reaches the
+//! job's segments. The handlers (create, requests, advance-checkpoint, finalize, the
+//! reconciler) all call this module; it calls none of them.
+//!
+//! A move is one conditional write of the job item (on its status and control epoch) that
+//! raises the epoch, with the scheduler in the same transaction when a slot changes. Then the
+//! new epoch is brought to every unfinished cursor ([`sync_cursors`]), which is what a slice's
+//! commit and copy-chunk read. Every step can run again after a crash: a sync applies only to
+//! cursors behind the epoch, launching sends only parked segments, and the reconciler
+//! finishes what a dead process left half done.
+
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use crate::config::Config;
+use crate::error::AwsError;
+use crate::messages::{encode, CopyChunk, Finalize, SliceLimits, VERSION};
+use crate::model::{Cursor, Item, Job, JobError, JobName, JobStatus, Progress, StackOrigin};
+use crate::queue::{Outbox, QueueKind};
+use crate::rules::{sync_applies, wants_stop};
+use crate::store::{conflict_pause, Applied, ControlStore, Transition};
+
+/// The job item's counters are refreshed from the cursors at most this often while it runs.
+pub const PROGRESS_EVERY_MS: i64 = 3_000;
+/// Cursor writes of one propagation in flight at once.
+const CURSOR_WRITES_AT_ONCE: usize = 16;
+
+/// What job control needs: the control table, the queues and the configuration.
+pub struct Control<'a, S, Q> {
+    pub store: &'a S,
+    pub outbox: &'a Q,
+    pub config: &'a Config,
+}
+
+impl<S, Q> Clone for Control<'_, S, Q> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S, Q> Copy for Control<'_, S, Q> {}
+
+impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
+    /// The account's write region: the control table's account config, else the deployment's.
+    pub async fn current_region(self) -> Result<String, AwsError> {
+        Ok(self.store.write_region().await?.unwrap_or_else(|| self.config.region.clone()))
+    }
+
+    /// Ask finalize to look at the job: complete or fail it, or answer the waiting
+    /// CloudFormation resource of a final job.
+    pub async fn send_finalize(self, name: &JobName) -> Result<(), AwsError> {
+        self.send_failure(name, None).await
+    }
+
+    /// Ask finalize to fail the job with `failure` (or look at it, without one).
+    pub async fn send_failure(self, name: &JobName, failure: Option<JobError>) -> Result<(), AwsError> {
+        let f = Finalize { v: VERSION, job: name.clone(), failure };
+        self.outbox.send(QueueKind::Finalize, vec![encode(&f)]).await
+    }
+
+    /// Move `job` (as read: its status and epoch) to `to`. A final move also leaves the
+    /// scheduler, in the same transaction. With `pending`, the move applies only while that
+    /// request is pending. `false` if the job changed meanwhile. A move to a state that stops
+    /// the segments brings the new epoch to every cursor; a move to `Running` leaves that to
+    /// the launch that follows it. A job whose CloudFormation resource waits for it gets a
+    /// finalize message when it becomes final, whatever made it final.
+    pub async fn move_job(
+        self,
+        job: &Job,
+        to: JobStatus,
+        error: Option<JobError>,
+        pending: Option<JobStatus>,
+        progress: Option<Progress>,
+    ) -> Result<bool, AwsError> {
+        let now = Utc::now();
+        for attempt in 1.. {
+            let scheduler = if to.is_final() {
+                let s = self.store.scheduler().await?;
+                s.holds(&job.name).then(|| s.without(&job.name))
+            } else {
+                None
+            };
+            let t = Transition {
+                from: job.status,
+                to,
+                epoch: job.epoch,
+                at: now,
+                error: error.clone(),
+                started: false,
+                duration_ms: if to.is_final() { duration_ms(job, now) } else { None },
+                pending,
+                progress: progress.clone(),
+                scheduler,
+            };
+            match self.store.transition(&job.name, &t).await? {
+                Applied::Yes => {
+                    tracing::info!(job = %job.name, from = %job.status, %to, "job moved");
+                    if wants_stop(to, None) {
+                        self.stop_cursors(&job.name, job.epoch + 1).await?;
+                    }
+                    if to.is_final() && StackOrigin::awaits_answer(job) {
+                        self.send_finalize(&job.name).await?;
+                    }
+                    return Ok(true);
+                }
+                Applied::JobChanged => return Ok(false),
+                Applied::SchedulerChanged => conflict_pause(attempt).await,
+            }
+        }
+        unreachable!("the loop only ends by returning")
+    }
+
+    /// Bring every unfinished cursor of the job to control epoch `epoch` with `stop` (those
+    /// already there or later are left alone). Returns every cursor as it is afterwards.
+    pub async fn sync_cursors(self, name: &JobName, epoch: u64, stop: bool) -> Result<Vec<Cursor>, AwsError> {
+        let cursors = self.store.cursors(name).await?;
+        let now = Utc::now();
+        stream::iter(cursors)
+            .map(|c| async move {
+                if c.done || !sync_applies(&c, epoch) {
+                    return Ok(c);
+                }
+                Ok(self.store.sync_cursor(name, c.segment, epoch, stop, now).await?.unwrap_or(c))
+            })
+            .buffered(CURSOR_WRITES_AT_ONCE)
+            .try_collect()
+            .await
+    }
+
+    /// [`Self::sync_cursors`] with `stop`: no segment starts another slice, and a slice in
+    /// flight writes nothing more and parks at its commit.
+    pub async fn stop_cursors(self, name: &JobName, epoch: u64) -> Result<Vec<Cursor>, AwsError> {
+        self.sync_cursors(name, epoch, true).await
+    }
+
+    /// Launch a running job with nothing pending (`job` as read at its epoch): bring every
+    /// cursor to its epoch, then send the next slice of every parked, unfinished segment and
+    /// mark it in flight. A job whose segments are all done is sent to finalize. The messages
+    /// go before the marks: if the process dies in between, the cursors stay parked and the
+    /// launch is repeated (the one duplicate slice is dropped at its checkpoint), whereas a
+    /// mark without its message would stall. A slice that arrives before its mark claims the
+    /// cursor itself (see copy-chunk).
+    pub async fn launch(self, job: &Job) -> Result<(), AwsError> {
+        if wants_stop(job.status, job.pending) {
+            tracing::info!(job = %job.name, status = %job.status_label(), "the job does not run now; nothing to launch");
+            return Ok(());
+        }
+        let cursors = self.sync_cursors(&job.name, job.epoch, false).await?;
+        if cursors.iter().any(|c| c.epoch > job.epoch) {
+            tracing::info!(job = %job.name, "the job changed while launching; the newer change goes on");
+            return Ok(());
+        }
+        if cursors.iter().all(|c| c.done) {
+            return self.send_finalize(&job.name).await;
+        }
+        let idle: Vec<&Cursor> = cursors.iter().filter(|c| c.parked && !c.done && !c.stop).collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        let limits = self.config.tuning.slice;
+        let bodies =
+            idle.iter().map(|c| encode(&slice_message(job, c.segment, c.seq, c.last_key.clone(), limits))).collect();
+        self.outbox.send(QueueKind::CopyChunk, bodies).await?;
+        let now = Utc::now();
+        let marks: Vec<(u32, u64)> = idle.iter().map(|c| (c.segment, c.seq)).collect();
+        stream::iter(marks)
+            .map(|(segment, seq)| self.store.unpark(&job.name, segment, seq, now))
+            .buffer_unordered(CURSOR_WRITES_AT_ONCE)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        tracing::info!(job = %job.name, segments = idle.len(), "segments launched");
+        Ok(())
+    }
+
+    /// Complete a pending pause or cancel once no slice of the job is in flight. Called by the
+    /// request itself, after every parking commit, and by the reconciler: the last one to look
+    /// sees every cursor parked.
+    pub async fn settle(self, name: &JobName) -> Result<(), AwsError> {
+        let Some(job) = self.store.get_job(name).await? else { return Ok(()) };
+        let (JobStatus::Running, Some(to)) = (job.status, job.pending) else { return Ok(()) };
+        // Idempotent: finishes the request's own propagation if it was interrupted.
+        let cursors = self.stop_cursors(name, job.epoch).await?;
+        if cursors.iter().any(|c| c.epoch > job.epoch) {
+            return Ok(());
+        }
+        let in_flight = cursors.iter().filter(|c| c.in_flight()).count();
+        if in_flight > 0 {
+            tracing::info!(job = %name, in_flight, pending = %to, "waiting for in-flight slices");
+            return Ok(());
+        }
+        let progress = Progress::of(&cursors);
+        if self.move_job(&job, to, None, Some(to), Some(progress)).await? && to == JobStatus::Cancelled {
+            self.schedule().await?;
+        }
+        Ok(())
+    }
+
+    /// Start queued jobs, oldest first, while a running slot is free, and re-launch a running
+    /// job whose launch was interrupted. Idempotent: any handler may call it after a job event.
+    pub async fn schedule(self) -> Result<(), AwsError> {
+        let region = self.current_region().await?;
+        self.enforce_region(&region).await?;
+        let max = self.config.tuning.max_running_jobs.max(1);
+        let mut attempt = 0;
+        loop {
+            let sched = self.store.scheduler().await?;
+            if sched.running.len() >= max || sched.queued.is_empty() {
+                return self.repair_launches(&sched).await;
+            }
+            let entry = &sched.queued[0];
+            let job = self.store.get_job(&entry.job).await?;
+            let mut next = sched.next();
+            let started = next.queued.remove(0);
+            let Some(job) = job.filter(|j| j.status == JobStatus::Queued) else {
+                // Not queued any more (it cannot happen through this code): drop the entry.
+                tracing::warn!(job = %started.job, "scheduler entry without a queued job removed");
+                self.store.write_scheduler(&next).await?;
+                continue;
+            };
+            next.running.push(started);
+            let now = Utc::now();
+            let t = Transition {
+                from: JobStatus::Queued,
+                to: JobStatus::Running,
+                epoch: job.epoch,
+                at: now,
+                error: None,
+                started: true,
+                duration_ms: None,
+                pending: None,
+                progress: None,
+                scheduler: Some(next),
+            };
+            match self.store.transition(&job.name, &t).await? {
+                Applied::Yes => {
+                    tracing::info!(job = %job.name, "queued job started");
+                    let job = Job {
+                        status: JobStatus::Running,
+                        started_at: Some(now),
+                        launched_at: Some(now),
+                        epoch: job.epoch + 1,
+                        ..job
+                    };
+                    self.launch(&job).await?;
+                }
+                Applied::JobChanged | Applied::SchedulerChanged => {
+                    attempt += 1;
+                    conflict_pause(attempt).await;
+                }
+            }
+        }
+    }
+
+    /// Re-launch running jobs, longer than the launch grace after their launch, that have
+    /// segments a launch still owes (parked and unfinished, or behind the job's epoch).
+    async fn repair_launches(self, sched: &crate::scheduler::Scheduler) -> Result<(), AwsError> {
+        let now = Utc::now();
+        let grace = chrono::Duration::from_std(self.config.tuning.launch_grace).unwrap_or(chrono::Duration::MAX);
+        for entry in &sched.running {
+            let Some(job) = self.store.get_job(&entry.job).await? else { continue };
+            let stale = job.launched_at.is_none_or(|at| now - at > grace);
+            if job.status == JobStatus::Running && job.pending.is_none() && stale {
+                let cursors = self.store.cursors(&job.name).await?;
+                if cursors.iter().any(|c| !c.done && (c.parked || c.epoch < job.epoch)) {
+                    tracing::warn!(job = %job.name, "an interrupted launch is done again");
+                    self.launch(&job).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// If the scheduler holds jobs of another write region than `current`, fail every one of
+    /// them that is incomplete (`WriteRegionChanged`). Returns how many jobs failed.
+    pub async fn enforce_region(self, current: &str) -> Result<usize, AwsError> {
+        let mut failed = 0;
+        loop {
+            let sched = self.store.scheduler().await?;
+            let Some(entry) = sched.running.iter().chain(&sched.queued).find(|e| e.region != current).cloned() else {
+                return Ok(failed);
+            };
+            match self.store.get_job(&entry.job).await? {
+                Some(job) if !job.status.is_final() => {
+                    let error = JobError {
+                        code: "WriteRegionChanged".into(),
+                        message: format!(
+                            "the account's write region changed from {} to {current} while this job was {}; a job runs only in the write region it was created in. Re-create the job to copy in {current}",
+                            job.write_region, job.status
+                        ),
+                    };
+                    tracing::error!(job = %job.name, from = %job.write_region, to = current, "write region changed; failing the job");
+                    if self.fail(&job, error).await? {
+                        failed += 1;
+                    }
+                }
+                // Already final or gone: only its entry remains to drop.
+                _ => {
+                    self.store.write_scheduler(&sched.without(&entry.job)).await?;
+                }
+            }
+        }
+    }
+
+    /// Fail `job` now with `error`: its segments stop (a slice in flight writes nothing more
+    /// after its next page, and parks at its commit).
+    pub async fn fail(self, job: &Job, error: JobError) -> Result<bool, AwsError> {
+        let progress = Progress::of(&self.store.cursors(&job.name).await?);
+        self.move_job(job, JobStatus::Failed, Some(error), None, Some(progress)).await
+    }
+
+    /// Refresh the job item's counters from its cursors if they are older than
+    /// [`PROGRESS_EVERY_MS`] (or `always`), one caller at a time.
+    pub async fn refresh_progress(self, job: &Job, always: bool) -> Result<(), AwsError> {
+        let now = Utc::now();
+        let due = job.progress_at.is_none_or(|t| (now - t).num_milliseconds() >= PROGRESS_EVERY_MS);
+        if !(due || always) || !self.store.claim_progress(&job.name, job.progress_at, now).await? {
+            return Ok(());
+        }
+        let progress = Progress::of(&self.store.cursors(&job.name).await?);
+        self.store.write_progress(&job.name, &progress, now).await?;
+        Ok(())
+    }
+}
+
+fn duration_ms(job: &Job, now: DateTime<Utc>) -> Option<u64> {
+    job.started_at.map(|s| (now - s).num_milliseconds().max(0) as u64)
+}
+
+/// The copy-chunk message of a segment's slice `seq`, starting after `start_key`.
+pub fn slice_message(job: &Job, segment: u32, seq: u64, start_key: Option<Item>, limits: SliceLimits) -> CopyChunk {
+    CopyChunk {
+        v: VERSION,
+        job: job.name.clone(),
+        segment,
+        total_segments: job.spec.parallelism,
+        seq,
+        start_key: start_key.map(Into::into),
+        source: job.spec.source.clone(),
+        target: job.spec.target.clone(),
+        source_key: job.spec.source_key.clone(),
+        target_key: job.spec.target_key.clone(),
+        on_item_error: job.spec.on_item_error,
+        limits,
+    }
+}

@@ -1,0 +1,63 @@
+//! The reconciler: a periodic pass (the template's schedule sends it to the finalize queue
+//! every `ReconcileMinutes`; the local runner runs it on the same period) so that nothing
+//! depends on "the next event". It starts queued jobs when a slot is free and repairs
+//! interrupted launches ([`crate::control::Control::schedule`]), finishes interrupted pauses,
+//! resumes and cancels (every cursor brought to its job's epoch, a pending request settled
+//! once nothing is in flight), asks finalize for a running job whose segments are all done,
+//! and records the segments that made no progress for longer than the stall bound.
+
+use chrono::Utc;
+
+use super::Deps;
+use crate::error::AwsError;
+use crate::model::JobStatus;
+use crate::queue::Outbox;
+use crate::store::ControlStore;
+
+/// What a pass found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Jobs holding a running slot that were looked at.
+    pub jobs: usize,
+    /// Segments without progress for longer than the stall bound, over all jobs.
+    pub stalled: u32,
+}
+
+pub async fn reconcile<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> Result<Reconciled, AwsError> {
+    let (store, control) = (&deps.store, deps.control());
+    control.schedule().await?;
+    let mut found = Reconciled::default();
+    let stall_after = chrono::Duration::from_std(deps.config.tuning.stall_after).unwrap_or(chrono::Duration::MAX);
+    for entry in store.scheduler().await?.running {
+        let Some(job) = store.get_job(&entry.job).await? else { continue };
+        found.jobs += 1;
+        let cursors = match (job.status, job.pending) {
+            (JobStatus::Running, Some(_)) => {
+                control.settle(&job.name).await?;
+                store.cursors(&job.name).await?
+            }
+            (JobStatus::Paused, _) => control.stop_cursors(&job.name, job.epoch).await?,
+            (JobStatus::Running, None) => {
+                let cursors = store.cursors(&job.name).await?;
+                if !cursors.is_empty() && cursors.iter().all(|c| c.done) {
+                    tracing::warn!(job = %job.name, "every segment is done but the job is not final: asking finalize");
+                    control.send_finalize(&job.name).await?;
+                }
+                cursors
+            }
+            _ => continue,
+        };
+        let now = Utc::now();
+        let stalled =
+            cursors.iter().filter(|c| c.in_flight() && c.updated_at.is_some_and(|t| now - t > stall_after)).count()
+                as u32;
+        if stalled != job.stalled {
+            if stalled > 0 {
+                tracing::warn!(job = %job.name, stalled, "segments without progress: see the copy-chunk dead-letter queue");
+            }
+            store.set_stalled(&job.name, stalled).await?;
+        }
+        found.stalled += stalled;
+    }
+    Ok(found)
+}

@@ -1,0 +1,139 @@
+//! The rules that decide what happens to a segment, each written once as a pure function of
+//! the cursor. The stores only enforce them: the in-memory store applies them under its lock,
+//! and the DynamoDB store writes each as the condition of one UpdateItem on the cursor item,
+//! so neither can be more atomic than the other, and a test that passes on one holds on the
+//! other (`tests/store.rs` runs the same cases on both).
+//!
+//! How the job reaches its segments without a transaction on the job item: every change of
+//! what the segments must do (start, pause, resume, cancel, a final move) raises the job's
+//! control epoch in one conditional write of the job item, then brings every cursor to that
+//! epoch ([`sync_applies`]: only a cursor that has not seen it or a later one). A cursor at
+//! epoch `e` says what the job wanted at `e` (`stop`), and its commit decides from that
+//! ([`commit_rule`]). An interrupted propagation is finished by the next request or by the
+//! reconciler, which brings every cursor to its job's epoch.
+
+use crate::model::{Cursor, JobStatus};
+
+/// What a slice's commit did to its cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The job wants its segments to go on: the cursor moved and stays in flight (its next
+    /// slice is owed).
+    Continued,
+    /// The job wants its segments to stop (pausing, paused, cancelling, final): the cursor
+    /// moved and parked; nothing follows.
+    Parked,
+    /// The cursor had moved on or was done: a duplicate or late result. Nothing changed.
+    Stale,
+}
+
+/// The commit of slice `seq` on cursor `c`: stale unless the cursor expects exactly this
+/// slice; then continue or park as the cursor's `stop` says at the moment of the write.
+pub fn commit_rule(c: &Cursor, seq: u64) -> Commit {
+    if c.done || c.seq != seq {
+        Commit::Stale
+    } else if c.stop {
+        Commit::Parked
+    } else {
+        Commit::Continued
+    }
+}
+
+/// What copy-chunk may do with slice `seq` of a segment whose cursor is `c` (checked before
+/// the slice writes anything, and again between its pages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// The slice is expected: copy.
+    Go,
+    /// The slice is expected but its launch has not marked the cursor in flight yet: mark it
+    /// ([`unpark_applies`]), then copy.
+    Claim,
+    /// A pause, cancel or final move reached the segment while this slice is in flight: write
+    /// nothing more, and report what was written (maybe nothing) so the segment parks.
+    Stop,
+    /// Nobody expects this slice (the job is gone, the segment is done or parked for a stop,
+    /// or the cursor expects another slice): write nothing, report nothing.
+    Drop,
+}
+
+pub fn slice_rule(c: Option<&Cursor>, seq: u64) -> Guard {
+    match c {
+        None => Guard::Drop,
+        Some(c) if c.done || c.seq != seq => Guard::Drop,
+        Some(c) if c.stop && c.parked => Guard::Drop,
+        Some(c) if c.stop => Guard::Stop,
+        Some(c) if c.parked => Guard::Claim,
+        Some(_) => Guard::Go,
+    }
+}
+
+/// Whether a job in this state wants its segments to stop: everything but running with no
+/// pause or cancel pending.
+pub fn wants_stop(status: JobStatus, pending: Option<JobStatus>) -> bool {
+    !(status == JobStatus::Running && pending.is_none())
+}
+
+/// Whether the control change of `epoch` applies to `c`: only to a cursor that has not seen it
+/// or a later one, so a late propagation of an older change never undoes a newer one.
+pub fn sync_applies(c: &Cursor, epoch: u64) -> bool {
+    c.epoch < epoch
+}
+
+/// Whether slice `seq` may mark the parked cursor `c` in flight (a launch, or the slice itself
+/// claiming it): only while the segment is to go on and still expects that slice.
+pub fn unpark_applies(c: &Cursor, seq: u64) -> bool {
+    c.parked && !c.done && !c.stop && c.seq == seq
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor(seq: u64, done: bool, parked: bool, stop: bool) -> Cursor {
+        Cursor { seq, done, parked, stop, ..Cursor::start(0) }
+    }
+
+    #[test]
+    fn a_commit_continues_parks_or_is_stale_from_the_cursor_alone() {
+        assert_eq!(commit_rule(&cursor(3, false, false, false), 3), Commit::Continued);
+        assert_eq!(commit_rule(&cursor(3, false, false, true), 3), Commit::Parked);
+        // A launch's message that arrived before the launch marked the cursor still commits.
+        assert_eq!(commit_rule(&cursor(3, false, true, false), 3), Commit::Continued);
+        assert_eq!(commit_rule(&cursor(4, false, false, false), 3), Commit::Stale);
+        assert_eq!(commit_rule(&cursor(3, true, false, false), 3), Commit::Stale);
+    }
+
+    #[test]
+    fn a_slice_writes_only_while_its_segment_expects_it() {
+        assert_eq!(slice_rule(Some(&cursor(2, false, false, false)), 2), Guard::Go);
+        assert_eq!(slice_rule(Some(&cursor(2, false, true, false)), 2), Guard::Claim);
+        assert_eq!(slice_rule(Some(&cursor(2, false, false, true)), 2), Guard::Stop);
+        assert_eq!(slice_rule(Some(&cursor(2, false, true, true)), 2), Guard::Drop);
+        assert_eq!(slice_rule(Some(&cursor(3, false, false, false)), 2), Guard::Drop);
+        assert_eq!(slice_rule(Some(&cursor(2, true, false, false)), 2), Guard::Drop);
+        assert_eq!(slice_rule(None, 0), Guard::Drop);
+    }
+
+    #[test]
+    fn only_a_running_job_with_nothing_pending_wants_its_segments_to_go_on() {
+        use JobStatus::*;
+        assert!(!wants_stop(Running, None));
+        for (s, p) in [(Running, Some(Paused)), (Running, Some(Cancelled)), (Queued, None), (Paused, None)] {
+            assert!(wants_stop(s, p), "{s} {p:?}");
+        }
+        for s in [Completed, Failed, Cancelled] {
+            assert!(wants_stop(s, None));
+        }
+    }
+
+    #[test]
+    fn control_changes_apply_in_epoch_order_and_launches_only_to_segments_that_go_on() {
+        let c = Cursor { epoch: 4, ..cursor(2, false, true, false) };
+        assert!(sync_applies(&c, 5) && !sync_applies(&c, 4) && !sync_applies(&c, 3));
+        assert!(unpark_applies(&c, 2));
+        assert!(!unpark_applies(&c, 1), "another slice");
+        assert!(!unpark_applies(&Cursor { stop: true, ..c.clone() }, 2), "stopped");
+        assert!(!unpark_applies(&Cursor { parked: false, ..c.clone() }, 2), "already in flight");
+        assert!(!unpark_applies(&Cursor { done: true, ..c }, 2), "done");
+    }
+}

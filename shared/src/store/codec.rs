@@ -1,0 +1,163 @@
+//! Control-table items ↔ the model: keys, job items, cursor items, the scheduler item.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+
+use crate::error::{AwsError, ErrorKind};
+use crate::model::{Cursor, Item, Job, JobName, RejectedItem};
+use crate::scheduler::Scheduler;
+
+pub fn job_pk(name: &JobName) -> String {
+    format!("JOB#{name}")
+}
+pub const JOB_SK: &str = "JOB";
+pub fn segment_sk(segment: u32) -> String {
+    format!("SEG#{segment:05}")
+}
+pub const SEGMENT_PREFIX: &str = "SEG#";
+pub const SCHEDULER_PK: &str = "SCHEDULER";
+pub const SCHEDULER_SK: &str = "RUNNING";
+pub const CONFIG_PK: &str = "CONFIG";
+pub const CONFIG_SK: &str = "ACCOUNT";
+/// The index `list` queries: every job item under one key, sorted by creation.
+pub const LIST_INDEX: &str = "by-created";
+pub const LIST_PK: &str = "JOB";
+
+pub fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+pub fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+pub fn time(t: DateTime<Utc>) -> AttributeValue {
+    s(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+pub fn key(pk: impl Into<String>, sk: impl Into<String>) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
+}
+
+pub fn cursor_key(name: &JobName, segment: u32) -> Item {
+    key(job_pk(name), segment_sk(segment))
+}
+
+pub fn samples(list: &[RejectedItem]) -> AttributeValue {
+    AttributeValue::L(list.iter().map(|r| serde_dynamo::to_attribute_value(r).expect("samples serialize")).collect())
+}
+
+pub fn cursor_to_item(name: &JobName, c: &Cursor) -> Item {
+    let mut item = cursor_key(name, c.segment);
+    item.insert("segment".into(), n(c.segment));
+    item.insert("seq".into(), n(c.seq));
+    item.insert("done".into(), AttributeValue::Bool(c.done));
+    item.insert("parked".into(), AttributeValue::Bool(c.parked));
+    item.insert("epoch".into(), n(c.epoch));
+    item.insert("stop".into(), AttributeValue::Bool(c.stop));
+    item.insert("items".into(), n(c.items));
+    item.insert("bytes".into(), n(c.bytes));
+    item.insert("rejected".into(), n(c.rejected));
+    item.insert("samples".into(), samples(&c.samples));
+    if let Some(k) = &c.last_key {
+        item.insert("last_key".into(), AttributeValue::M(k.clone()));
+    }
+    if let Some(t) = c.updated_at {
+        item.insert("updated_at".into(), time(t));
+    }
+    item
+}
+
+pub fn cursor_from_item(item: &Item) -> Option<Cursor> {
+    let num = |k: &str| item.get(k)?.as_n().ok()?.parse::<u64>().ok();
+    let flag = |k: &str| item.get(k).and_then(|v| v.as_bool().ok()).copied();
+    let parked = flag("parked").unwrap_or(false);
+    Some(Cursor {
+        segment: num("segment")? as u32,
+        seq: num("seq")?,
+        last_key: item.get("last_key").and_then(|v| v.as_m().ok()).cloned(),
+        done: flag("done")?,
+        parked,
+        epoch: num("epoch").unwrap_or(0),
+        // A cursor written before cursors carried `stop` was parked only when its job stopped.
+        stop: flag("stop").unwrap_or(parked),
+        items: num("items").unwrap_or(0),
+        bytes: num("bytes").unwrap_or(0),
+        rejected: num("rejected").unwrap_or(0),
+        samples: item
+            .get("samples")
+            .and_then(|v| v.as_l().ok())
+            .map(|l| l.iter().filter_map(|v| serde_dynamo::from_attribute_value(v.clone()).ok()).collect())
+            .unwrap_or_default(),
+        updated_at: item
+            .get("updated_at")
+            .and_then(|v| v.as_s().ok())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc)),
+    })
+}
+
+/// The list index's sort key: creation time, then name (names contain no `#`).
+pub fn created_key(job: &Job) -> String {
+    format!("{}#{}", job.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), job.name)
+}
+
+pub fn job_to_item(job: &Job) -> Item {
+    let mut item: Item = serde_dynamo::to_item(job).expect("jobs always serialize");
+    item.extend(key(job_pk(&job.name), JOB_SK));
+    item.insert("list_pk".into(), s(LIST_PK));
+    item.insert("created_key".into(), s(created_key(job)));
+    item
+}
+
+fn read_err(what: &str, e: serde_dynamo::Error) -> AwsError {
+    AwsError::new(ErrorKind::Other, format!("reading {what}"), e.to_string())
+}
+
+pub fn job_from_item(item: Item) -> Result<Job, AwsError> {
+    serde_dynamo::from_item(item).map_err(|e| read_err("a job item", e))
+}
+
+pub fn scheduler_to_item(sch: &Scheduler) -> Item {
+    let mut item: Item = serde_dynamo::to_item(sch).expect("the scheduler serializes");
+    item.extend(key(SCHEDULER_PK, SCHEDULER_SK));
+    item
+}
+
+pub fn scheduler_from_item(item: Item) -> Result<Scheduler, AwsError> {
+    serde_dynamo::from_item(item).map_err(|e| read_err("the scheduler item", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let name = JobName::parse("j").unwrap();
+        let mut c = Cursor::start(7);
+        c.seq = 3;
+        c.last_key = Some(HashMap::from([("pk".to_string(), s("a"))]));
+        c.epoch = 4;
+        c.stop = false;
+        c.parked = false;
+        c.items = 10;
+        c.bytes = 1000;
+        c.rejected = 1;
+        c.samples = vec![RejectedItem { key: "{}".into(), reason: "r".into() }];
+        c.updated_at = Some(DateTime::parse_from_rfc3339("2026-11-25T10:00:00.123456Z").unwrap().with_timezone(&Utc));
+        assert_eq!(cursor_from_item(&cursor_to_item(&name, &c)), Some(c));
+    }
+
+    #[test]
+    fn a_cursor_of_an_older_version_stops_when_parked() {
+        let mut old = key("JOB#j", "SEG#00001");
+        old.insert("segment".into(), n(1));
+        old.insert("seq".into(), n(2));
+        old.insert("items".into(), n(5));
+        old.insert("done".into(), AttributeValue::Bool(false));
+        old.insert("parked".into(), AttributeValue::Bool(true));
+        let c = cursor_from_item(&old).unwrap();
+        assert_eq!((c.epoch, c.stop, c.items, c.seq), (0, true, 5, 2));
+    }
+}
