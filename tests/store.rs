@@ -74,6 +74,7 @@ fn commit(segment: u32, seq: u64, next: Option<&str>, done: bool, items: u64, sa
         rejected: samples as u64,
         samples: (0..samples).map(|i| RejectedItem { key: format!("k{seq}-{i}"), reason: "r".into() }).collect(),
         at: at(10 + seq as u32),
+        copy: format!("copy-{segment}-{seq}"),
     }
 }
 
@@ -90,7 +91,8 @@ impl Transcript {
 /// The cursor as the transcript shows it (everything a rule reads, and the counters).
 fn shown(c: &Cursor) -> String {
     format!(
-        "seg {} seq {} key {:?} done {} parked {} epoch {} stop {} items {} bytes {} rejected {} samples {} at {:?}",
+        "seg {} seq {} key {:?} done {} parked {} epoch {} stop {} items {} bytes {} rejected {} samples {} at {:?} \
+         owner {:?} lease {:?} committed by {:?}",
         c.segment,
         c.seq,
         c.last_key.as_ref().and_then(|k| k.get("pk")).map(|v| v.as_s().unwrap().clone()),
@@ -102,7 +104,10 @@ fn shown(c: &Cursor) -> String {
         c.bytes,
         c.rejected,
         c.samples.len(),
-        c.updated_at
+        c.updated_at,
+        c.owner,
+        c.lease_until,
+        c.committed_by
     )
 }
 
@@ -151,19 +156,33 @@ async fn contract<S: ControlStore>(s: &S, name: &str) -> Result<Transcript> {
     t.note("sync 0 to 1 again, stop", s.sync_cursor(&n, 0, 1, true, at(2)).await?.as_ref().map(shown));
     t.note("sync 0 to 0, stop", s.sync_cursor(&n, 0, 0, true, at(2)).await?.as_ref().map(shown));
     t.note("sync a missing cursor", s.sync_cursor(&n, 7, 1, false, at(2)).await?.as_ref().map(shown));
-    t.note("unpark another slice", s.unpark(&n, 0, 3, at(3)).await?);
-    t.note("unpark", s.unpark(&n, 0, 0, at(3)).await?);
-    t.note("unpark again", s.unpark(&n, 0, 0, at(3)).await?);
+    t.note("unpark another slice", s.unpark(&n, 0, 3, 1, at(3)).await?);
+    t.note("unpark for an older epoch", s.unpark(&n, 0, 0, 0, at(3)).await?);
+    t.note("unpark", s.unpark(&n, 0, 0, 1, at(3)).await?);
+    t.note("unpark again", s.unpark(&n, 0, 0, 1, at(3)).await?);
+
+    // Copies of slice 0 take the segment one at a time, each until its lease runs out.
+    t.note("claim another slice", s.claim(&n, 0, 5, "a", at(9), at(4)).await?);
+    t.note("claim", s.claim(&n, 0, 0, "a", at(9), at(4)).await?);
+    t.note("claim held by another", s.claim(&n, 0, 0, "b", at(12), at(5)).await?);
+    t.note("claim again by its holder", s.claim(&n, 0, 0, "a", at(9), at(5)).await?);
+    t.note("cursor 0", cursor(s, &n, 0).await?);
+    t.note("claim after the lease", s.claim(&n, 0, 0, "copy-0-0", at(12), at(9)).await?);
+    t.note("cursor 0", cursor(s, &n, 0).await?);
 
     // Commits: continue, stale duplicate, with samples (at most 10 kept), park under stop.
     t.note("commit 0", s.commit_slice(&n, &commit(0, 0, Some("b"), false, 5, 0)).await?);
     t.note("commit 0 again", s.commit_slice(&n, &commit(0, 0, Some("b"), false, 5, 0)).await?);
+    let c0 = s.cursor(&n, 0).await?.unwrap();
+    t.note("commit 0 is its own", shared::rules::committed_by(&c0, 0, "copy-0-0"));
+    t.note("commit 0 is another copy's", shared::rules::committed_by(&c0, 0, "copy-0-1"));
     t.note("commit 1", s.commit_slice(&n, &commit(0, 1, Some("c"), false, 5, 7)).await?);
     t.note("commit 2", s.commit_slice(&n, &commit(0, 2, Some("d"), false, 5, 7)).await?);
     t.note("cursor 0", cursor(s, &n, 0).await?);
     t.note("sync 0 to 2, stop", s.sync_cursor(&n, 0, 2, true, at(20)).await?.as_ref().map(shown));
+    t.note("claim while stopped", s.claim(&n, 0, 3, "c", at(30), at(20)).await?);
     t.note("commit 3 parks", s.commit_slice(&n, &commit(0, 3, Some("e"), false, 5, 0)).await?);
-    t.note("unpark while stopped", s.unpark(&n, 0, 4, at(21)).await?);
+    t.note("unpark while stopped", s.unpark(&n, 0, 4, 2, at(21)).await?);
     // A partial slice at a segment's start keeps the cursor at the start, not done.
     t.note("sync 1 to 2, go", s.sync_cursor(&n, 1, 2, false, at(22)).await?.as_ref().map(shown));
     t.note("partial at the start", s.commit_slice(&n, &commit(1, 1, None, false, 0, 0)).await?);
@@ -266,7 +285,16 @@ async fn both_control_stores_keep_the_same_contract() -> Result<()> {
     };
     expect("commit while stopped", "Parked");
     expect("start at a wrong epoch", "JobChanged");
+    expect("unpark for an older epoch", "false");
     expect("unpark", "true");
+    expect("claim another slice", "false");
+    expect("claim", "true");
+    expect("claim held by another", "false");
+    expect("claim again by its holder", "true");
+    expect("claim after the lease", "true");
+    expect("claim while stopped", "false");
+    expect("commit 0 is its own", "true");
+    expect("commit 0 is another copy's", "false");
     expect("unpark again", "false");
     expect("commit 0", "Continued");
     expect("commit 0 again", "Stale");

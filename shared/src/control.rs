@@ -165,7 +165,7 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         let now = Utc::now();
         let marks: Vec<(u32, u64)> = idle.iter().map(|c| (c.segment, c.seq)).collect();
         stream::iter(marks)
-            .map(|(segment, seq)| self.store.unpark(&job.name, segment, seq, now))
+            .map(|(segment, seq)| self.store.unpark(&job.name, segment, seq, job.epoch, now))
             .buffer_unordered(CURSOR_WRITES_AT_ONCE)
             .try_collect::<Vec<bool>>()
             .await?;

@@ -192,6 +192,9 @@ pub enum HandlerError {
     Aws(#[from] AwsError),
     #[error("job {0} not found")]
     JobNotFound(String),
+    /// Another copy of the slice holds its segment: the message comes back later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl HandlerError {
@@ -200,7 +203,7 @@ impl HandlerError {
     /// Failures of the user's tables never get here: copy-chunk turns them into job failures.
     pub fn is_retryable(&self) -> bool {
         match self {
-            HandlerError::Aws(_) => true,
+            HandlerError::Aws(_) | HandlerError::Busy(_) => true,
             HandlerError::JobNotFound(_) => false,
         }
     }

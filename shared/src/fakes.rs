@@ -74,6 +74,9 @@ pub struct FakeTables {
     /// When set, BatchWriteItem calls after this many succeed no more: each leaves an item
     /// unprocessed (a target throttled for good).
     pub throttle_after: Mutex<Option<u32>>,
+    /// When set, the next BatchWriteItem call waits for this signal before it writes (to
+    /// hold one copy of a slice in the middle of its write).
+    pub hold_next_write: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl FakeTables {
@@ -128,6 +131,10 @@ impl Tables for FakeTables {
     }
 
     async fn batch_put(&self, table: &TableName, mut items: Vec<Item>) -> Result<Vec<Item>, WriteError> {
+        let hold = self.hold_next_write.lock().unwrap().take();
+        if let Some(signal) = hold {
+            let _ = signal.await;
+        }
         let mut tables = self.tables.lock().unwrap();
         let t = tables.get_mut(table).expect("table exists");
         let mut seen = std::collections::HashSet::new();

@@ -55,6 +55,9 @@ pub struct CopyChunk {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkResult {
     pub v: u32,
+    /// The copy of the slice that wrote it (its invocation's token), recorded with its commit.
+    #[serde(default)]
+    pub copy: String,
     pub job: JobName,
     pub segment: u32,
     pub seq: u64,
@@ -146,6 +149,7 @@ mod tests {
         let f = Finalize { v: VERSION, job: JobName::parse("j").unwrap(), failure: None };
         let r = ChunkResult {
             v: VERSION,
+            copy: "c0ffee".into(),
             job: f.job.clone(),
             segment: 1,
             seq: 2,

@@ -490,8 +490,16 @@ pub struct Cursor {
     pub rejected: u64,
     /// Up to [`MAX_REJECTED_SAMPLES`] rejected items of this segment.
     pub samples: Vec<RejectedItem>,
-    /// The last progress: a commit, or a launch.
+    /// The last progress: a commit, a launch, or a copy claiming the slice.
     pub updated_at: Option<DateTime<Utc>>,
+    /// The copy of the expected slice that holds the segment (each copy-chunk invocation has
+    /// its own token), until `lease_until`: another copy of that slice (a duplicate message,
+    /// or a redelivery while the first still runs) writes nothing meanwhile.
+    pub owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The copy whose result made the last commit: a result delivered again (its first
+    /// delivery committed and died, or lost the answer) recognises its own commit.
+    pub committed_by: Option<String>,
 }
 
 impl Cursor {
@@ -510,6 +518,9 @@ impl Cursor {
             rejected: 0,
             samples: vec![],
             updated_at: None,
+            owner: None,
+            lease_until: None,
+            committed_by: None,
         }
     }
 

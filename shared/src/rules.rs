@@ -12,6 +12,8 @@
 //! ([`commit_rule`]). An interrupted propagation is finished by the next request or by the
 //! reconciler, which brings every cursor to its job's epoch.
 
+use chrono::{DateTime, Utc};
+
 use crate::model::{Cursor, JobStatus};
 
 /// What a slice's commit did to its cursor.
@@ -40,14 +42,19 @@ pub fn commit_rule(c: &Cursor, seq: u64) -> Commit {
 }
 
 /// What copy-chunk may do with slice `seq` of a segment whose cursor is `c` (checked before
-/// the slice writes anything, and again between its pages).
+/// the slice writes anything, and again between its pages). `copy` is this invocation's
+/// token and `now` the time of the read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guard {
-    /// The slice is expected: copy.
+    /// The slice is expected and this copy holds it: copy.
     Go,
-    /// The slice is expected but its launch has not marked the cursor in flight yet: mark it
-    /// ([`unpark_applies`]), then copy.
+    /// The slice is expected and nobody holds it (its launch may not even have marked the
+    /// cursor in flight yet): take it ([`claim_applies`]), then copy.
     Claim,
+    /// Another copy of this slice holds the segment and its lease runs: write nothing now,
+    /// and let the message come back later (by then the holder has committed, or died and
+    /// its lease expired).
+    Busy,
     /// A pause, cancel or final move reached the segment while this slice is in flight: write
     /// nothing more, and report what was written (maybe nothing) so the segment parks.
     Stop,
@@ -56,15 +63,34 @@ pub enum Guard {
     Drop,
 }
 
-pub fn slice_rule(c: Option<&Cursor>, seq: u64) -> Guard {
+pub fn slice_rule(c: Option<&Cursor>, seq: u64, copy: &str, now: DateTime<Utc>) -> Guard {
     match c {
         None => Guard::Drop,
         Some(c) if c.done || c.seq != seq => Guard::Drop,
         Some(c) if c.stop && c.parked => Guard::Drop,
+        Some(c) if held_by_another(c, copy, now) => Guard::Busy,
         Some(c) if c.stop => Guard::Stop,
-        Some(c) if c.parked => Guard::Claim,
+        Some(c) if c.parked || c.owner.as_deref() != Some(copy) => Guard::Claim,
         Some(_) => Guard::Go,
     }
+}
+
+/// Another copy holds the cursor and its lease has not run out.
+fn held_by_another(c: &Cursor, copy: &str, now: DateTime<Utc>) -> bool {
+    c.owner.as_deref().is_some_and(|o| o != copy) && c.lease_until.is_some_and(|t| t > now)
+}
+
+/// Whether copy `copy` may take the cursor `c` for slice `seq` at `now` (and mark it in
+/// flight): the segment goes on, expects that slice, and no other copy's lease runs.
+pub fn claim_applies(c: &Cursor, seq: u64, copy: &str, now: DateTime<Utc>) -> bool {
+    !c.done && !c.stop && c.seq == seq && !held_by_another(c, copy, now)
+}
+
+/// Whether the result of copy `copy` for slice `seq` is already committed on `c`: the last
+/// commit was its own (a delivery whose first attempt committed and then died, or whose
+/// answer was lost and whose retry found its own write).
+pub fn committed_by(c: &Cursor, seq: u64, copy: &str) -> bool {
+    !copy.is_empty() && c.seq == seq + 1 && c.committed_by.as_deref() == Some(copy)
 }
 
 /// Whether a job in this state wants its segments to stop: everything but running with no
@@ -79,10 +105,12 @@ pub fn sync_applies(c: &Cursor, epoch: u64) -> bool {
     c.epoch < epoch
 }
 
-/// Whether slice `seq` may mark the parked cursor `c` in flight (a launch, or the slice itself
-/// claiming it): only while the segment is to go on and still expects that slice.
-pub fn unpark_applies(c: &Cursor, seq: u64) -> bool {
-    c.parked && !c.done && !c.stop && c.seq == seq
+/// Whether the launch at control epoch `epoch` may mark the parked cursor `c` in flight with
+/// slice `seq` (whose message it sent): only while the segment is to go on at that very epoch
+/// and still expects that slice. A launch's mark that comes late, after a newer control
+/// change, applies to nothing.
+pub fn unpark_applies(c: &Cursor, seq: u64, epoch: u64) -> bool {
+    c.parked && !c.done && !c.stop && c.seq == seq && c.epoch == epoch
 }
 
 #[cfg(test)]
@@ -104,14 +132,47 @@ mod tests {
     }
 
     #[test]
-    fn a_slice_writes_only_while_its_segment_expects_it() {
-        assert_eq!(slice_rule(Some(&cursor(2, false, false, false)), 2), Guard::Go);
-        assert_eq!(slice_rule(Some(&cursor(2, false, true, false)), 2), Guard::Claim);
-        assert_eq!(slice_rule(Some(&cursor(2, false, false, true)), 2), Guard::Stop);
-        assert_eq!(slice_rule(Some(&cursor(2, false, true, true)), 2), Guard::Drop);
-        assert_eq!(slice_rule(Some(&cursor(3, false, false, false)), 2), Guard::Drop);
-        assert_eq!(slice_rule(Some(&cursor(2, true, false, false)), 2), Guard::Drop);
-        assert_eq!(slice_rule(None, 0), Guard::Drop);
+    fn a_slice_writes_only_while_its_segment_expects_it_and_only_one_copy_at_a_time() {
+        let now = Utc::now();
+        let rule = |c: &Cursor, seq| slice_rule(Some(c), seq, "me", now);
+        let mine = |c: Cursor| Cursor {
+            owner: Some("me".into()),
+            lease_until: Some(now + chrono::Duration::seconds(60)),
+            ..c
+        };
+        let theirs = |c: Cursor, lease_s: i64| Cursor {
+            owner: Some("other".into()),
+            lease_until: Some(now + chrono::Duration::seconds(lease_s)),
+            ..c
+        };
+        assert_eq!(rule(&mine(cursor(2, false, false, false)), 2), Guard::Go);
+        assert_eq!(rule(&cursor(2, false, false, false), 2), Guard::Claim, "launched, not yet taken");
+        assert_eq!(rule(&cursor(2, false, true, false), 2), Guard::Claim, "not yet marked by its launch");
+        assert_eq!(rule(&theirs(cursor(2, false, false, false), 60), 2), Guard::Busy);
+        assert_eq!(rule(&theirs(cursor(2, false, false, false), -1), 2), Guard::Claim, "its lease ran out");
+        assert_eq!(rule(&mine(cursor(2, false, false, true)), 2), Guard::Stop);
+        assert_eq!(rule(&cursor(2, false, false, true), 2), Guard::Stop);
+        assert_eq!(rule(&theirs(cursor(2, false, false, true), 60), 2), Guard::Busy, "the holder reports the stop");
+        assert_eq!(rule(&cursor(2, false, true, true), 2), Guard::Drop);
+        assert_eq!(rule(&cursor(3, false, false, false), 2), Guard::Drop);
+        assert_eq!(rule(&cursor(2, true, false, false), 2), Guard::Drop);
+        assert_eq!(slice_rule(None, 0, "me", now), Guard::Drop);
+
+        assert!(claim_applies(&cursor(2, false, true, false), 2, "me", now));
+        assert!(claim_applies(&theirs(cursor(2, false, false, false), -1), 2, "me", now));
+        assert!(!claim_applies(&theirs(cursor(2, false, false, false), 60), 2, "me", now));
+        assert!(!claim_applies(&cursor(2, false, true, true), 2, "me", now), "stopped");
+        assert!(!claim_applies(&cursor(3, false, true, false), 2, "me", now), "another slice");
+    }
+
+    #[test]
+    fn a_result_recognises_its_own_commit() {
+        let c = Cursor { committed_by: Some("me".into()), ..cursor(3, false, false, false) };
+        assert!(committed_by(&c, 2, "me"));
+        assert!(!committed_by(&c, 2, "other"));
+        assert!(!committed_by(&c, 3, "me"), "not committed yet");
+        assert!(!committed_by(&c, 1, "me"));
+        assert!(!committed_by(&Cursor { committed_by: None, ..c }, 2, ""));
     }
 
     #[test]
@@ -130,10 +191,11 @@ mod tests {
     fn control_changes_apply_in_epoch_order_and_launches_only_to_segments_that_go_on() {
         let c = Cursor { epoch: 4, ..cursor(2, false, true, false) };
         assert!(sync_applies(&c, 5) && !sync_applies(&c, 4) && !sync_applies(&c, 3));
-        assert!(unpark_applies(&c, 2));
-        assert!(!unpark_applies(&c, 1), "another slice");
-        assert!(!unpark_applies(&Cursor { stop: true, ..c.clone() }, 2), "stopped");
-        assert!(!unpark_applies(&Cursor { parked: false, ..c.clone() }, 2), "already in flight");
-        assert!(!unpark_applies(&Cursor { done: true, ..c }, 2), "done");
+        assert!(unpark_applies(&c, 2, 4));
+        assert!(!unpark_applies(&c, 2, 3), "a launch of an older epoch");
+        assert!(!unpark_applies(&c, 1, 4), "another slice");
+        assert!(!unpark_applies(&Cursor { stop: true, ..c.clone() }, 2, 4), "stopped");
+        assert!(!unpark_applies(&Cursor { parked: false, ..c.clone() }, 2, 4), "already in flight");
+        assert!(!unpark_applies(&Cursor { done: true, ..c }, 2, 4), "done");
     }
 }

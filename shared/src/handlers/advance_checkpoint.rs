@@ -6,6 +6,7 @@ use crate::error::HandlerError;
 use crate::messages::{encode, ChunkResult};
 use crate::model::{Item, Job, OnItemError, StackOrigin};
 use crate::queue::{Outbox, QueueKind};
+use crate::rules::committed_by;
 use crate::store::{Commit, ControlStore, SliceCommit};
 
 /// Commit a slice's result on its cursor exactly once, then send what comes next: the
@@ -14,15 +15,14 @@ use crate::store::{Commit, ControlStore, SliceCommit};
 /// the request). The commit writes the cursor alone and decides from it
 /// ([`crate::rules::commit_rule`]), so segments never contend for the job item.
 ///
-/// A stale result changes no state and sends nothing. The one exception is a result that was
-/// delivered before (`attempt` > 1) and is the segment's last committed one: the earlier
-/// delivery may have died between its commit and its send, so the follow-up is sent again.
-/// A first delivery of a duplicate (two copies of one slice were sent, e.g. by a repeated
-/// launch) is dropped, so duplicates die out after one slice.
+/// A stale result changes no state and sends nothing. The one exception is a result whose
+/// own commit is the cursor's last one (the cursor records the copy that wrote each commit):
+/// an earlier delivery committed it and died before sending what follows, or the store's
+/// answer was lost and its retry found its own write, so the follow-up is sent again (a
+/// duplicate next slice is harmless: one copy at a time holds a segment).
 pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     msg: ChunkResult,
-    attempt: u32,
 ) -> Result<(), HandlerError> {
     let (store, control) = (&deps.store, deps.control());
     let job = store.get_job(&msg.job).await?.ok_or_else(|| HandlerError::JobNotFound(msg.job.to_string()))?;
@@ -56,6 +56,7 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
         rejected: msg.rejected_count,
         samples: msg.rejected_samples,
         at: Utc::now(),
+        copy: msg.copy.clone(),
     };
     match store.commit_slice(&msg.job, &commit).await? {
         Commit::Continued => {
@@ -72,6 +73,10 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
         }
         Commit::Parked => {
             tracing::info!(items = commit.items, status = %job.status_label(), "checkpoint advanced; segment parked");
+            if commit.rejected > 0 && job.spec.on_item_error == OnItemError::Fail && !job.status.is_final() {
+                // The job fails now, not after a resume.
+                control.send_finalize(&job.name).await?;
+            }
             control.settle(&msg.job).await?;
             if job.status.is_final() && commit.items + commit.rejected > 0 {
                 // A slice that was in flight at a final move wrote these: they count too.
@@ -79,22 +84,18 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
             }
             Ok(())
         }
-        Commit::Stale if attempt > 1 => match store.cursor(&msg.job, msg.segment).await? {
-            Some(c) if c.seq == msg.seq + 1 && c.parked => Ok(control.settle(&msg.job).await?),
-            Some(c) if c.seq == msg.seq + 1 => {
-                tracing::info!(attempt, "redelivery of the last committed slice; sending its follow-up again");
+        Commit::Stale => match store.cursor(&msg.job, msg.segment).await? {
+            Some(c) if committed_by(&c, msg.seq, &msg.copy) && c.parked => Ok(control.settle(&msg.job).await?),
+            Some(c) if committed_by(&c, msg.seq, &msg.copy) => {
+                tracing::info!("this result's commit is already on the cursor; sending its follow-up again");
                 let next = Next { segment: c.segment, seq: c.seq, done: c.done, start: c.last_key };
                 follow_up(deps, &job, next, msg.rejected_count).await
             }
             _ => {
-                tracing::info!(attempt, "stale slice result ignored");
+                tracing::info!("stale or duplicate slice result ignored");
                 Ok(())
             }
         },
-        Commit::Stale => {
-            tracing::info!("stale or duplicate slice result ignored");
-            Ok(())
-        }
     }
 }
 

@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::config::Tuning;
@@ -8,7 +9,7 @@ use crate::messages::{encode, ChunkResult, CopyChunk, VERSION};
 use crate::model::JobError;
 use crate::queue::{Outbox, QueueKind};
 use crate::rules::{slice_rule, Guard};
-use crate::store::CursorStore;
+use crate::store::ControlStore;
 use crate::tables::Tables;
 
 /// Copy one slice, then report what was written and where the next slice starts to the
@@ -22,18 +23,19 @@ use crate::tables::Tables;
 /// parks. It ends at a page boundary by `stop_at`, well before its invocation's deadline.
 /// A permanent failure (e.g. a table was deleted) is reported too, so the job fails with the
 /// reason.
-pub async fn copy_chunk<T: Tables + ?Sized, C: CursorStore + ?Sized, Q: Outbox + ?Sized>(
+pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox + ?Sized>(
     tables: &T,
-    cursors: &C,
+    store: &S,
     outbox: &Q,
     tuning: &Tuning,
     msg: CopyChunk,
-    stop_at: Instant,
+    deadline: Instant,
 ) -> Result<(), HandlerError> {
-    let guard = Segment { cursors, msg: &msg };
-    let outcome = match guard.check().await? {
+    let stop_at = deadline - super::stop_margin(deadline.saturating_duration_since(Instant::now()));
+    let guard = Segment { store, msg: &msg, copy: new_copy_token() };
+    let outcome = match guard.check(deadline).await? {
         Proceed::Abandon => {
-            tracing::info!("slice not expected (segment done, parked, or moved on); nothing written");
+            tracing::info!("slice not expected (job final, segment done, parked, or moved on); nothing written");
             return Ok(());
         }
         Proceed::Stop => Ok(Some(SliceOutcome::default().ended_at(msg.start_key.clone().map(Into::into)))),
@@ -66,6 +68,7 @@ pub async fn copy_chunk<T: Tables + ?Sized, C: CursorStore + ?Sized, Q: Outbox +
     };
     let result = ChunkResult {
         v: VERSION,
+        copy: guard.copy.clone(),
         job: msg.job,
         segment: msg.segment,
         seq: msg.seq,
@@ -81,27 +84,49 @@ pub async fn copy_chunk<T: Tables + ?Sized, C: CursorStore + ?Sized, Q: Outbox +
     Ok(())
 }
 
-/// The slice's segment, asked whether the slice may write.
-struct Segment<'a, C: ?Sized> {
-    cursors: &'a C,
-    msg: &'a CopyChunk,
+/// A token of its own for each copy of a slice: the invocation that holds the segment.
+fn new_copy_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
-impl<C: CursorStore + ?Sized> Segment<'_, C> {
-    /// Before the first write: a parked cursor whose launch has not marked it yet is claimed.
-    async fn check(&self) -> Result<Proceed, AwsError> {
+/// The slice's segment, asked whether this copy of the slice may write.
+struct Segment<'a, S: ?Sized> {
+    store: &'a S,
+    msg: &'a CopyChunk,
+    copy: String,
+}
+
+impl<S: ControlStore + ?Sized> Segment<'_, S> {
+    /// Before the first write: the job must not be final, and this copy takes the segment
+    /// until its invocation's `deadline` (by which it has stopped writing), so no other copy of
+    /// the slice writes meanwhile.
+    async fn check(&self, deadline: Instant) -> Result<Proceed, HandlerError> {
         let (job, segment, seq) = (&self.msg.job, self.msg.segment, self.msg.seq);
+        // A final move stops the cursors after it is written; a crash in between must not let
+        // a late slice write.
+        if self.store.get_job(job).await?.is_none_or(|j| j.status.is_final()) {
+            return Ok(Proceed::Abandon);
+        }
+        let until = Utc::now()
+            + chrono::Duration::from_std(deadline.saturating_duration_since(Instant::now())).unwrap_or_default();
         loop {
-            let cursor = self.cursors.cursor(job, segment).await?;
-            return Ok(match slice_rule(cursor.as_ref(), seq) {
+            let cursor = self.store.cursor(job, segment).await?;
+            let now = Utc::now();
+            return Ok(match slice_rule(cursor.as_ref(), seq, &self.copy, now) {
                 Guard::Go => Proceed::Go,
                 Guard::Stop => Proceed::Stop,
                 Guard::Drop => Proceed::Abandon,
+                Guard::Busy => {
+                    let holder = cursor.and_then(|c| c.lease_until).unwrap_or(now);
+                    return Err(HandlerError::Busy(format!(
+                        "another copy of slice {seq} of segment {segment} holds it until {holder}; this message comes back later"
+                    )));
+                }
                 Guard::Claim => {
-                    if self.cursors.unpark(job, segment, seq, chrono::Utc::now()).await? {
+                    if self.store.claim(job, segment, seq, &self.copy, until, now).await? {
                         Proceed::Go
                     } else {
-                        // It changed meanwhile (launched, stopped, or moved on): look again.
+                        // It changed meanwhile (taken, stopped, or moved on): look again.
                         continue;
                     }
                 }
@@ -111,16 +136,16 @@ impl<C: CursorStore + ?Sized> Segment<'_, C> {
 }
 
 #[async_trait]
-impl<C: CursorStore + ?Sized> SliceControl for Segment<'_, C> {
-    /// Between pages. The slice marked its cursor in flight before its first write, and only
-    /// a commit parks a cursor again (moving it on), so a parked cursor here means another
-    /// copy of this slice committed: abandon.
+impl<S: ControlStore + ?Sized> SliceControl for Segment<'_, S> {
+    /// Between pages: this copy still holds the segment, which still expects the slice.
+    /// Anything else (another copy committed it, or took it after this one's lease ran out)
+    /// abandons the slice.
     async fn proceed(&self) -> Result<Proceed, AwsError> {
-        let cursor = self.cursors.cursor(&self.msg.job, self.msg.segment).await?;
-        Ok(match slice_rule(cursor.as_ref(), self.msg.seq) {
+        let cursor = self.store.cursor(&self.msg.job, self.msg.segment).await?;
+        Ok(match slice_rule(cursor.as_ref(), self.msg.seq, &self.copy, Utc::now()) {
             Guard::Go => Proceed::Go,
             Guard::Stop => Proceed::Stop,
-            Guard::Drop | Guard::Claim => Proceed::Abandon,
+            Guard::Drop | Guard::Claim | Guard::Busy => Proceed::Abandon,
         })
     }
 }

@@ -1,6 +1,6 @@
 use super::custom_resource::answer_waiting;
 use super::Deps;
-use crate::error::HandlerError;
+use crate::error::{AwsError, ErrorKind, HandlerError};
 use crate::messages::Finalize;
 use crate::model::{JobError, JobStatus, OnItemError, Progress};
 use crate::queue::Outbox;
@@ -54,6 +54,15 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
                 Some(e) => tracing::error!(code = %e.code, message = %e.message, "job failed"),
             }
             break;
+        }
+        if attempt == FINALIZE_ATTEMPTS {
+            // Never drop it: the message comes back and looks again.
+            return Err(AwsError::new(
+                ErrorKind::Conflict,
+                format!("finalizing job {}", job.name),
+                "the job kept changing state; the message is retried",
+            )
+            .into());
         }
         tracing::info!(attempt, "job changed state meanwhile; looking again");
         conflict_pause(attempt).await;

@@ -195,10 +195,9 @@ pub async fn copy_chunk_batch<S: ControlStore, Q: Outbox, T: Tables>(
     event: SqsEvent,
     deadline: Instant,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    let stop_at = deadline - stop_margin(deadline.saturating_duration_since(Instant::now()));
     Ok(process_batch(event, |msg: CopyChunk, _attempt| {
         let span = tracing::info_span!("copy_chunk", job = %msg.job, segment = msg.segment, seq = msg.seq);
-        copy_chunk(&deps.tables, &deps.store, &deps.outbox, &deps.config.tuning, msg, stop_at).instrument(span)
+        copy_chunk(&deps.tables, &deps.store, &deps.outbox, &deps.config.tuning, msg, deadline).instrument(span)
     })
     .await)
 }
@@ -223,9 +222,9 @@ pub async fn advance_checkpoint_batch<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    Ok(process_batch(event, |msg: ChunkResult, attempt| {
+    Ok(process_batch(event, |msg: ChunkResult, _attempt| {
         let span = tracing::info_span!("advance_checkpoint", job = %msg.job, segment = msg.segment, seq = msg.seq);
-        advance_checkpoint(deps, msg, attempt).instrument(span)
+        advance_checkpoint(deps, msg).instrument(span)
     })
     .await)
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::create_job::{create_job, CreateJobRequest};
 use super::Deps;
-use crate::error::RequestError;
+use crate::error::{AwsError, ErrorKind, RequestError};
 use crate::model::{InvalidInput, Job, JobName, JobStatus, Progress, StackOrigin};
 use crate::queue::Outbox;
 use crate::store::{conflict_pause, ControlStore};
@@ -184,9 +184,11 @@ where
             Err(e) => return Err(e),
         }
     }
-    Err(RequestError::NotAllowed(format!(
-        "cannot {action} job {:?}: it kept changing state meanwhile; try again",
-        name.as_str()
+    // Not a refusal: from the requests queue it comes back and tries again.
+    Err(RequestError::Aws(AwsError::new(
+        ErrorKind::Conflict,
+        format!("cannot {action} job {:?}", name.as_str()),
+        "it kept changing state meanwhile; try again",
     )))
 }
 

@@ -85,42 +85,54 @@ async fn deliver(d: &FakeDeps, kind: QueueKind, body: &str) {
 
 /// Deliver a message that SQS has delivered `attempt - 1` times before.
 async fn deliver_nth(d: &FakeDeps, kind: QueueKind, body: &str, attempt: u32) {
-    let r = match kind {
+    handle(d, kind, body, attempt).await.unwrap();
+}
+
+/// Hand a message to its handler, as the runner and Lambda do (with 600 s left).
+async fn handle(d: &FakeDeps, kind: QueueKind, body: &str, attempt: u32) -> Result<(), HandlerError> {
+    let _ = attempt;
+    match kind {
         QueueKind::CopyChunk => {
-            let stop_at = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
-            copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, decode(body).unwrap(), stop_at).await
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+            copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, decode(body).unwrap(), deadline).await
         }
-        QueueKind::Checkpoint => advance_checkpoint(d, decode(body).unwrap(), attempt).await,
+        QueueKind::Checkpoint => advance_checkpoint(d, decode(body).unwrap()).await,
         QueueKind::Finalize => match decode(body).unwrap() {
             crate::messages::FinalizeQueue::Finalize(f) => finalize(d, f).await,
             crate::messages::FinalizeQueue::Reconcile(_) => reconcile(d).await.map(|_| ()).map_err(Into::into),
         },
         QueueKind::Requests => panic!("no handler sends to the requests queue"),
-    };
-    r.unwrap();
+    }
 }
 
 /// Deliver queued messages until none is left. Each round's messages are shuffled (SQS is not
 /// FIFO) and, with `duplicate`, every message is delivered twice (at-least-once; the second
-/// delivery has receive count 2).
+/// delivery has receive count 2). A message whose handler fails with a retryable error comes
+/// back in a later round, as SQS returns it after its visibility timeout.
 async fn drain(d: &FakeDeps, seed: u64, duplicate: bool) -> usize {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut delivered = 0;
-    loop {
+    let mut returned: Vec<(QueueKind, String, u32)> = Vec::new();
+    for _round in 0..10_000 {
         let mut batch: Vec<(QueueKind, String, u32)> = d.outbox.take().into_iter().map(|(k, b)| (k, b, 1)).collect();
-        if batch.is_empty() {
-            return delivered;
-        }
         if duplicate {
             let again: Vec<_> = batch.iter().map(|(k, b, _)| (*k, b.clone(), 2)).collect();
             batch.extend(again);
         }
+        batch.append(&mut returned);
+        if batch.is_empty() {
+            return delivered;
+        }
         batch.shuffle(&mut rng);
         for (kind, body, attempt) in batch {
-            deliver_nth(d, kind, &body, attempt).await;
-            delivered += 1;
+            match handle(d, kind, &body, attempt).await {
+                Ok(()) => delivered += 1,
+                Err(e) if e.is_retryable() => returned.push((kind, body, attempt + 1)),
+                Err(e) => panic!("{kind:?} failed permanently: {e}"),
+            }
         }
     }
+    panic!("messages kept coming back: {returned:?}")
 }
 
 fn job(d: &FakeDeps, name: &str) -> Job {
@@ -199,14 +211,17 @@ async fn a_stale_result_changes_nothing_and_sends_nothing() {
     assert_eq!(before.writes, after.writes, "no control-table write");
     assert!(d.outbox.take().is_empty());
 
-    // A first delivery of a copy of result 1 (the last committed one; e.g. two copies of the
-    // slice were sent): dropped, so duplicates die out.
-    deliver(&d, QueueKind::Checkpoint, &result1).await;
+    // A result of slice 1 written by another copy (the segment's holder made the commit): its
+    // work is not on the cursor, so it is dropped.
+    let mut other: crate::messages::ChunkResult = decode(&result1).unwrap();
+    other.copy = "another copy".into();
+    deliver(&d, QueueKind::Checkpoint, &encode(&other)).await;
     assert!(d.outbox.take().is_empty());
 
-    // Result 1 delivered again by SQS (its first receiver may have died between the commit
-    // and the send): state unchanged, its follow-up sent again.
-    deliver_nth(&d, QueueKind::Checkpoint, &result1, 2).await;
+    // Result 1 delivered again (its first receiver may have died between the commit and the
+    // send): the cursor's last commit is its own, so state is unchanged and its follow-up is
+    // sent again, whatever the receive count says (a redrive from the DLQ starts at 1).
+    deliver(&d, QueueKind::Checkpoint, &result1).await;
     let again = d.store.state.lock().unwrap().clone();
     assert_eq!(before.jobs, again.jobs);
     assert_eq!(before.cursors, again.cursors);
@@ -312,6 +327,7 @@ async fn a_fatal_slice_error_fails_the_job_with_its_reason() {
     d.outbox.take();
     let result = crate::messages::ChunkResult {
         v: VERSION,
+        copy: "c1".into(),
         job: JobName::parse("fatal").unwrap(),
         segment: 0,
         seq: 0,
@@ -1329,7 +1345,7 @@ async fn a_slice_under_endless_throttling_ends_at_a_page_boundary_before_its_dea
     let started = tokio::time::Instant::now();
     let deadline = started + std::time::Duration::from_secs(20);
     let stop_at = deadline - stop_margin(deadline - started);
-    copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, stop_at).await.unwrap();
+    copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, deadline).await.unwrap();
     let ended = tokio::time::Instant::now();
     assert!(ended >= stop_at && ended < deadline, "ended {:?} after its start", ended - started);
     the_rest_is_copied_once(&d).await;
@@ -1342,4 +1358,88 @@ async fn a_slice_that_runs_out_of_write_attempts_keeps_its_whole_pages() {
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3_600);
     copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, far).await.unwrap();
     the_rest_is_copied_once(&d).await;
+}
+
+#[tokio::test]
+async fn while_one_copy_of_a_slice_writes_another_copy_of_it_writes_nothing() {
+    let mut d = world(20, &[]);
+    d.config.tuning.slice.max_items = 1_000; // the whole segment is one slice of one page
+    create_job(&d, request("twice", 1, OnItemError::Fail)).await.unwrap();
+    let slice = take_slices(&d).remove(0);
+    let (release, held) = tokio::sync::oneshot::channel();
+    *d.tables.hold_next_write.lock().unwrap() = Some(held);
+    let (first, (second, written_meanwhile)) = tokio::join!(
+        // The first copy takes the segment and is held in the middle of its write.
+        handle(&d, QueueKind::CopyChunk, &slice, 1),
+        async {
+            // The same slice again (a duplicate message, or a redelivery) meanwhile.
+            let second = handle(&d, QueueKind::CopyChunk, &slice, 1).await;
+            let written = d.tables.items("dst").len();
+            release.send(()).unwrap();
+            (second, written)
+        }
+    );
+    first.unwrap();
+    assert_eq!(written_meanwhile, 0, "the second copy wrote while the first held the segment");
+    assert!(matches!(second, Err(HandlerError::Busy(_))), "it comes back later: {second:?}");
+    drain(&d, 0, false).await;
+    let done = job(&d, "twice");
+    assert_eq!((done.status, done.items_copied), (JobStatus::Completed, 20));
+    // When it comes back, after the job completed and the application wrote: nothing.
+    let written = application_writes(&d);
+    handle(&d, QueueKind::CopyChunk, &slice, 2).await.unwrap();
+    assert!(d.outbox.take().is_empty());
+    assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(written), "the application's writes stay");
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_still_sends_what_follows() {
+    let d = world(40, &[]);
+    create_job(&d, request("lost-answer", 2, OnItemError::Fail)).await.unwrap();
+    // Every commit applies, and its answer is lost: the SDK's retry of the same conditional
+    // write finds the cursor moved on.
+    d.store.lose_commit_answers(u32::MAX);
+    drain(&d, 4, false).await;
+    let done = job(&d, "lost-answer");
+    assert_eq!((done.status, done.items_copied), (JobStatus::Completed, 40));
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+}
+
+#[tokio::test]
+async fn a_launch_mark_that_lands_after_a_newer_control_change_strands_nothing() {
+    let mut d = world(20, &[]);
+    d.config.tuning.launch_grace = std::time::Duration::ZERO;
+    // The start's launch sends the first slice, and its mark of the cursor is delayed.
+    d.store.script("unpark", [Some(crate::error::ErrorKind::Throttled)]);
+    let _ = create_job(&d, request("late-mark", 1, OnItemError::Fail)).await;
+    let first = take_slices(&d);
+    assert_eq!(first.len(), 1);
+    let launched_at = job(&d, "late-mark").epoch;
+    pause_job(&d, &name("late-mark")).await.unwrap();
+    assert_eq!(job(&d, "late-mark").status, JobStatus::Paused);
+    deliver(&d, QueueKind::CopyChunk, &first[0]).await; // parked for a pause: dropped
+    assert!(d.outbox.take().is_empty());
+    // A resume that dies after bringing the cursor to its epoch, before sending anything.
+    d.outbox.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(resume_job(&d, &name("late-mark")).await.is_err());
+    d.outbox.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    // The first launch's delayed mark lands now.
+    let _ = d.store.unpark(&name("late-mark"), 0, 0, launched_at, chrono::Utc::now()).await;
+    // The reconciler finishes the interrupted resume.
+    reconcile(&d).await.unwrap();
+    drain(&d, 0, false).await;
+    let done = job(&d, "late-mark");
+    assert_eq!((done.status, done.items_copied), (JobStatus::Completed, 20), "{:?}", done.error);
+}
+
+#[tokio::test]
+async fn items_rejected_by_a_slice_that_parks_for_a_pause_fail_the_job_at_once() {
+    let d = world(40, &[3]);
+    create_job(&d, request("rej-pause", 1, OnItemError::Fail)).await.unwrap();
+    step(&d).await; // the first slice is copied and rejects item 3; its result waits
+    pause_job(&d, &name("rej-pause")).await.unwrap();
+    drain(&d, 0, false).await; // its commit parks the segment
+    let j = job(&d, "rej-pause");
+    assert_eq!(j.status, JobStatus::Failed, "not left Paused to fail only after a resume");
+    assert_eq!(j.error.unwrap().code, "ItemsRejected");
 }

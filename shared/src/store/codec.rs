@@ -65,6 +65,15 @@ pub fn cursor_to_item(name: &JobName, c: &Cursor) -> Item {
     if let Some(t) = c.updated_at {
         item.insert("updated_at".into(), time(t));
     }
+    if let Some(o) = &c.owner {
+        item.insert("owner".into(), s(o.clone()));
+    }
+    if let Some(t) = c.lease_until {
+        item.insert("lease_until".into(), time(t));
+    }
+    if let Some(o) = &c.committed_by {
+        item.insert("committed_by".into(), s(o.clone()));
+    }
     item
 }
 
@@ -72,6 +81,8 @@ pub fn cursor_from_item(item: &Item) -> Option<Cursor> {
     let num = |k: &str| item.get(k)?.as_n().ok()?.parse::<u64>().ok();
     let flag = |k: &str| item.get(k).and_then(|v| v.as_bool().ok()).copied();
     let parked = flag("parked").unwrap_or(false);
+    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let at = |k: &str| text(k).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
     Some(Cursor {
         segment: num("segment")? as u32,
         seq: num("seq")?,
@@ -89,11 +100,10 @@ pub fn cursor_from_item(item: &Item) -> Option<Cursor> {
             .and_then(|v| v.as_l().ok())
             .map(|l| l.iter().filter_map(|v| serde_dynamo::from_attribute_value(v.clone()).ok()).collect())
             .unwrap_or_default(),
-        updated_at: item
-            .get("updated_at")
-            .and_then(|v| v.as_s().ok())
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc)),
+        updated_at: at("updated_at"),
+        owner: text("owner"),
+        lease_until: at("lease_until"),
+        committed_by: text("committed_by"),
     })
 }
 
@@ -146,6 +156,9 @@ mod tests {
         c.rejected = 1;
         c.samples = vec![RejectedItem { key: "{}".into(), reason: "r".into() }];
         c.updated_at = Some(DateTime::parse_from_rfc3339("2026-11-25T10:00:00.123456Z").unwrap().with_timezone(&Utc));
+        c.owner = Some("copy-1".into());
+        c.lease_until = Some(DateTime::parse_from_rfc3339("2026-11-25T10:10:00Z").unwrap().with_timezone(&Utc));
+        c.committed_by = Some("copy-0".into());
         assert_eq!(cursor_from_item(&cursor_to_item(&name, &c)), Some(c));
     }
 

@@ -164,7 +164,7 @@ impl DynamoStore {
     /// what `decision` needs (park: true, continue: false).
     async fn try_commit(&self, name: &JobName, c: &SliceCommit, decision: Commit) -> Result<Updated, AwsError> {
         let park = decision == Commit::Parked;
-        let mut set = vec!["#seq = :next", "#done = :done", "#parked = :park", "#at = :at"];
+        let mut set = vec!["#seq = :next", "#done = :done", "#parked = :park", "#at = :at", "#by = :copy"];
         let mut update = self
             .update_item(cursor_key(name, c.segment))
             .condition_expression(format!(
@@ -180,6 +180,10 @@ impl DynamoStore {
             .expression_attribute_names("#bytes", "bytes")
             .expression_attribute_names("#rejected", "rejected")
             .expression_attribute_names("#key", "last_key")
+            .expression_attribute_names("#by", "committed_by")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#lease", "lease_until")
+            .expression_attribute_values(":copy", s(c.copy.clone()))
             .expression_attribute_values(":seq", n(c.seq))
             .expression_attribute_values(":next", n(c.seq + 1))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
@@ -206,9 +210,12 @@ impl DynamoStore {
                 update = update.expression_attribute_values(":key", AttributeValue::M(k.clone()));
                 ""
             }
-            _ => " REMOVE #key",
+            _ => ", #key",
         };
-        let expr = format!("SET {} ADD #items :items, #bytes :bytes, #rejected :rejected{remove}", set.join(", "));
+        let expr = format!(
+            "SET {} ADD #items :items, #bytes :bytes, #rejected :rejected REMOVE #owner, #lease{remove}",
+            set.join(", ")
+        );
         self.run(update.update_expression(expr), &format!("committing slice {} of segment {}", c.seq, c.segment)).await
     }
 }
@@ -318,21 +325,65 @@ impl CursorStore for DynamoStore {
         Ok(item.as_ref().and_then(cursor_from_item))
     }
 
-    async fn unpark(&self, name: &JobName, segment: u32, seq: u64, at: DateTime<Utc>) -> Result<bool, AwsError> {
+    async fn unpark(
+        &self,
+        name: &JobName,
+        segment: u32,
+        seq: u64,
+        epoch: u64,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError> {
         let update = self
             .update_item(cursor_key(name, segment))
-            .condition_expression(format!("#parked = :true AND #done = :false AND #seq = :seq AND {STOP_FALSE}"))
+            .condition_expression(format!(
+                "#parked = :true AND #done = :false AND #seq = :seq AND {STOP_FALSE} AND {}",
+                epoch_condition(epoch)
+            ))
             .update_expression("SET #parked = :false, #at = :at")
             .expression_attribute_names("#parked", "parked")
             .expression_attribute_names("#done", "done")
             .expression_attribute_names("#seq", "seq")
             .expression_attribute_names("#stop", "stop")
+            .expression_attribute_names("#epoch", "epoch")
             .expression_attribute_names("#at", "updated_at")
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .expression_attribute_values(":false", AttributeValue::Bool(false))
             .expression_attribute_values(":seq", n(seq))
+            .expression_attribute_values(":epoch", n(epoch))
             .expression_attribute_values(":at", time(at));
         Ok(matches!(self.run(update, &format!("launching segment {segment} of job {name}")).await?, Updated::Yes(_)))
+    }
+
+    async fn claim(
+        &self,
+        name: &JobName,
+        segment: u32,
+        seq: u64,
+        copy: &str,
+        until: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError> {
+        let update = self
+            .update_item(cursor_key(name, segment))
+            .condition_expression(format!(
+                "#done = :false AND #seq = :seq AND {STOP_FALSE} AND \
+                 (attribute_not_exists(#owner) OR #owner = :me OR attribute_not_exists(#lease) OR #lease <= :at)"
+            ))
+            .update_expression("SET #parked = :false, #owner = :me, #lease = :until, #at = :at")
+            .expression_attribute_names("#parked", "parked")
+            .expression_attribute_names("#done", "done")
+            .expression_attribute_names("#seq", "seq")
+            .expression_attribute_names("#stop", "stop")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#lease", "lease_until")
+            .expression_attribute_names("#at", "updated_at")
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":seq", n(seq))
+            .expression_attribute_values(":me", s(copy))
+            .expression_attribute_values(":until", time(until))
+            .expression_attribute_values(":at", time(at));
+        let what = format!("taking slice {seq} of segment {segment} of job {name}");
+        Ok(matches!(self.run(update, &what).await?, Updated::Yes(_)))
     }
 }
 

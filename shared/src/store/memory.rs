@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use super::{Applied, CursorStore, InsertError, JobPage, JobStore, ListQuery, SliceCommit, Transition};
 use crate::error::{AwsError, ErrorKind};
 use crate::model::{Cursor, Job, JobName, JobStatus, Progress, StatusChange, MAX_REJECTED_SAMPLES};
-use crate::rules::{commit_rule, sync_applies, unpark_applies, Commit};
+use crate::rules::{claim_applies, commit_rule, sync_applies, unpark_applies, Commit};
 use crate::scheduler::Scheduler;
 
 #[derive(Default)]
@@ -21,6 +21,9 @@ pub struct MemoryStore {
     pub state: Mutex<StoreState>,
     /// Scripted outcomes per operation name: each call takes the next; `Some(kind)` fails it.
     faults: Mutex<HashMap<&'static str, VecDeque<Option<ErrorKind>>>>,
+    /// Commits whose answer is lost: each applies, and the caller gets the answer of the
+    /// SDK's automatic retry of the same write (which finds the cursor moved on).
+    lost_commit_answers: Mutex<u32>,
 }
 
 #[derive(Default, Clone, Debug)]
@@ -42,6 +45,30 @@ impl StoreState {
         true
     }
 
+    /// One commit, as the DynamoDB store's conditional UpdateItem applies it.
+    fn commit(&mut self, name: &JobName, c: &SliceCommit) -> Commit {
+        let Some(cursor) = self.cursors.get_mut(&(name.clone(), c.segment)) else { return Commit::Stale };
+        let decision = commit_rule(cursor, c.seq);
+        if decision == Commit::Stale {
+            return Commit::Stale;
+        }
+        cursor.seq += 1;
+        cursor.last_key = if c.done { None } else { c.next_key.clone() };
+        cursor.done = c.done;
+        cursor.parked = decision == Commit::Parked;
+        cursor.items += c.items;
+        cursor.bytes += c.bytes;
+        cursor.rejected += c.rejected;
+        let room = MAX_REJECTED_SAMPLES.saturating_sub(cursor.samples.len());
+        cursor.samples.extend(c.samples.iter().take(room).cloned());
+        cursor.updated_at = Some(c.at);
+        cursor.committed_by = Some(c.copy.clone());
+        cursor.owner = None;
+        cursor.lease_until = None;
+        self.writes += 1;
+        decision
+    }
+
     fn job_at(&mut self, name: &JobName, status: JobStatus, epoch: u64) -> Option<&mut Job> {
         self.jobs.get_mut(name).filter(|j| j.status == status && j.epoch == epoch)
     }
@@ -52,6 +79,12 @@ impl MemoryStore {
     /// `outcomes` says, in order; later calls succeed.
     pub fn script(&self, op: &'static str, outcomes: impl IntoIterator<Item = Option<ErrorKind>>) {
         self.faults.lock().unwrap().entry(op).or_default().extend(outcomes);
+    }
+
+    /// The next `n` commits apply but their answer is lost, as when DynamoDB applied a write
+    /// whose response never arrived and the SDK sent it again.
+    pub fn lose_commit_answers(&self, n: u32) {
+        *self.lost_commit_answers.lock().unwrap() += n;
     }
 
     fn fault(&self, op: &'static str) -> Result<(), AwsError> {
@@ -78,22 +111,12 @@ impl CursorStore for MemoryStore {
     async fn commit_slice(&self, name: &JobName, c: &SliceCommit) -> Result<Commit, AwsError> {
         self.fault("commit_slice")?;
         let mut s = self.state.lock().unwrap();
-        let Some(cursor) = s.cursors.get_mut(&(name.clone(), c.segment)) else { return Ok(Commit::Stale) };
-        let decision = commit_rule(cursor, c.seq);
-        if decision == Commit::Stale {
-            return Ok(Commit::Stale);
+        let decision = s.commit(name, c);
+        let mut lost = self.lost_commit_answers.lock().unwrap();
+        if *lost > 0 && decision != Commit::Stale {
+            *lost -= 1;
+            return Ok(s.commit(name, c));
         }
-        cursor.seq += 1;
-        cursor.last_key = if c.done { None } else { c.next_key.clone() };
-        cursor.done = c.done;
-        cursor.parked = decision == Commit::Parked;
-        cursor.items += c.items;
-        cursor.bytes += c.bytes;
-        cursor.rejected += c.rejected;
-        let room = MAX_REJECTED_SAMPLES.saturating_sub(cursor.samples.len());
-        cursor.samples.extend(c.samples.iter().take(room).cloned());
-        cursor.updated_at = Some(c.at);
-        s.writes += 1;
         Ok(decision)
     }
 
@@ -118,14 +141,44 @@ impl CursorStore for MemoryStore {
         Ok(Some(cursor.clone()))
     }
 
-    async fn unpark(&self, name: &JobName, segment: u32, seq: u64, at: DateTime<Utc>) -> Result<bool, AwsError> {
+    async fn unpark(
+        &self,
+        name: &JobName,
+        segment: u32,
+        seq: u64,
+        epoch: u64,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError> {
         self.fault("unpark")?;
         let mut s = self.state.lock().unwrap();
         let Some(cursor) = s.cursors.get_mut(&(name.clone(), segment)) else { return Ok(false) };
-        if !unpark_applies(cursor, seq) {
+        if !unpark_applies(cursor, seq, epoch) {
             return Ok(false);
         }
         cursor.parked = false;
+        cursor.updated_at = Some(at);
+        s.writes += 1;
+        Ok(true)
+    }
+
+    async fn claim(
+        &self,
+        name: &JobName,
+        segment: u32,
+        seq: u64,
+        copy: &str,
+        until: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError> {
+        self.fault("claim")?;
+        let mut s = self.state.lock().unwrap();
+        let Some(cursor) = s.cursors.get_mut(&(name.clone(), segment)) else { return Ok(false) };
+        if !claim_applies(cursor, seq, copy, at) {
+            return Ok(false);
+        }
+        cursor.parked = false;
+        cursor.owner = Some(copy.to_string());
+        cursor.lease_until = Some(until);
         cursor.updated_at = Some(at);
         s.writes += 1;
         Ok(true)

@@ -36,6 +36,8 @@ pub struct SliceCommit {
     /// Samples to keep on the cursor (the store keeps at most [`crate::model::MAX_REJECTED_SAMPLES`]).
     pub samples: Vec<RejectedItem>,
     pub at: DateTime<Utc>,
+    /// The copy that wrote the slice (its token), recorded as the cursor's `committed_by`.
+    pub copy: String,
 }
 
 /// A status change, applied only if the job is still in `from` at control epoch `epoch`
@@ -102,8 +104,9 @@ pub trait CursorStore: Send + Sync {
     async fn cursor(&self, name: &JobName, segment: u32) -> Result<Option<Cursor>, AwsError>;
     /// Every cursor of a job, read consistently, in segment order.
     async fn cursors(&self, name: &JobName) -> Result<Vec<Cursor>, AwsError>;
-    /// Commit a slice on its cursor alone: move it by one slice and add to its counters, as
-    /// [`crate::rules::commit_rule`] decides from the cursor at the moment of the write.
+    /// Commit a slice on its cursor alone: move it by one slice, add to its counters, record
+    /// the copy that wrote it and release the copy's hold, as [`crate::rules::commit_rule`]
+    /// decides from the cursor at the moment of the write.
     async fn commit_slice(&self, name: &JobName, commit: &SliceCommit) -> Result<Commit, AwsError>;
     /// Bring a cursor to control epoch `epoch` with `stop`, if [`crate::rules::sync_applies`];
     /// the cursor as it is afterwards (`None` if it does not exist).
@@ -115,9 +118,27 @@ pub trait CursorStore: Send + Sync {
         stop: bool,
         at: DateTime<Utc>,
     ) -> Result<Option<Cursor>, AwsError>;
-    /// Mark a parked cursor as having slice `seq` in flight, if
-    /// [`crate::rules::unpark_applies`]; `false` if it did not.
-    async fn unpark(&self, name: &JobName, segment: u32, seq: u64, at: DateTime<Utc>) -> Result<bool, AwsError>;
+    /// Mark a parked cursor as having slice `seq` in flight, for the launch at control epoch
+    /// `epoch`, if [`crate::rules::unpark_applies`]; `false` if it did not.
+    async fn unpark(
+        &self,
+        name: &JobName,
+        segment: u32,
+        seq: u64,
+        epoch: u64,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError>;
+    /// Let copy `copy` take the cursor for slice `seq` until `until` (marking it in flight),
+    /// if [`crate::rules::claim_applies`] at `at`; `false` if it did not.
+    async fn claim(
+        &self,
+        name: &JobName,
+        segment: u32,
+        seq: u64,
+        copy: &str,
+        until: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError>;
 }
 
 /// One capability: jobs, the scheduler and the account config.
