@@ -171,6 +171,8 @@ async fn contract<S: ControlStore>(s: &S, name: &str) -> Result<Transcript> {
     t.note("cursor 0", cursor(s, &n, 0).await?);
 
     // Commits: continue, stale duplicate, with samples (at most 10 kept), park under stop.
+    let by_another = SliceCommit { copy: "copy-x".into(), ..commit(0, 0, Some("b"), false, 5, 0) };
+    t.note("commit 0 by a copy that does not hold it", s.commit_slice(&n, &by_another).await?);
     t.note("commit 0", s.commit_slice(&n, &commit(0, 0, Some("b"), false, 5, 0)).await?);
     t.note("commit 0 again", s.commit_slice(&n, &commit(0, 0, Some("b"), false, 5, 0)).await?);
     let c0 = s.cursor(&n, 0).await?.unwrap();
@@ -296,6 +298,7 @@ async fn both_control_stores_keep_the_same_contract() -> Result<()> {
     expect("commit 0 is its own", "true");
     expect("commit 0 is another copy's", "false");
     expect("unpark again", "false");
+    expect("commit 0 by a copy that does not hold it", "Stale");
     expect("commit 0", "Continued");
     expect("commit 0 again", "Stale");
     expect("commit 3 parks", "Parked");

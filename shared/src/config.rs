@@ -79,9 +79,11 @@ pub struct Tuning {
     /// `MAX_RUNNING_JOBS`: jobs that hold a running slot at once (Running or Paused); the
     /// others wait `Queued`.
     pub max_running_jobs: usize,
-    /// A segment in flight without progress for this long is shown stalled (its slice is
-    /// probably in the copy-chunk dead-letter queue): 3 × `COPY_CHUNK_VISIBILITY_TIMEOUT`.
-    pub stall_after: Duration,
+    /// `COPY_CHUNK_VISIBILITY_TIMEOUT`: the copy-chunk queue's visibility timeout. A slice
+    /// ends (and its hold on its segment runs out) before SQS could deliver its message
+    /// again, and a segment in flight without progress for [`Tuning::stall_after`] is
+    /// shown stalled.
+    pub copy_visibility: Duration,
     /// A launch that has not marked its segments in flight after this long is taken as
     /// interrupted (its process died) and done again by the scheduler or the reconciler.
     pub launch_grace: Duration,
@@ -89,11 +91,6 @@ pub struct Tuning {
 
 /// The copy-chunk queue's visibility timeout when nothing says otherwise (the template's).
 pub const COPY_CHUNK_VISIBILITY_TIMEOUT: u64 = 900;
-
-/// The stall bound for a copy-chunk visibility timeout: three deliveries of a slice.
-pub fn stall_after(copy_chunk_visibility_timeout_secs: u64) -> Duration {
-    Duration::from_secs(3 * copy_chunk_visibility_timeout_secs)
-}
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -103,13 +100,19 @@ impl Default for Tuning {
             default_parallelism: 4,
             max_write_attempts: 12,
             max_running_jobs: 1,
-            stall_after: stall_after(COPY_CHUNK_VISIBILITY_TIMEOUT),
+            copy_visibility: Duration::from_secs(COPY_CHUNK_VISIBILITY_TIMEOUT),
             launch_grace: Duration::from_secs(30),
         }
     }
 }
 
 impl Tuning {
+    /// A segment in flight without progress for this long is shown stalled (its slice is
+    /// probably in the copy-chunk dead-letter queue): three deliveries of a slice.
+    pub fn stall_after(&self) -> Duration {
+        3 * self.copy_visibility
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         Ok(Self {
@@ -130,7 +133,10 @@ impl Tuning {
                 }
                 m => m,
             },
-            stall_after: stall_after(env_or("COPY_CHUNK_VISIBILITY_TIMEOUT", COPY_CHUNK_VISIBILITY_TIMEOUT)?),
+            copy_visibility: Duration::from_secs(env_or(
+                "COPY_CHUNK_VISIBILITY_TIMEOUT",
+                COPY_CHUNK_VISIBILITY_TIMEOUT,
+            )?),
             launch_grace: d.launch_grace,
         })
     }
@@ -203,7 +209,7 @@ impl Config {
             })?;
         }
         if let Some(v) = outputs.get("CopyChunkVisibilityTimeout") {
-            tuning.stall_after = stall_after(v.parse().map_err(|_| ConfigError::Invalid {
+            tuning.copy_visibility = Duration::from_secs(v.parse().map_err(|_| ConfigError::Invalid {
                 name: "stack output CopyChunkVisibilityTimeout".into(),
                 value: v.clone(),
                 why: "expected a whole number of seconds".into(),

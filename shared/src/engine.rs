@@ -102,6 +102,9 @@ pub async fn copy_slice<T: Tables + ?Sized, C: SliceControl + ?Sized>(
     let mut first = true;
     loop {
         if !first {
+            if Instant::now() >= stop_at {
+                return Ok(Some(out.ended_at(position)));
+            }
             match control.proceed().await? {
                 Proceed::Go => {}
                 Proceed::Stop => return Ok(Some(out.ended_at(position))),

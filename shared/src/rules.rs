@@ -29,10 +29,13 @@ pub enum Commit {
     Stale,
 }
 
-/// The commit of slice `seq` on cursor `c`: stale unless the cursor expects exactly this
-/// slice; then continue or park as the cursor's `stop` says at the moment of the write.
-pub fn commit_rule(c: &Cursor, seq: u64) -> Commit {
-    if c.done || c.seq != seq {
+/// The commit of slice `seq`, written by copy `copy`, on cursor `c` at `now`: stale unless the
+/// cursor expects exactly this slice and no other copy holds it (the holder commits its own
+/// result: a result whose copy's hold ran out and was taken over must not end the holder's
+/// slice under it); then continue or park as the cursor's `stop` says at the moment of the
+/// write.
+pub fn commit_rule(c: &Cursor, seq: u64, copy: &str, now: DateTime<Utc>) -> Commit {
+    if c.done || c.seq != seq || held_by_another(c, copy, now) {
         Commit::Stale
     } else if c.stop {
         Commit::Parked
@@ -70,9 +73,14 @@ pub fn slice_rule(c: Option<&Cursor>, seq: u64, copy: &str, now: DateTime<Utc>) 
         Some(c) if c.stop && c.parked => Guard::Drop,
         Some(c) if held_by_another(c, copy, now) => Guard::Busy,
         Some(c) if c.stop => Guard::Stop,
-        Some(c) if c.parked || c.owner.as_deref() != Some(copy) => Guard::Claim,
-        Some(_) => Guard::Go,
+        Some(c) if holds(c, copy, now) => Guard::Go,
+        Some(_) => Guard::Claim,
     }
+}
+
+/// `copy` holds the cursor (in flight) and its lease has not run out.
+fn holds(c: &Cursor, copy: &str, now: DateTime<Utc>) -> bool {
+    !c.parked && c.owner.as_deref() == Some(copy) && c.lease_until.is_some_and(|t| t > now)
 }
 
 /// Another copy holds the cursor and its lease has not run out.
@@ -123,12 +131,22 @@ mod tests {
 
     #[test]
     fn a_commit_continues_parks_or_is_stale_from_the_cursor_alone() {
-        assert_eq!(commit_rule(&cursor(3, false, false, false), 3), Commit::Continued);
-        assert_eq!(commit_rule(&cursor(3, false, false, true), 3), Commit::Parked);
+        let now = Utc::now();
+        let rule = |c: &Cursor, seq| commit_rule(c, seq, "me", now);
+        assert_eq!(rule(&cursor(3, false, false, false), 3), Commit::Continued);
+        assert_eq!(rule(&cursor(3, false, false, true), 3), Commit::Parked);
         // A launch's message that arrived before the launch marked the cursor still commits.
-        assert_eq!(commit_rule(&cursor(3, false, true, false), 3), Commit::Continued);
-        assert_eq!(commit_rule(&cursor(4, false, false, false), 3), Commit::Stale);
-        assert_eq!(commit_rule(&cursor(3, true, false, false), 3), Commit::Stale);
+        assert_eq!(rule(&cursor(3, false, true, false), 3), Commit::Continued);
+        assert_eq!(rule(&cursor(4, false, false, false), 3), Commit::Stale);
+        assert_eq!(rule(&cursor(3, true, false, false), 3), Commit::Stale);
+        let held = |owner: &str, lease_s| Cursor {
+            owner: Some(owner.into()),
+            lease_until: Some(now + chrono::Duration::seconds(lease_s)),
+            ..cursor(3, false, false, false)
+        };
+        assert_eq!(rule(&held("me", 60), 3), Commit::Continued, "the holder's own result");
+        assert_eq!(rule(&held("other", 60), 3), Commit::Stale, "another copy holds the slice");
+        assert_eq!(rule(&held("other", -1), 3), Commit::Continued, "its hold ran out");
     }
 
     #[test]
@@ -140,12 +158,15 @@ mod tests {
             lease_until: Some(now + chrono::Duration::seconds(60)),
             ..c
         };
+        let lapsed =
+            |c: Cursor| Cursor { owner: Some("me".into()), lease_until: Some(now - chrono::Duration::seconds(1)), ..c };
         let theirs = |c: Cursor, lease_s: i64| Cursor {
             owner: Some("other".into()),
             lease_until: Some(now + chrono::Duration::seconds(lease_s)),
             ..c
         };
         assert_eq!(rule(&mine(cursor(2, false, false, false)), 2), Guard::Go);
+        assert_eq!(rule(&lapsed(cursor(2, false, false, false)), 2), Guard::Claim, "its own hold ran out");
         assert_eq!(rule(&cursor(2, false, false, false), 2), Guard::Claim, "launched, not yet taken");
         assert_eq!(rule(&cursor(2, false, true, false), 2), Guard::Claim, "not yet marked by its launch");
         assert_eq!(rule(&theirs(cursor(2, false, false, false), 60), 2), Guard::Busy);

@@ -134,7 +134,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             };
             let dlqs = dead_letters(&sdk, &outputs).await?;
             let now = Utc::now();
-            let stall = deps.config.tuning.stall_after;
+            let stall = deps.config.tuning.stall_after();
             match g.output {
                 Output::Json => {
                     let mut view = serde_json::to_value(render::JobView::new(&job, now))?;

@@ -73,19 +73,10 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
         }
         Commit::Parked => {
             tracing::info!(items = commit.items, status = %job.status_label(), "checkpoint advanced; segment parked");
-            if commit.rejected > 0 && job.spec.on_item_error == OnItemError::Fail && !job.status.is_final() {
-                // The job fails now, not after a resume.
-                control.send_finalize(&job.name).await?;
-            }
-            control.settle(&msg.job).await?;
-            if job.status.is_final() && commit.items + commit.rejected > 0 {
-                // A slice that was in flight at a final move wrote these: they count too.
-                control.refresh_progress(&job, true).await?;
-            }
-            Ok(())
+            parked(deps, &job, &commit).await
         }
         Commit::Stale => match store.cursor(&msg.job, msg.segment).await? {
-            Some(c) if committed_by(&c, msg.seq, &msg.copy) && c.parked => Ok(control.settle(&msg.job).await?),
+            Some(c) if committed_by(&c, msg.seq, &msg.copy) && c.parked => parked(deps, &job, &commit).await,
             Some(c) if committed_by(&c, msg.seq, &msg.copy) => {
                 tracing::info!("this result's commit is already on the cursor; sending its follow-up again");
                 let next = Next { segment: c.segment, seq: c.seq, done: c.done, start: c.last_key };
@@ -97,6 +88,25 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
             }
         },
     }
+}
+
+/// After a commit that parked its segment: items it rejected fail the job now (not after a
+/// resume), the last segment to park settles a pending pause or cancel, and what a slice in
+/// flight at a final move wrote is counted on the job.
+async fn parked<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
+    job: &Job,
+    commit: &SliceCommit,
+) -> Result<(), HandlerError> {
+    let control = deps.control();
+    if commit.rejected > 0 && job.spec.on_item_error == OnItemError::Fail && !job.status.is_final() {
+        control.send_finalize(&job.name).await?;
+    }
+    control.settle(&job.name).await?;
+    if job.status.is_final() && commit.items + commit.rejected > 0 {
+        control.refresh_progress(job, true).await?;
+    }
+    Ok(())
 }
 
 /// What a segment that goes on owes next.

@@ -31,9 +31,15 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
     msg: CopyChunk,
     deadline: Instant,
 ) -> Result<(), HandlerError> {
-    let stop_at = deadline - super::stop_margin(deadline.saturating_duration_since(Instant::now()));
+    let margin = super::stop_margin(deadline.saturating_duration_since(Instant::now()));
+    let stop_at = deadline - margin;
+    // The hold on the segment outlasts the slice's last write (cut at `stop_at`) and runs out
+    // before the invocation's deadline, hence before SQS could deliver the message again.
+    let hold_until = Utc::now()
+        + chrono::Duration::from_std(stop_at.saturating_duration_since(Instant::now()) + margin / 2)
+            .unwrap_or_default();
     let guard = Segment { store, msg: &msg, copy: new_copy_token() };
-    let outcome = match guard.check(deadline).await? {
+    let outcome = match guard.check(hold_until).await? {
         Proceed::Abandon => {
             tracing::info!("slice not expected (job final, segment done, parked, or moved on); nothing written");
             return Ok(());
@@ -98,17 +104,15 @@ struct Segment<'a, S: ?Sized> {
 
 impl<S: ControlStore + ?Sized> Segment<'_, S> {
     /// Before the first write: the job must not be final, and this copy takes the segment
-    /// until its invocation's `deadline` (by which it has stopped writing), so no other copy of
-    /// the slice writes meanwhile.
-    async fn check(&self, deadline: Instant) -> Result<Proceed, HandlerError> {
+    /// until `until` (by which it has stopped writing), so no other copy of the slice writes
+    /// meanwhile.
+    async fn check(&self, until: chrono::DateTime<Utc>) -> Result<Proceed, HandlerError> {
         let (job, segment, seq) = (&self.msg.job, self.msg.segment, self.msg.seq);
         // A final move stops the cursors after it is written; a crash in between must not let
         // a late slice write.
         if self.store.get_job(job).await?.is_none_or(|j| j.status.is_final()) {
             return Ok(Proceed::Abandon);
         }
-        let until = Utc::now()
-            + chrono::Duration::from_std(deadline.saturating_duration_since(Instant::now())).unwrap_or_default();
         loop {
             let cursor = self.store.cursor(job, segment).await?;
             let now = Utc::now();

@@ -188,13 +188,17 @@ fn refused(e: RequestError) -> Result<(), HandlerError> {
 }
 
 /// copy-chunk's entry point: an SQS batch of [`CopyChunk`] messages, to be done by
-/// `deadline` (Lambda's context deadline; the runner gives the same). Each slice ends at a
-/// page boundary [`stop_margin`] before it.
+/// `deadline` (Lambda's context deadline; the runner gives the same), or by the copy-chunk
+/// visibility timeout if that comes first. Each slice ends at a page boundary
+/// [`stop_margin`] before it.
 pub async fn copy_chunk_batch<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
     deadline: Instant,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    // Never later than the message's visibility timeout: a slice ends, and its hold on its
+    // segment runs out, before SQS could deliver it again.
+    let deadline = deadline.min(Instant::now() + deps.config.tuning.copy_visibility);
     Ok(process_batch(event, |msg: CopyChunk, _attempt| {
         let span = tracing::info_span!("copy_chunk", job = %msg.job, segment = msg.segment, seq = msg.seq);
         copy_chunk(&deps.tables, &deps.store, &deps.outbox, &deps.config.tuning, msg, deadline).instrument(span)

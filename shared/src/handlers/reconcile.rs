@@ -27,7 +27,7 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> R
     let (store, control) = (&deps.store, deps.control());
     control.schedule().await?;
     let mut found = Reconciled::default();
-    let stall_after = chrono::Duration::from_std(deps.config.tuning.stall_after).unwrap_or(chrono::Duration::MAX);
+    let stall_after = chrono::Duration::from_std(deps.config.tuning.stall_after()).unwrap_or(chrono::Duration::MAX);
     for entry in store.scheduler().await?.running {
         let Some(job) = store.get_job(&entry.job).await? else { continue };
         found.jobs += 1;

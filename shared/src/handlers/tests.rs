@@ -1269,7 +1269,7 @@ async fn the_reconciler_repairs_an_interrupted_launch_a_stranded_pause_a_lost_fi
 #[tokio::test]
 async fn the_reconciler_shows_segments_without_progress_as_stalled() {
     let mut d = world(40, &[]);
-    d.config.tuning.stall_after = std::time::Duration::from_secs(60);
+    d.config.tuning.copy_visibility = std::time::Duration::from_secs(20);
     create_job(&d, request("st", 2, OnItemError::Fail)).await.unwrap();
     let slices = take_slices(&d); // the slices end in the copy-chunk DLQ
     reconcile(&d).await.unwrap();
@@ -1442,4 +1442,25 @@ async fn items_rejected_by_a_slice_that_parks_for_a_pause_fail_the_job_at_once()
     let j = job(&d, "rej-pause");
     assert_eq!(j.status, JobStatus::Failed, "not left Paused to fail only after a resume");
     assert_eq!(j.error.unwrap().code, "ItemsRejected");
+}
+
+#[tokio::test]
+async fn a_result_whose_copy_lost_its_hold_does_not_end_the_slice_under_the_copy_holding_it_now() {
+    let mut d = world(20, &[]);
+    d.config.tuning.slice.max_items = 1_000; // the whole segment is one slice
+    create_job(&d, request("handover", 1, OnItemError::Fail)).await.unwrap();
+    let slice = take_slices(&d).remove(0);
+    deliver(&d, QueueKind::CopyChunk, &slice).await; // copy B writes the slice and reports
+    let result = d.outbox.take().remove(0).1;
+    // B's result waits (its checkpoint keeps failing) until B's hold ran out; then another
+    // copy D of the slice takes the segment and starts writing.
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let until = later + chrono::Duration::minutes(10);
+    assert!(d.store.claim(&name("handover"), 0, 0, "copy D", until, later).await.unwrap());
+    // Now B's result arrives: it must not end the slice D is writing (D commits its own).
+    deliver(&d, QueueKind::Checkpoint, &result).await;
+    assert!(d.outbox.take().is_empty(), "no finalize while D writes");
+    assert_eq!(job(&d, "handover").status, JobStatus::Running);
+    let c = d.store.cursor(&name("handover"), 0).await.unwrap().unwrap();
+    assert_eq!((c.seq, c.done, c.owner.as_deref()), (0, false, Some("copy D")));
 }

@@ -33,6 +33,10 @@ const COMMIT_ATTEMPTS: u32 = 8;
 const STOP_TRUE: &str = "(#stop = :true OR (attribute_not_exists(#stop) AND #parked = :true))";
 const STOP_FALSE: &str = "(#stop = :false OR (attribute_not_exists(#stop) AND #parked = :false))";
 
+/// No copy but `:copy` holds the cursor at `:at` (no holder, or its lease ran out).
+const NOT_HELD_BY_ANOTHER: &str =
+    "(attribute_not_exists(#owner) OR #owner = :copy OR attribute_not_exists(#lease) OR #lease <= :at)";
+
 /// A time as the job item holds it (serde's form, so conditions on it compare equal).
 fn job_time(t: DateTime<Utc>) -> AttributeValue {
     serde_dynamo::to_attribute_value(t).expect("times serialize")
@@ -168,7 +172,7 @@ impl DynamoStore {
         let mut update = self
             .update_item(cursor_key(name, c.segment))
             .condition_expression(format!(
-                "#seq = :seq AND #done = :false AND {}",
+                "#seq = :seq AND #done = :false AND {} AND {NOT_HELD_BY_ANOTHER}",
                 if park { STOP_TRUE } else { STOP_FALSE }
             ))
             .expression_attribute_names("#seq", "seq")
@@ -267,7 +271,7 @@ impl CursorStore for DynamoStore {
             // Only a commit of this very slice could add samples meanwhile, and it would make
             // this one stale.
             match self.cursor(name, c.segment).await? {
-                Some(cur) if commit_rule(&cur, c.seq) != Commit::Stale => {
+                Some(cur) if commit_rule(&cur, c.seq, &c.copy, c.at) != Commit::Stale => {
                     commit.samples.truncate(MAX_REJECTED_SAMPLES.saturating_sub(cur.samples.len()))
                 }
                 _ => return Ok(Commit::Stale),
@@ -287,7 +291,7 @@ impl CursorStore for DynamoStore {
                             "malformed",
                         )
                     })?;
-                    decision = commit_rule(&cur, c.seq);
+                    decision = commit_rule(&cur, c.seq, &c.copy, c.at);
                     if decision == Commit::Stale {
                         return Ok(Commit::Stale);
                     }
@@ -365,11 +369,8 @@ impl CursorStore for DynamoStore {
     ) -> Result<bool, AwsError> {
         let update = self
             .update_item(cursor_key(name, segment))
-            .condition_expression(format!(
-                "#done = :false AND #seq = :seq AND {STOP_FALSE} AND \
-                 (attribute_not_exists(#owner) OR #owner = :me OR attribute_not_exists(#lease) OR #lease <= :at)"
-            ))
-            .update_expression("SET #parked = :false, #owner = :me, #lease = :until, #at = :at")
+            .condition_expression(format!("#done = :false AND #seq = :seq AND {STOP_FALSE} AND {NOT_HELD_BY_ANOTHER}"))
+            .update_expression("SET #parked = :false, #owner = :copy, #lease = :until, #at = :at")
             .expression_attribute_names("#parked", "parked")
             .expression_attribute_names("#done", "done")
             .expression_attribute_names("#seq", "seq")
@@ -379,7 +380,7 @@ impl CursorStore for DynamoStore {
             .expression_attribute_names("#at", "updated_at")
             .expression_attribute_values(":false", AttributeValue::Bool(false))
             .expression_attribute_values(":seq", n(seq))
-            .expression_attribute_values(":me", s(copy))
+            .expression_attribute_values(":copy", s(copy))
             .expression_attribute_values(":until", time(until))
             .expression_attribute_values(":at", time(at));
         let what = format!("taking slice {seq} of segment {segment} of job {name}");

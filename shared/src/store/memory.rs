@@ -48,7 +48,7 @@ impl StoreState {
     /// One commit, as the DynamoDB store's conditional UpdateItem applies it.
     fn commit(&mut self, name: &JobName, c: &SliceCommit) -> Commit {
         let Some(cursor) = self.cursors.get_mut(&(name.clone(), c.segment)) else { return Commit::Stale };
-        let decision = commit_rule(cursor, c.seq);
+        let decision = commit_rule(cursor, c.seq, &c.copy, c.at);
         if decision == Commit::Stale {
             return Commit::Stale;
         }
