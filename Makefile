@@ -1,5 +1,5 @@
 # tablecopy — the two commands a new user needs are `make demo` and `make test`.
-.PHONY: demo test bench lint lint-infra build fmt localstack stop clean
+.PHONY: demo test bench bench-scale lint lint-infra build fmt localstack stop clean
 
 ## make demo: LocalStack, sample data, a copy job with a progress bar, the verified result
 demo:
@@ -12,6 +12,10 @@ test:
 ## make bench: items/s of a real copy next to the raw BatchWriteItem ceiling (N=100000 by default)
 bench:
 	scripts/bench.sh
+
+## make bench-scale: one job of 256 and one of 1,000 segments over 50,000 items with small slices: time, conflicts, control-table writes and SQS messages per 1,000 items, peak job item size
+bench-scale:
+	BENCH_BIN=bench-scale BENCH_MODES=$${BENCH_MODES:-memory} scripts/bench.sh
 
 ## make lint: formatting and clippy, as CI checks them
 lint:

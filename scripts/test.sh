@@ -4,9 +4,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-state="$(scripts/localstack.sh start)"
-if [ "$state" = started ]; then
-  trap 'scripts/localstack.sh stop' EXIT
+# LocalStack installs and starts while the tests compile.
+mkdir -p .cache
+scripts/localstack.sh start >.cache/localstack-start.out 2>.cache/localstack-start.err &
+starting=$!
+trap 'wait "$starting" 2>/dev/null; [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop' EXIT
+cargo test --workspace --locked --no-run
+if ! wait "$starting"; then
+  cat .cache/localstack-start.err >&2
+  echo "LocalStack did not start (see above); the integration tests cannot run" >&2
+  exit 1
 fi
+cat .cache/localstack-start.err >&2
 eval "$(scripts/localstack.sh env)"
 cargo test --workspace --locked

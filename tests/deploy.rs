@@ -96,8 +96,17 @@ async fn the_template_deploys_what_it_declares_and_deletes_cleanly() -> Result<(
     let keys: Vec<(String, String)> =
         d.key_schema().iter().map(|k| (k.attribute_name.clone(), k.key_type.as_str().to_string())).collect();
     assert_eq!(keys, [("pk".to_string(), "HASH".to_string()), ("sk".to_string(), "RANGE".to_string())]);
-    let index = d.global_secondary_indexes().first().context("the list index")?;
-    assert_eq!(index.index_name(), Some("by-created"));
+    // The list index: one, projecting only what list shows.
+    let indexes = d.global_secondary_indexes();
+    assert_eq!(indexes.len(), 1, "{indexes:?}");
+    assert_eq!(indexes[0].index_name(), Some(shared::store::LIST_INDEX));
+    let projection = indexes[0].projection().context("the index's projection")?;
+    assert_eq!(projection.projection_type().map(|p| p.as_str()), Some("INCLUDE"));
+    let mut projected: Vec<&str> = projection.non_key_attributes().iter().map(String::as_str).collect();
+    projected.sort();
+    let mut listed = shared::model::JobSummary::ATTRIBUTES.to_vec();
+    listed.sort();
+    assert_eq!(projected, listed, "the index projects exactly what list reads");
     assert_eq!(d.billing_mode_summary().and_then(|b| b.billing_mode()).map(|m| m.as_str()), Some("PAY_PER_REQUEST"));
     assert_eq!(d.deletion_protection_enabled(), Some(false));
     let backups = w.ddb.describe_continuous_backups().table_name(table).send().await?;
@@ -163,6 +172,7 @@ async fn the_template_deploys_what_it_declares_and_deletes_cleanly() -> Result<(
         ("AWS::SQS::QueuePolicy", 2),
         ("AWS::Events::Rule", 2),
         ("AWS::CloudWatch::Alarm", 4),
+        ("AWS::CloudWatch::Dashboard", 1),
     ];
     assert_eq!(types, expected.iter().map(|(t, n)| (t.to_string(), *n)).collect(), "resources of the stack");
 
@@ -404,6 +414,25 @@ async fn an_eventbridge_event_travels_through_the_rule_and_the_runner_creates_th
     let runner = w.start_runner(runner_opts());
     let job = unique("ev-job");
     let events = aws_sdk_eventbridge::Client::new(&w.sdk);
+    // A consumer of the job events: a rule on this deployment's source into a queue.
+    let consumer = w.sqs.create_queue().queue_name(unique("ev-consumer")).send().await?;
+    let consumer_url = consumer.queue_url().context("queue url")?.to_string();
+    let consumer_arn = w
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&consumer_url)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await?
+        .attributes()
+        .and_then(|a| a.get(&A::QueueArn).cloned())
+        .context("queue arn")?;
+    let rule = unique("ev-consumer-rule");
+    let pattern = json!({"source": [w.outputs["EventSource"]],
+        "detail-type": ["tablecopy.JobStateChange", "tablecopy.RequestRejected"]});
+    events.put_rule().name(&rule).event_pattern(pattern.to_string()).send().await?;
+    let target = aws_sdk_eventbridge::types::Target::builder().id("consumer").arn(&consumer_arn).build()?;
+    events.put_targets().rule(&rule).targets(target).send().await?;
     let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
         .source(&w.outputs["EventSource"])
         .detail_type("tablecopy.CreateJob")
@@ -440,6 +469,56 @@ async fn an_eventbridge_event_travels_through_the_rule_and_the_runner_creates_th
         1,
         "only the event of this stack's source"
     );
+    // A create event that is refused (its source table does not exist).
+    let refused = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+        .source(&w.outputs["EventSource"])
+        .detail_type("tablecopy.CreateJob")
+        .detail(json!({"jobName": unique("refused"), "sourceTable": unique("missing"), "targetTable": dst}).to_string())
+        .build();
+    events.put_events().entries(refused).send().await?;
+
+    // The consumer got the job's state changes, Completed with its counters, and the refusal.
+    let mut received: Vec<Value> = Vec::new();
+    for _ in 0..100 {
+        let out = w
+            .sqs
+            .receive_message()
+            .queue_url(&consumer_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await?;
+        for m in out.messages() {
+            received.push(serde_json::from_str(m.body().unwrap_or("{}"))?);
+        }
+        let rejected = received.iter().any(|e| e["detail-type"] == "tablecopy.RequestRejected");
+        let completed = received.iter().any(|e| e["detail"]["to"] == "Completed");
+        if rejected && completed {
+            break;
+        }
+    }
+    let mut changes: Vec<(u64, Value, Value)> = received
+        .iter()
+        .filter(|e| e["detail-type"] == "tablecopy.JobStateChange" && e["detail"]["job"] == job.as_str())
+        .map(|e| (e["detail"]["version"].as_u64().unwrap_or(0), e["detail"]["from"].clone(), e["detail"]["to"].clone()))
+        .collect();
+    changes.sort_by_key(|c| c.0);
+    changes.dedup_by_key(|c| c.0); // at least once: a duplicate has the same version
+    assert_eq!(
+        changes,
+        [
+            (1, Value::Null, json!("Queued")),
+            (2, json!("Queued"), json!("Running")),
+            (3, json!("Running"), json!("Completed"))
+        ],
+        "{received:#?}"
+    );
+    let completed = received.iter().find(|e| e["detail"]["to"] == "Completed").context("Completed")?;
+    assert_eq!(completed["source"], w.outputs["EventSource"].as_str());
+    assert_eq!(completed["detail"]["counters"]["itemsCopied"], 500);
+    let rejected = received.iter().find(|e| e["detail-type"] == "tablecopy.RequestRejected").context("rejection")?;
+    assert_eq!(rejected["detail"]["action"], "create");
+    assert!(rejected["detail"]["reason"].as_str().unwrap_or("").contains("was not found"), "{rejected}");
     runner.stop().await;
     w.cleanup(&[&src, &dst]).await;
     Ok(())

@@ -20,6 +20,8 @@ use shared::runner::RunnerOptions;
 use shared::store::{DynamoStore, JobStore};
 use tokio_util::sync::CancellationToken;
 
+pub mod bench_kit;
+
 pub const TEMPLATE: &str = include_str!("../infra/template.yaml");
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
 
@@ -48,7 +50,12 @@ pub async fn localstack_at(endpoint: &str) -> Result<SdkConfig> {
         std::env::set_var("AWS_ACCESS_KEY_ID", "test");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
     }
-    Ok(aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region)).endpoint_url(endpoint).load().await)
+    Ok(aws_config::defaults(BehaviorVersion::latest())
+        .http_client(shared::config::https_client())
+        .region(Region::new(region))
+        .endpoint_url(endpoint)
+        .load()
+        .await)
 }
 
 /// A unique lowercase suffix for resource names.
@@ -149,6 +156,7 @@ impl World {
             outbox: d.outbox.clone(),
             tables: d.tables.clone(),
             responder: d.responder.clone(),
+            events: d.events.clone(),
             config: d.config.clone(),
         })
     }
@@ -432,6 +440,7 @@ pub fn request(job: &str, source: &str, target: &str) -> CreateJobRequest {
         target_table: target.into(),
         parallelism: Some(4),
         on_item_error: OnItemError::Fail,
+        ..Default::default()
     }
 }
 

@@ -34,16 +34,21 @@ fn job(name: &str) -> Job {
             source: TableName::parse("src-table").unwrap(),
             target: TableName::parse("dst-table").unwrap(),
             parallelism: 2,
+            parallelism_from_size: false,
             on_item_error: OnItemError::Skip,
+            max_write_rate: None,
+            max_read_rate: None,
             source_key: schema.clone(),
             target_key: schema,
         },
         status: JobStatus::Queued,
         write_region: "us-east-1".into(),
         estimated_total: 10,
+        estimated_bytes: 1_000,
         items_copied: 0,
         bytes_copied: 0,
         items_rejected: 0,
+        throttles: 0,
         rejected_samples: vec![],
         segments_done: 0,
         progress_at: None,
@@ -59,6 +64,7 @@ fn job(name: &str) -> Job {
         pending: None,
         launched_at: None,
         stalled: 0,
+        announced: 0,
         origin: None,
     }
 }
@@ -72,9 +78,11 @@ fn commit(segment: u32, seq: u64, next: Option<&str>, done: bool, items: u64, sa
         items,
         bytes: items * 100,
         rejected: samples as u64,
+        throttles: seq,
         samples: (0..samples).map(|i| RejectedItem { key: format!("k{seq}-{i}"), reason: "r".into() }).collect(),
         at: at(10 + seq as u32),
         copy: format!("copy-{segment}-{seq}"),
+        rate: (seq == 2).then_some(12.5),
     }
 }
 
@@ -122,11 +130,10 @@ async fn contract<S: ControlStore>(s: &S, name: &str) -> Result<Transcript> {
     let n = j.name.clone();
     let mut sched = Scheduler::default().next();
     sched.queued.push(Entry { job: n.clone(), region: "us-east-1".into() });
-    s.insert_job(&j, &[Cursor::start(0), Cursor::start(1)], &sched).await?;
-    t.note(
-        "insert again",
-        matches!(s.insert_job(&j, &[], &sched.next()).await, Err(shared::store::InsertError::JobExists)),
-    );
+    s.insert_job(&j, &sched).await?;
+    s.create_cursors(&j.name, &[Cursor::start(0), Cursor::start(1)]).await?;
+    t.note("create again", s.create_cursors(&j.name, &[Cursor { seq: 9, ..Cursor::start(1) }]).await.is_ok());
+    t.note("insert again", matches!(s.insert_job(&j, &sched.next()).await, Err(shared::store::InsertError::JobExists)));
     t.note("new cursor", cursor(s, &n, 0).await?);
 
     // A new job's cursors are stopped: a commit of its slice 0 would park.

@@ -17,15 +17,19 @@ pub struct Resources {
     pub finalize_queue_url: String,
     /// Job requests from EventBridge events, consumed by create-job.
     pub requests_queue_url: String,
+    /// The `source` of the deployment's events: the requests it takes, and the job events it
+    /// publishes on the default bus.
+    pub event_source: String,
 }
 
 /// Environment variable → stack output, for each resource.
-const RESOURCE_NAMES: [(&str, &str); 5] = [
+const RESOURCE_NAMES: [(&str, &str); 6] = [
     ("CONTROL_TABLE_NAME", "ControlTableName"),
     ("COPY_CHUNK_QUEUE_URL", "CopyChunkQueueUrl"),
     ("CHECKPOINT_QUEUE_URL", "CheckpointQueueUrl"),
     ("FINALIZE_QUEUE_URL", "FinalizeQueueUrl"),
     ("REQUESTS_QUEUE_URL", "RequestsQueueUrl"),
+    ("EVENT_SOURCE", "EventSource"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +42,7 @@ pub enum ConfigError {
 
 impl Resources {
     /// From `CONTROL_TABLE_NAME`, `COPY_CHUNK_QUEUE_URL`, `CHECKPOINT_QUEUE_URL`,
-    /// `FINALIZE_QUEUE_URL`, `REQUESTS_QUEUE_URL`.
+    /// `FINALIZE_QUEUE_URL`, `REQUESTS_QUEUE_URL`, `EVENT_SOURCE`.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|env, _| std::env::var(env).ok(), "environment variable")
     }
@@ -49,7 +53,7 @@ impl Resources {
     }
 
     fn from_lookup(get: impl Fn(&str, &str) -> Option<String>, what: &str) -> Result<Self, ConfigError> {
-        let [a, b, c, d, e] = RESOURCE_NAMES.map(|(env, out)| {
+        let [a, b, c, d, e, f] = RESOURCE_NAMES.map(|(env, out)| {
             get(env, out).ok_or_else(|| {
                 ConfigError::Missing(format!("{what} {}", if what.starts_with("env") { env } else { out }))
             })
@@ -60,6 +64,7 @@ impl Resources {
             checkpoint_queue_url: c?,
             finalize_queue_url: d?,
             requests_queue_url: e?,
+            event_source: f?,
         })
     }
 }
@@ -227,6 +232,20 @@ impl Config {
             tables: TableScope::parse(std::env::var("TABLE_NAME_PREFIX").ok().as_deref()),
         })
     }
+}
+
+/// The HTTPS client of every AWS SDK client here: rustls with the ring provider (the SDK's
+/// default would build aws-lc from C, the slowest step of every build). Connections and the
+/// machine's trust roots are set up on first use.
+pub fn https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
+}
+
+/// The SDK configuration from the standard environment (`AWS_REGION`, `AWS_ENDPOINT_URL`,
+/// credentials), with [`https_client`].
+pub async fn sdk_from_env() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client()).load().await
 }
 
 /// Attempts the DynamoDB client makes per request (standard retry mode: exponential backoff

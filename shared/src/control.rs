@@ -16,8 +16,10 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::config::Config;
 use crate::error::AwsError;
+use crate::events::{EventBus, JobStateChange};
 use crate::messages::{encode, CopyChunk, Finalize, SliceLimits, VERSION};
 use crate::model::{Cursor, Item, Job, JobError, JobName, JobStatus, Progress, StackOrigin};
+use crate::pacing::{self, Pace};
 use crate::queue::{Outbox, QueueKind};
 use crate::rules::{sync_applies, wants_stop};
 use crate::store::{conflict_pause, Applied, ControlStore, Transition};
@@ -27,10 +29,12 @@ pub const PROGRESS_EVERY_MS: i64 = 3_000;
 /// Cursor writes of one propagation in flight at once.
 const CURSOR_WRITES_AT_ONCE: usize = 16;
 
-/// What job control needs: the control table, the queues and the configuration.
+/// What job control needs: the control table, the queues, the event bus and the
+/// configuration.
 pub struct Control<'a, S, Q> {
     pub store: &'a S,
     pub outbox: &'a Q,
+    pub events: &'a dyn EventBus,
     pub config: &'a Config,
 }
 
@@ -99,7 +103,10 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
                     if wants_stop(to, None) {
                         self.stop_cursors(&job.name, job.epoch + 1).await?;
                     }
-                    if to.is_final() && StackOrigin::awaits_answer(job) {
+                    let announced = self.announce_now(&job.name).await;
+                    // finalize answers a waiting resource, and publishes what could not be
+                    // published here (it is retried until it can).
+                    if to.is_final() && (StackOrigin::awaits_answer(job) || !announced) {
                         self.send_finalize(&job.name).await?;
                     }
                     return Ok(true);
@@ -109,6 +116,30 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
             }
         }
         unreachable!("the loop only ends by returning")
+    }
+
+    /// Publish the job's state changes that were not published yet (every one, in order,
+    /// each with its place in the history as its version), then record them as published.
+    /// A crash in between publishes them again: delivery is at least once.
+    pub async fn announce(self, name: &JobName) -> Result<(), AwsError> {
+        let Some(job) = self.store.get_job(name).await? else { return Ok(()) };
+        if !job.unannounced() {
+            return Ok(());
+        }
+        self.events.publish(JobStateChange::of(&job, job.announced as usize)).await?;
+        self.store.mark_announced(name, job.history.len() as u64).await
+    }
+
+    /// [`Self::announce`] right after a move, whose own outcome it must not change: `false`
+    /// (logged) if it failed; finalize (final moves) or the reconciler publishes later.
+    pub async fn announce_now(self, name: &JobName) -> bool {
+        match self.announce(name).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(job = %name, error = %e, "job events not published yet; they will be");
+                false
+            }
+        }
     }
 
     /// Bring every unfinished cursor of the job to control epoch `epoch` with `stop` (those
@@ -146,12 +177,16 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
             tracing::info!(job = %job.name, status = %job.status_label(), "the job does not run now; nothing to launch");
             return Ok(());
         }
-        let cursors = self.sync_cursors(&job.name, job.epoch, false).await?;
+        let mut cursors = self.sync_cursors(&job.name, job.epoch, false).await?;
+        if cursors.len() < job.spec.parallelism as usize {
+            self.create_cursors(job).await?;
+            cursors = self.sync_cursors(&job.name, job.epoch, false).await?;
+        }
         if cursors.iter().any(|c| c.epoch > job.epoch) {
             tracing::info!(job = %job.name, "the job changed while launching; the newer change goes on");
             return Ok(());
         }
-        if cursors.iter().all(|c| c.done) {
+        if job.all_done(&cursors) {
             return self.send_finalize(&job.name).await;
         }
         let idle: Vec<&Cursor> = cursors.iter().filter(|c| c.parked && !c.done && !c.stop).collect();
@@ -159,8 +194,12 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
             return Ok(());
         }
         let limits = self.config.tuning.slice;
-        let bodies =
-            idle.iter().map(|c| encode(&slice_message(job, c.segment, c.seq, c.last_key.clone(), limits))).collect();
+        let unfinished = cursors.iter().filter(|c| !c.done).count() as u32;
+        let pace = pacing::start(&job.spec, unfinished, Utc::now());
+        let bodies = idle
+            .iter()
+            .map(|c| encode(&slice_message(job, c.segment, c.seq, c.last_key.clone(), limits, pace.clone())))
+            .collect();
         self.outbox.send(QueueKind::CopyChunk, bodies).await?;
         let now = Utc::now();
         let marks: Vec<(u32, u64)> = idle.iter().map(|c| (c.segment, c.seq)).collect();
@@ -196,6 +235,22 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         Ok(())
     }
 
+    /// Create every cursor of `job` that does not exist yet (all of them for a new job; the
+    /// rest of them after a creation that died half-way). Returns the job's cursors.
+    pub async fn create_cursors(self, job: &Job) -> Result<Vec<Cursor>, AwsError> {
+        let mut cursors = self.store.cursors(&job.name).await?;
+        let have: std::collections::HashSet<u32> = cursors.iter().map(|c| c.segment).collect();
+        let missing: Vec<Cursor> = (0..job.spec.parallelism).filter(|s| !have.contains(s)).map(Cursor::start).collect();
+        if !missing.is_empty() {
+            if !have.is_empty() {
+                tracing::warn!(job = %job.name, missing = missing.len(), "a creation died half-way: creating the rest of its cursors");
+            }
+            self.store.create_cursors(&job.name, &missing).await?;
+            cursors = self.store.cursors(&job.name).await?;
+        }
+        Ok(cursors)
+    }
+
     /// Start queued jobs, oldest first, while a running slot is free, and re-launch a running
     /// job whose launch was interrupted. Idempotent: any handler may call it after a job event.
     pub async fn schedule(self) -> Result<(), AwsError> {
@@ -219,6 +274,8 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
                 continue;
             };
             next.running.push(started);
+            // Never started half-way: every cursor exists first.
+            self.create_cursors(&job).await?;
             let now = Utc::now();
             let t = Transition {
                 from: JobStatus::Queued,
@@ -235,6 +292,7 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
             match self.store.transition(&job.name, &t).await? {
                 Applied::Yes => {
                     tracing::info!(job = %job.name, "queued job started");
+                    self.announce_now(&job.name).await;
                     let job = Job {
                         status: JobStatus::Running,
                         started_at: Some(now),
@@ -327,8 +385,20 @@ fn duration_ms(job: &Job, now: DateTime<Utc>) -> Option<u64> {
     job.started_at.map(|s| (now - s).num_milliseconds().max(0) as u64)
 }
 
-/// The copy-chunk message of a segment's slice `seq`, starting after `start_key`.
-pub fn slice_message(job: &Job, segment: u32, seq: u64, start_key: Option<Item>, limits: SliceLimits) -> CopyChunk {
+/// The copy-chunk message of a segment's slice `seq`, starting after `start_key`; a paced
+/// slice (`pace`) reads about as many items as last [`crate::pacing::SLICE_SECONDS`] at its
+/// rate.
+pub fn slice_message(
+    job: &Job,
+    segment: u32,
+    seq: u64,
+    start_key: Option<Item>,
+    mut limits: SliceLimits,
+    pace: Option<Pace>,
+) -> CopyChunk {
+    if let Some(p) = &pace {
+        limits.max_items = pacing::slice_items(p.rate, limits.max_items);
+    }
     CopyChunk {
         v: VERSION,
         job: job.name.clone(),
@@ -342,5 +412,6 @@ pub fn slice_message(job: &Job, segment: u32, seq: u64, start_key: Option<Item>,
         target_key: job.spec.target_key.clone(),
         on_item_error: job.spec.on_item_error,
         limits,
+        pace,
     }
 }

@@ -32,6 +32,8 @@ pub struct SliceOutcome {
     /// The slice ended early at a page boundary (a stop or its deadline): `next_key` is where
     /// the next slice starts, `None` meaning the segment's start.
     pub partial: bool,
+    /// Writes the target throttled (or answered with unprocessed items), each retried.
+    pub throttles: u64,
 }
 
 impl SliceOutcome {
@@ -39,6 +41,7 @@ impl SliceOutcome {
         self.items_written += page.items_written;
         self.bytes_written += page.bytes_written;
         self.rejected_count += page.rejected_count;
+        self.throttles += page.throttles;
         let room = MAX_REJECTED_SAMPLES.saturating_sub(self.rejected_samples.len());
         self.rejected_samples.extend(page.rejected_samples.into_iter().take(room));
     }
@@ -218,7 +221,12 @@ async fn write_batch<T: Tables + ?Sized>(
     loop {
         let last = match tables.batch_put(&msg.target, pending.clone()).await {
             Ok(unprocessed) if unprocessed.is_empty() => {
-                return Ok(SliceOutcome { items_written: count, bytes_written: bytes, ..Default::default() })
+                return Ok(SliceOutcome {
+                    items_written: count,
+                    bytes_written: bytes,
+                    throttles: u64::from(attempt),
+                    ..Default::default()
+                })
             }
             Ok(unprocessed) => {
                 let last = format!("{} unprocessed item(s)", unprocessed.len());

@@ -19,6 +19,8 @@ use aws_lambda_events::event::cloudformation::CloudFormationCustomResourceRespon
 #[derive(Default)]
 pub struct FakeOutbox {
     pub sent: Mutex<Vec<(QueueKind, String)>>,
+    /// The delay each delayed message asked for, in the order sent.
+    pub delays: Mutex<Vec<u32>>,
     /// When set, every send fails with a retryable error.
     pub broken: std::sync::atomic::AtomicBool,
 }
@@ -36,6 +38,13 @@ impl Outbox for FakeOutbox {
             return Err(AwsError::new(ErrorKind::Transient, "send", "broken"));
         }
         self.sent.lock().unwrap().extend(bodies.into_iter().map(|b| (to, b)));
+        Ok(())
+    }
+
+    /// Delivered as soon as the test delivers it: the handler tests do not wait.
+    async fn send_delayed(&self, to: QueueKind, body: String, delay_seconds: u32) -> Result<(), AwsError> {
+        self.send(to, vec![body]).await?;
+        self.delays.lock().unwrap().push(delay_seconds);
         Ok(())
     }
 }
@@ -99,12 +108,11 @@ fn segment_of(key: &str, total: u32) -> u32 {
 #[async_trait]
 impl Tables for FakeTables {
     async fn describe(&self, table: &TableName) -> Result<Option<TableInfo>, AwsError> {
-        Ok(self
-            .tables
-            .lock()
-            .unwrap()
-            .get(table)
-            .map(|t| TableInfo { key: t.key.clone(), item_count: t.items.len() as u64 }))
+        Ok(self.tables.lock().unwrap().get(table).map(|t| TableInfo {
+            key: t.key.clone(),
+            item_count: t.items.len() as u64,
+            size_bytes: t.items.values().map(crate::model::item_size).sum(),
+        }))
     }
 
     async fn scan_page(

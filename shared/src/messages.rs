@@ -1,9 +1,11 @@
 //! The messages that chain the functions. Every body carries a version `v`; a body of an
 //! unknown version is refused (it goes to the queue's DLQ) rather than misread.
 
+use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::model::{Item, JobError, JobName, KeySchema, OnItemError, RejectedItem, TableName};
+use crate::pacing::Pace;
 
 /// The message format version this build reads and writes.
 pub const VERSION: u32 = 1;
@@ -49,6 +51,9 @@ pub struct CopyChunk {
     pub target_key: KeySchema,
     pub on_item_error: OnItemError,
     pub limits: SliceLimits,
+    /// The segment's pace under the job's rate budget (`None`: not paced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace: Option<Pace>,
 }
 
 /// checkpoint queue: what a slice wrote, and where the next one starts.
@@ -74,6 +79,14 @@ pub struct ChunkResult {
     /// `None` meaning the segment's start, never its end.
     #[serde(default)]
     pub partial: bool,
+    /// Writes the target throttled during the slice (each retried).
+    #[serde(default)]
+    pub throttles: u64,
+    /// The slice's pace, as its message carried it, and when the slice started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace: Option<Pace>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 impl ChunkResult {
@@ -160,6 +173,9 @@ mod tests {
             next_key: Some(key.clone().into()),
             fatal: None,
             partial: false,
+            throttles: 0,
+            pace: None,
+            started_at: None,
         };
         let body = encode(&r);
         assert!(body.contains(r#""S":"a""#), "{body}");

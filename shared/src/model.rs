@@ -11,7 +11,18 @@ use serde::{Deserialize, Serialize};
 pub type Item = HashMap<String, AttributeValue>;
 
 /// Highest number of scan segments a job may use (one cursor and one in-flight slice each).
-pub const MAX_PARALLELISM: u32 = 64;
+pub const MAX_PARALLELISM: u32 = 1_000;
+/// A job created without a parallelism gets one segment per this much of its source (at least
+/// the deployment's default).
+pub const BYTES_PER_SEGMENT: u64 = 2 << 30;
+
+/// The parallelism of a job created without one: one segment per [`BYTES_PER_SEGMENT`] of
+/// the source's size (DescribeTable's estimate), at least `minimum`, at most
+/// [`MAX_PARALLELISM`].
+pub fn parallelism_for_size(size_bytes: u64, minimum: u32) -> u32 {
+    let by_size = size_bytes.div_ceil(BYTES_PER_SEGMENT).min(u64::from(MAX_PARALLELISM)) as u32;
+    by_size.max(minimum).clamp(1, MAX_PARALLELISM)
+}
 /// How many rejected items a job keeps as samples.
 pub const MAX_REJECTED_SAMPLES: usize = 10;
 
@@ -299,9 +310,18 @@ pub struct JobSpec {
     pub target: TableName,
     /// Number of scan segments (parallel slices).
     pub parallelism: u32,
+    /// The parallelism was chosen from the source's size (the request gave none).
+    #[serde(default)]
+    pub parallelism_from_size: bool,
     pub on_item_error: OnItemError,
     pub source_key: KeySchema,
     pub target_key: KeySchema,
+    /// Items per second the job may write to the target, all segments together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_write_rate: Option<u32>,
+    /// Items per second the job may read from the source, all segments together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_read_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +341,9 @@ pub struct Job {
     /// DescribeTable's ItemCount of the source at creation: an estimate, updated by DynamoDB
     /// about every six hours.
     pub estimated_total: u64,
+    /// DescribeTable's TableSizeBytes of the source at creation: an estimate, like the count.
+    #[serde(default)]
+    pub estimated_bytes: u64,
     /// What the job has copied: the sum of its cursors, refreshed here at most every few
     /// seconds while it runs and exactly at every move to `Paused` or a final state (`show`
     /// reads the cursors themselves).
@@ -330,6 +353,9 @@ pub struct Job {
     pub bytes_copied: u64,
     #[serde(default)]
     pub items_rejected: u64,
+    /// Writes the target throttled (each retried with backoff).
+    #[serde(default)]
+    pub throttles: u64,
     #[serde(default)]
     pub rejected_samples: Vec<RejectedItem>,
     #[serde(default)]
@@ -366,6 +392,9 @@ pub struct Job {
     /// Segments the reconciler found with no progress for longer than the stall bound.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stalled: u32,
+    /// How many entries of `history` were published as job events.
+    #[serde(default)]
+    pub announced: u64,
     /// The CloudFormation resource (`Custom::TableCopyJob`) that created the job, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<StackOrigin>,
@@ -400,18 +429,42 @@ impl StackOrigin {
 }
 
 impl Job {
+    /// A final job that finalize still owes something: its waiting CloudFormation resource's
+    /// answer, or the events of its last state changes.
+    pub fn owes_finalize(&self) -> bool {
+        self.status.is_final() && (StackOrigin::awaits_answer(self) || self.unannounced())
+    }
+
+    /// Some of its state changes were not published as events yet.
+    pub fn unannounced(&self) -> bool {
+        (self.announced as usize) < self.history.len()
+    }
+}
+
+impl Job {
+    /// Every segment of the job is done (all its cursors exist and are done).
+    pub fn all_done(&self, cursors: &[Cursor]) -> bool {
+        cursors.len() == self.spec.parallelism as usize && cursors.iter().all(|c| c.done)
+    }
+
     /// The status as people read it: `Running (pausing)` while a request waits, `Running
     /// (stalled: ...)` when the reconciler found segments without progress.
     pub fn status_label(&self) -> String {
-        match (self.status, self.pending) {
-            (JobStatus::Running, Some(JobStatus::Paused)) => "Running (pausing)".into(),
-            (JobStatus::Running, Some(JobStatus::Cancelled)) => "Running (cancelling)".into(),
-            (JobStatus::Running, None) if self.stalled > 0 => format!(
-                "Running (stalled: {} segment{}, see the copy-chunk DLQ)",
-                self.stalled,
-                if self.stalled == 1 { "" } else { "s" }
-            ),
-            (s, _) => s.to_string(),
+        status_label(self.status, self.pending, self.stalled)
+    }
+
+    /// What `list` shows of it.
+    pub fn summary(&self) -> JobSummary {
+        JobSummary {
+            name: self.name.clone(),
+            spec: self.spec.clone(),
+            status: self.status,
+            pending: self.pending,
+            stalled: self.stalled,
+            estimated_total: self.estimated_total,
+            items_copied: self.items_copied,
+            items_rejected: self.items_rejected,
+            created_at: self.created_at,
         }
     }
 
@@ -420,6 +473,7 @@ impl Job {
         self.items_copied = p.items;
         self.bytes_copied = p.bytes;
         self.items_rejected = p.rejected;
+        self.throttles = p.throttles;
         self.rejected_samples = p.samples.clone();
         self.segments_done = p.segments_done;
         self
@@ -427,14 +481,7 @@ impl Job {
 
     /// Processed share of the estimate, in percent (100 when completed).
     pub fn percent(&self) -> f64 {
-        if self.status == JobStatus::Completed {
-            return 100.0;
-        }
-        let done = (self.items_copied + self.items_rejected) as f64;
-        if self.estimated_total == 0 {
-            return 0.0;
-        }
-        (done / self.estimated_total as f64 * 100.0).min(99.9)
+        percent(self.status, self.items_copied + self.items_rejected, self.estimated_total)
     }
 
     /// Elapsed running time: to completion, or to `now` while running.
@@ -488,6 +535,10 @@ pub struct Cursor {
     pub items: u64,
     pub bytes: u64,
     pub rejected: u64,
+    /// Writes the target throttled during this segment's slices.
+    pub throttles: u64,
+    /// The segment's rate under the job's budget (items per second) as of its last commit.
+    pub rate: Option<f64>,
     /// Up to [`MAX_REJECTED_SAMPLES`] rejected items of this segment.
     pub samples: Vec<RejectedItem>,
     /// The last progress: a commit, a launch, or a copy claiming the slice.
@@ -516,6 +567,8 @@ impl Cursor {
             items: 0,
             bytes: 0,
             rejected: 0,
+            throttles: 0,
+            rate: None,
             samples: vec![],
             updated_at: None,
             owner: None,
@@ -530,12 +583,79 @@ impl Cursor {
     }
 }
 
+/// The status as people read it: `Running (pausing)`, `Running (stalled: 2 segments, ...)`.
+fn status_label(status: JobStatus, pending: Option<JobStatus>, stalled: u32) -> String {
+    match (status, pending) {
+        (JobStatus::Running, Some(JobStatus::Paused)) => "Running (pausing)".into(),
+        (JobStatus::Running, Some(JobStatus::Cancelled)) => "Running (cancelling)".into(),
+        (JobStatus::Running, None) if stalled > 0 => format!(
+            "Running (stalled: {stalled} segment{}, see the copy-chunk DLQ)",
+            if stalled == 1 { "" } else { "s" }
+        ),
+        (s, _) => s.to_string(),
+    }
+}
+
+/// Percent of the estimated total processed (100 once completed, below it until then).
+fn percent(status: JobStatus, processed: u64, estimated_total: u64) -> f64 {
+    if status == JobStatus::Completed {
+        return 100.0;
+    }
+    if estimated_total == 0 {
+        return 0.0;
+    }
+    (processed as f64 / estimated_total as f64 * 100.0).min(99.9)
+}
+
+/// What `list` shows of a job: the job item's attributes that the control table's `by-created`
+/// index projects (list never reads whole job items).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub name: JobName,
+    pub spec: JobSpec,
+    pub status: JobStatus,
+    #[serde(default)]
+    pub pending: Option<JobStatus>,
+    #[serde(default)]
+    pub stalled: u32,
+    pub estimated_total: u64,
+    #[serde(default)]
+    pub items_copied: u64,
+    #[serde(default)]
+    pub items_rejected: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl JobSummary {
+    /// The job item attributes the list index projects (besides its keys).
+    pub const ATTRIBUTES: [&'static str; 9] = [
+        "name",
+        "spec",
+        "status",
+        "pending",
+        "stalled",
+        "estimated_total",
+        "items_copied",
+        "items_rejected",
+        "created_at",
+    ];
+
+    pub fn status_label(&self) -> String {
+        status_label(self.status, self.pending, self.stalled)
+    }
+
+    pub fn percent(&self) -> f64 {
+        percent(self.status, self.items_copied + self.items_rejected, self.estimated_total)
+    }
+}
+
 /// What a job has copied: the sum of its cursors.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     pub items: u64,
     pub bytes: u64,
     pub rejected: u64,
+    pub throttles: u64,
     /// Up to [`MAX_REJECTED_SAMPLES`], in segment order.
     pub samples: Vec<RejectedItem>,
     pub segments_done: u32,
@@ -548,6 +668,7 @@ impl Progress {
             p.items += c.items;
             p.bytes += c.bytes;
             p.rejected += c.rejected;
+            p.throttles += c.throttles;
             p.segments_done += u32::from(c.done);
             let room = MAX_REJECTED_SAMPLES.saturating_sub(p.samples.len());
             p.samples.extend(c.samples.iter().take(room).cloned());
@@ -559,6 +680,17 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_without_a_parallelism_gets_one_segment_per_two_gib_of_its_source() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(parallelism_for_size(0, 4), 4);
+        assert_eq!(parallelism_for_size(7 * GIB, 4), 4);
+        assert_eq!(parallelism_for_size(9 * GIB, 4), 5);
+        assert_eq!(parallelism_for_size(1_000 * GIB, 4), 500);
+        assert_eq!(parallelism_for_size(10_000 * GIB, 4), MAX_PARALLELISM);
+        assert_eq!(parallelism_for_size(0, 0), 1);
+    }
 
     #[test]
     fn names_are_validated() {

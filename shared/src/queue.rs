@@ -46,6 +46,9 @@ impl QueueKind {
 #[async_trait]
 pub trait Outbox: Send + Sync {
     async fn send(&self, to: QueueKind, bodies: Vec<String>) -> Result<(), AwsError>;
+    /// Put one message body on a queue, to be delivered no sooner than `delay_seconds` from
+    /// now (at most 900).
+    async fn send_delayed(&self, to: QueueKind, body: String, delay_seconds: u32) -> Result<(), AwsError>;
 }
 
 /// The SQS adapter. Counts the messages it sends (for the benchmark).
@@ -104,6 +107,19 @@ impl Outbox for SqsOutbox {
             }
             self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    async fn send_delayed(&self, to: QueueKind, body: String, delay_seconds: u32) -> Result<(), AwsError> {
+        self.client
+            .send_message()
+            .queue_url(to.url(&self.resources))
+            .message_body(body)
+            .delay_seconds(delay_seconds.min(900) as i32)
+            .send()
+            .await
+            .map_err(|e| classify(format!("SendMessage to the {} queue", to.name()), e))?;
+        self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

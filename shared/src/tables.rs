@@ -11,6 +11,8 @@ pub struct TableInfo {
     pub key: KeySchema,
     /// DynamoDB's estimate, refreshed about every six hours.
     pub item_count: u64,
+    /// DynamoDB's estimate of the table's size in bytes, refreshed likewise.
+    pub size_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +94,7 @@ impl Tables for DynamoTables {
         Ok(Some(TableInfo {
             key: KeySchema { partition: attr(hash.attribute_name()), sort: range.map(|r| attr(r.attribute_name())) },
             item_count: desc.item_count().unwrap_or(0).max(0) as u64,
+            size_bytes: desc.table_size_bytes().unwrap_or(0).max(0) as u64,
         }))
     }
 

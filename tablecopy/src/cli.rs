@@ -74,12 +74,20 @@ pub struct CreateArgs {
     pub source_table: String,
     #[arg(long)]
     pub target_table: String,
-    /// Scan segments copied in parallel (1-64; default 4, or DEFAULT_PARALLELISM).
+    /// Scan segments copied in parallel (1-1000). Default: one per 2 GiB of the source
+    /// (DescribeTable's size estimate), at least 4 (DEFAULT_PARALLELISM).
     #[arg(long)]
     pub parallelism: Option<u32>,
     /// What to do with items the target's key schema refuses.
     #[arg(long, value_enum, default_value_t = ItemErrorArg::Fail)]
     pub on_item_error: ItemErrorArg,
+    /// Items per second the job may write to the target, all segments together (no cap when
+    /// absent). Throttling lowers the rate further, and it recovers.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_write_rate: Option<u32>,
+    /// Items per second the job may read from the source (no cap when absent).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_read_rate: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn sdk_config(g: &Global) -> Result<aws_config::SdkConfig> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(shared::config::https_client());
     if let Some(r) = &g.region {
         loader = loader.region(Region::new(r.clone()));
     }
@@ -95,7 +95,7 @@ fn print_job(output: Output, job: &shared::model::Job) -> Result<()> {
     match output {
         Output::Json => print_json(&render::JobView::new(job, Utc::now())),
         Output::Table => {
-            print!("{}", render::job_table(job, Utc::now()));
+            print!("{}", render::job_table(job, None, Utc::now()));
             Ok(())
         }
     }
@@ -118,6 +118,8 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                 target_table: a.target_table,
                 parallelism: a.parallelism,
                 on_item_error: a.on_item_error.into(),
+                max_write_rate: a.max_write_rate,
+                max_read_rate: a.max_read_rate,
             };
             print_job(g.output, &request(&deps, JobRequest::Create(req)).await?)?;
         }
@@ -138,6 +140,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             match g.output {
                 Output::Json => {
                     let mut view = serde_json::to_value(render::JobView::new(&job, now))?;
+                    view["allowedRate"] = serde_json::json!(render::allowed_rate(&cursors));
                     view["deadLetterQueues"] =
                         dlqs.iter().map(|(q, n)| serde_json::json!({"queue": q, "messages": n})).collect();
                     if a.segments {
@@ -146,7 +149,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                     print_json(&view)?;
                 }
                 Output::Table => {
-                    print!("{}", render::job_table(&job, now));
+                    print!("{}", render::job_table(&job, Some(&cursors), now));
                     for (queue, depth) in &dlqs {
                         println!("Dead letters    {depth} message(s) in the {queue} dead-letter queue");
                     }
@@ -171,8 +174,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             };
             match g.output {
                 Output::Json => {
-                    let now = Utc::now();
-                    let views: Vec<_> = jobs.iter().map(|j| render::JobView::new(j, now)).collect();
+                    let views: Vec<_> = jobs.iter().map(render::SummaryView::new).collect();
                     print_json(&serde_json::json!({ "jobs": views, "nextToken": next }))?
                 }
                 Output::Table => {
@@ -239,6 +241,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             let stats = serde_json::json!({
                 "messagesSent": outbox.messages_sent(),
                 "controlTableItemWrites": store.item_writes(),
+                "controlTableConflicts": store.conflicts(),
                 "peakRssKiB": shared::runner::peak_rss_kib(),
             });
             println!("{stats}");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared::model::{Cursor, Job};
+use shared::model::{Cursor, Job, JobSummary};
 
 /// The stack outputs of the dead-letter queues, and the queue each serves.
 pub const DEAD_LETTER_QUEUES: [(&str, &str); 4] = [
@@ -27,6 +27,21 @@ pub struct JobView<'a> {
 impl<'a> JobView<'a> {
     pub fn new(job: &'a Job, now: DateTime<Utc>) -> Self {
         Self { job, percent: job.percent(), items_per_second: job.items_per_second(now) }
+    }
+}
+
+/// A job as `list --output json` prints it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryView<'a> {
+    #[serde(flatten)]
+    pub job: &'a JobSummary,
+    pub percent: f64,
+}
+
+impl<'a> SummaryView<'a> {
+    pub fn new(job: &'a JobSummary) -> Self {
+        Self { job, percent: job.percent() }
     }
 }
 
@@ -70,8 +85,44 @@ fn time(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_else(|| "-".into())
 }
 
-/// The `show` table.
-pub fn job_table(job: &Job, now: DateTime<Utc>) -> String {
+/// How many segments are done, and where the job's parallelism came from.
+fn segments(job: &Job) -> String {
+    let chosen = if job.spec.parallelism_from_size {
+        format!(
+            "  (chosen from the source's size, ~{}: one segment per {}, at least the deployment's default)",
+            bytes(job.estimated_bytes),
+            bytes(shared::model::BYTES_PER_SEGMENT)
+        )
+    } else {
+        String::new()
+    };
+    format!("{} done of {}{chosen}", job.segments_done, job.spec.parallelism)
+}
+
+/// What the job's segments may use now under its budget (their paced rates, lowered by
+/// throttling), from its cursors.
+pub fn allowed_rate(cursors: &[Cursor]) -> Option<f64> {
+    let rates: Vec<f64> = cursors.iter().filter(|c| !c.done).filter_map(|c| c.rate).collect();
+    (!rates.is_empty()).then(|| rates.iter().sum())
+}
+
+/// The job's rate budget, and with its cursors the rate its segments may use now.
+fn budget(job: &Job, cursors: Option<&[Cursor]>) -> String {
+    let caps: Vec<String> = [("write", job.spec.max_write_rate), ("read", job.spec.max_read_rate)]
+        .iter()
+        .filter_map(|(what, cap)| cap.map(|c| format!("{what} ≤ {} items/s", thousands(u64::from(c)))))
+        .collect();
+    if caps.is_empty() {
+        return "none (as fast as the tables and the workers allow)".into();
+    }
+    match cursors.and_then(allowed_rate) {
+        Some(now) => format!("{}; segments now paced at {now:.0} items/s in all", caps.join(", ")),
+        None => caps.join(", "),
+    }
+}
+
+/// The `show` table (with the job's cursors when they were read).
+pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> String {
     let processed = job.items_copied + job.items_rejected;
     let mut rows: Vec<(&str, String)> = vec![
         ("Job", job.name.to_string()),
@@ -90,13 +141,15 @@ pub fn job_table(job: &Job, now: DateTime<Utc>) -> String {
         ("Items copied", thousands(job.items_copied)),
         ("Items/s", job.items_per_second(now).map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into())),
         ("Bytes", bytes(job.bytes_copied)),
+        ("Rate budget", budget(job, cursors)),
+        ("Throttled writes", format!("{} (each retried with backoff)", thousands(job.throttles))),
         ("Rejected items", format!("{} (on item error: {:?})", thousands(job.items_rejected), job.spec.on_item_error)),
     ];
     for r in job.rejected_samples.iter().take(5) {
         rows.push(("  sample", format!("{} — {}", r.key, r.reason)));
     }
     rows.extend([
-        ("Segments", format!("{} done of {}", job.segments_done, job.spec.parallelism)),
+        ("Segments", segments(job)),
         ("Write region", job.write_region.clone()),
         ("Created", time(Some(job.created_at))),
         ("Started", time(job.started_at)),
@@ -169,7 +222,7 @@ pub fn segments_table(cursors: &[Cursor], now: DateTime<Utc>, stall: Duration) -
 }
 
 /// The `list` table.
-pub fn jobs_table(jobs: &[Job]) -> String {
+pub fn jobs_table(jobs: &[JobSummary]) -> String {
     let mut out =
         format!("{:<24} {:<20} {:<45} {:>7}  {}\n", "NAME", "STATUS", "SOURCE -> TARGET", "PERCENT", "CREATED");
     for j in jobs {

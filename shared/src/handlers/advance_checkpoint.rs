@@ -4,7 +4,9 @@ use super::Deps;
 use crate::control::slice_message;
 use crate::error::HandlerError;
 use crate::messages::{encode, ChunkResult};
-use crate::model::{Item, Job, OnItemError, StackOrigin};
+use crate::metrics::Metrics;
+use crate::model::{Item, Job, OnItemError};
+use crate::pacing::{self, Pace};
 use crate::queue::{Outbox, QueueKind};
 use crate::rules::committed_by;
 use crate::store::{Commit, ControlStore, SliceCommit};
@@ -26,9 +28,9 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
 ) -> Result<(), HandlerError> {
     let (store, control) = (&deps.store, deps.control());
     let job = store.get_job(&msg.job).await?.ok_or_else(|| HandlerError::JobNotFound(msg.job.to_string()))?;
-    if job.status.is_final() && StackOrigin::awaits_answer(&job) {
+    if job.owes_finalize() {
         // The final move's own finalize message may have died with its process: any later
-        // result of the job asks again (finalize answers once).
+        // result of the job asks again (finalize answers and publishes once).
         control.send_finalize(&job.name).await?;
     }
     let region = control.current_region().await?;
@@ -37,7 +39,7 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
         control.enforce_region(&region).await?;
     }
 
-    if let Some(fatal) = msg.fatal {
+    if let Some(fatal) = msg.fatal.clone() {
         if !job.status.is_final() {
             tracing::error!(code = %fatal.code, message = %fatal.message, "slice failed; failing the job");
             control.send_failure(&job.name, Some(fatal)).await?;
@@ -46,19 +48,29 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
     }
 
     let done = msg.segment_done();
+    let (pace, delay) = paced(&job, &msg);
     let commit = SliceCommit {
         segment: msg.segment,
         seq: msg.seq,
-        next_key: msg.next_key.map(Item::from),
+        next_key: msg.next_key.clone().map(Item::from),
         done,
         items: msg.items_written,
         bytes: msg.bytes_written,
         rejected: msg.rejected_count,
-        samples: msg.rejected_samples,
+        throttles: msg.throttles,
+        samples: msg.rejected_samples.clone(),
         at: Utc::now(),
         copy: msg.copy.clone(),
+        rate: pace.as_ref().map(|p| p.rate),
     };
-    match store.commit_slice(&msg.job, &commit).await? {
+    let outcome = store.commit_slice(&msg.job, &commit).await?;
+    let metrics = Metrics::new("advance-checkpoint", msg.job.as_str());
+    match outcome {
+        Commit::Stale => metrics.count("StaleResults", 1),
+        Commit::Continued | Commit::Parked => metrics.count("Commits", 1),
+    }
+    .emit();
+    match outcome {
         Commit::Continued => {
             tracing::info!(
                 items = commit.items,
@@ -66,7 +78,7 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
                 partial = msg.partial,
                 "checkpoint advanced"
             );
-            let next = Next { segment: msg.segment, seq: msg.seq + 1, done, start: commit.next_key };
+            let next = Next { segment: msg.segment, seq: msg.seq + 1, done, start: commit.next_key, pace, delay };
             follow_up(deps, &job, next, msg.rejected_count).await?;
             control.refresh_progress(&job, false).await?;
             Ok(())
@@ -79,7 +91,7 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
             Some(c) if committed_by(&c, msg.seq, &msg.copy) && c.parked => parked(deps, &job, &commit).await,
             Some(c) if committed_by(&c, msg.seq, &msg.copy) => {
                 tracing::info!("this result's commit is already on the cursor; sending its follow-up again");
-                let next = Next { segment: c.segment, seq: c.seq, done: c.done, start: c.last_key };
+                let next = Next { segment: c.segment, seq: c.seq, done: c.done, start: c.last_key, pace, delay };
                 follow_up(deps, &job, next, msg.rejected_count).await
             }
             _ => {
@@ -115,6 +127,21 @@ struct Next {
     seq: u64,
     done: bool,
     start: Option<Item>,
+    /// Its pace under the job's budget, and the seconds its next slice waits.
+    pace: Option<Pace>,
+    delay: u32,
+}
+
+/// The pace of the slice after `msg` under the job's budget, and the seconds it waits
+/// (`None`, 0: not paced).
+fn paced(job: &Job, msg: &ChunkResult) -> (Option<Pace>, u32) {
+    let Some(pace) = &msg.pace else { return (None, 0) };
+    let unfinished = job.spec.parallelism.saturating_sub(job.segments_done);
+    let now = Utc::now();
+    let items = msg.items_written + msg.rejected_count;
+    let started = msg.started_at.unwrap_or(now);
+    let (next, delay) = pacing::next(pace, &job.spec, unfinished, items, msg.throttles, started, now);
+    (Some(next), delay)
 }
 
 /// What a segment that goes on owes: its next slice, or, when it is done, finalize if it was
@@ -136,16 +163,20 @@ async fn follow_up<S: ControlStore, Q: Outbox, T>(
         return Ok(());
     }
     if !next.done {
-        let msg = slice_message(job, next.segment, next.seq, next.start, deps.config.tuning.slice);
-        deps.outbox.send(QueueKind::CopyChunk, vec![encode(&msg)]).await?;
+        let msg = slice_message(job, next.segment, next.seq, next.start, deps.config.tuning.slice, next.pace);
+        if next.delay > 0 {
+            deps.outbox.send_delayed(QueueKind::CopyChunk, encode(&msg), next.delay).await?;
+        } else {
+            deps.outbox.send(QueueKind::CopyChunk, vec![encode(&msg)]).await?;
+        }
         return Ok(());
     }
     // The segment is done: whoever sees every segment done sends finalize (two may: finalize
     // is idempotent).
     let cursors = deps.store.cursors(&job.name).await?;
     let done = cursors.iter().filter(|c| c.done).count();
-    tracing::info!(segments_done = done, of = cursors.len(), "segment done");
-    if done == cursors.len() {
+    tracing::info!(segments_done = done, of = job.spec.parallelism, "segment done");
+    if job.all_done(&cursors) {
         deps.control().send_finalize(&job.name).await?;
     }
     Ok(())

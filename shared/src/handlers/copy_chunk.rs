@@ -6,6 +6,7 @@ use crate::config::Tuning;
 use crate::engine::{copy_slice, Proceed, SliceControl, SliceOutcome};
 use crate::error::{AwsError, HandlerError};
 use crate::messages::{encode, ChunkResult, CopyChunk, VERSION};
+use crate::metrics::Metrics;
 use crate::model::JobError;
 use crate::queue::{Outbox, QueueKind};
 use crate::rules::{slice_rule, Guard};
@@ -31,6 +32,8 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
     msg: CopyChunk,
     deadline: Instant,
 ) -> Result<(), HandlerError> {
+    let started = Instant::now();
+    let started_at = Utc::now();
     let margin = super::stop_margin(deadline.saturating_duration_since(Instant::now()));
     let stop_at = deadline - margin;
     // The hold on the segment outlasts the slice's last write (cut at `stop_at`) and runs out
@@ -72,6 +75,14 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
             (unchanged, Some(JobError { code, message: e.to_string() }))
         }
     };
+    Metrics::new("copy-chunk", msg.job.as_str())
+        .count("Slices", 1)
+        .count("ItemsCopied", slice.items_written)
+        .bytes("BytesCopied", slice.bytes_written)
+        .count("ItemsRejected", slice.rejected_count)
+        .count("Throttles", slice.throttles)
+        .millis("SliceDuration", started.elapsed().as_millis() as u64)
+        .emit();
     let result = ChunkResult {
         v: VERSION,
         copy: guard.copy.clone(),
@@ -85,6 +96,9 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
         next_key: slice.next_key.map(Into::into),
         fatal,
         partial: slice.partial,
+        throttles: slice.throttles,
+        pace: msg.pace.clone(),
+        started_at: Some(started_at),
     };
     outbox.send(QueueKind::Checkpoint, vec![encode(&result)]).await?;
     Ok(())

@@ -5,8 +5,8 @@ use super::Deps;
 use crate::config::TableScope;
 use crate::error::RequestError;
 use crate::model::{
-    Cursor, InvalidInput, Job, JobName, JobSpec, JobStatus, OnItemError, StackOrigin, StatusChange, TableName,
-    MAX_PARALLELISM,
+    parallelism_for_size, InvalidInput, Job, JobName, JobSpec, JobStatus, OnItemError, StackOrigin, StatusChange,
+    TableName, MAX_PARALLELISM,
 };
 use crate::queue::Outbox;
 use crate::scheduler::Entry;
@@ -14,7 +14,7 @@ use crate::store::{conflict_pause, ControlStore, InsertError};
 use crate::tables::Tables;
 
 /// A request to create a copy job: the CLI's call, a direct invoke payload, an event's detail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateJobRequest {
     pub job_name: String,
@@ -25,17 +25,28 @@ pub struct CreateJobRequest {
     pub parallelism: Option<u32>,
     #[serde(default)]
     pub on_item_error: OnItemError,
+    /// Items per second the job may write (all segments together); no cap when absent.
+    #[serde(default)]
+    pub max_write_rate: Option<u32>,
+    /// Items per second the job may read from the source; no cap when absent.
+    #[serde(default)]
+    pub max_read_rate: Option<u32>,
 }
 
 impl CreateJobRequest {
-    /// Whether `job` is the copy this request asks for (a deployment's default parallelism
-    /// stands in for a request without one).
-    pub fn describes(&self, job: &Job, default_parallelism: u32) -> bool {
+    /// Whether `job` is the copy this request asks for (a request without a parallelism
+    /// describes a job whose parallelism was chosen from its source's size).
+    pub fn describes(&self, job: &Job) -> bool {
         job.name.as_str() == self.job_name
             && job.spec.source.as_str() == self.source_table
             && job.spec.target.as_str() == self.target_table
-            && self.parallelism.unwrap_or(default_parallelism) == job.spec.parallelism
+            && match self.parallelism {
+                Some(p) => p == job.spec.parallelism && !job.spec.parallelism_from_size,
+                None => job.spec.parallelism_from_size,
+            }
             && self.on_item_error == job.spec.on_item_error
+            && self.max_write_rate == job.spec.max_write_rate
+            && self.max_read_rate == job.spec.max_read_rate
     }
 }
 
@@ -73,11 +84,20 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
             .into());
         }
     }
-    let parallelism = req.parallelism.unwrap_or(deps.config.tuning.default_parallelism);
-    if !(1..=MAX_PARALLELISM).contains(&parallelism) {
-        return Err(
-            InvalidInput(format!("parallelism {parallelism} is out of range: use 1 to {MAX_PARALLELISM}")).into()
-        );
+    if let Some(p) = req.parallelism.filter(|p| !(1..=MAX_PARALLELISM).contains(p)) {
+        return Err(InvalidInput(format!(
+            "parallelism {p} is out of range: use 1 to {MAX_PARALLELISM}, or leave it out to get one segment per 2 GiB of the source (at least {})",
+            deps.config.tuning.default_parallelism
+        ))
+        .into());
+    }
+    for (option, rate) in [("maxWriteRate", req.max_write_rate), ("maxReadRate", req.max_read_rate)] {
+        if rate == Some(0) {
+            return Err(InvalidInput(format!(
+                "{option} 0 would never copy anything: give at least 1 item per second, or leave it out for no cap"
+            ))
+            .into());
+        }
     }
     let not_found = |role, table: &TableName| RequestError::TableNotFound {
         role,
@@ -86,6 +106,9 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
     };
     let source_info = deps.tables.describe(&source).await?.ok_or_else(|| not_found("source", &source))?;
     let target_info = deps.tables.describe(&target).await?.ok_or_else(|| not_found("target", &target))?;
+    let parallelism = req
+        .parallelism
+        .unwrap_or_else(|| parallelism_for_size(source_info.size_bytes, deps.config.tuning.default_parallelism));
     let control = deps.control();
     if deps.store.get_job(&name).await?.is_some() {
         // A create delivered again after a crash may find its own job not started yet.
@@ -102,16 +125,21 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
             source,
             target,
             parallelism,
+            parallelism_from_size: req.parallelism.is_none(),
             on_item_error: req.on_item_error,
             source_key: source_info.key,
             target_key: target_info.key,
+            max_write_rate: req.max_write_rate,
+            max_read_rate: req.max_read_rate,
         },
         status: JobStatus::Queued,
         write_region: region.clone(),
         estimated_total: source_info.item_count,
+        estimated_bytes: source_info.size_bytes,
         items_copied: 0,
         bytes_copied: 0,
         items_rejected: 0,
+        throttles: 0,
         rejected_samples: vec![],
         segments_done: 0,
         created_at: now,
@@ -127,16 +155,16 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
         pending: None,
         launched_at: None,
         stalled: 0,
+        announced: 0,
         origin,
     };
-    let cursors: Vec<Cursor> = (0..parallelism).map(Cursor::start).collect();
     for attempt in 1.. {
         let mut next = deps.store.scheduler().await?.next();
         next.queued.push(Entry { job: name.clone(), region: region.clone() });
         let at = next.creation_time(Utc::now());
         (job.created_at, job.updated_at, job.history[0].at) = (at, at, at);
         next.last_created = Some(at);
-        match deps.store.insert_job(&job, &cursors, &next).await {
+        match deps.store.insert_job(&job, &next).await {
             Ok(()) => break,
             Err(InsertError::SchedulerChanged) => conflict_pause(attempt).await,
             Err(InsertError::JobExists) => {
@@ -146,8 +174,20 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
             Err(InsertError::Aws(e)) => return Err(e.into()),
         }
     }
-    tracing::info!(segments = parallelism, estimated_total = job.estimated_total, "job recorded");
-    if let Err(e) = control.schedule().await {
+    tracing::info!(
+        segments = parallelism,
+        from_size = job.spec.parallelism_from_size,
+        estimated_total = job.estimated_total,
+        estimated_bytes = job.estimated_bytes,
+        "job recorded"
+    );
+    // Its cursors, in pages. A crash before they are all there leaves a queued job that
+    // `schedule` completes before it starts it.
+    let created = control.create_cursors(&job).await;
+    if created.is_ok() {
+        control.announce_now(&name).await;
+    }
+    if let Err(e) = created.and(control.schedule().await) {
         // The job exists and waits; the reconciler starts it when a slot is free.
         return Err(RequestError::Incomplete(format!(
             "job {:?} was recorded but could not be started yet ({e}); it starts by itself within a minute (the reconciler), or run `tablecopy resume --job-name {name}`",

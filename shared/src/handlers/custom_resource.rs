@@ -45,11 +45,21 @@ pub struct JobProperties {
     pub target_table: String,
     pub parallelism: Option<u32>,
     pub on_item_error: OnItemError,
+    pub max_write_rate: Option<u32>,
+    pub max_read_rate: Option<u32>,
     pub wait_for_completion: bool,
 }
 
-const PROPERTIES: [&str; 6] =
-    ["JobName", "SourceTable", "TargetTable", "Parallelism", "OnItemError", "WaitForCompletion"];
+const PROPERTIES: [&str; 8] = [
+    "JobName",
+    "SourceTable",
+    "TargetTable",
+    "Parallelism",
+    "OnItemError",
+    "MaxWriteRate",
+    "MaxReadRate",
+    "WaitForCompletion",
+];
 /// Set by CloudFormation itself.
 const CLOUDFORMATION_PROPERTIES: [&str; 2] = ["ServiceToken", "ServiceTimeout"];
 
@@ -80,12 +90,15 @@ impl JobProperties {
         };
         let required =
             |k: &str| text(k)?.ok_or_else(|| InvalidInput(format!("property {k} of {RESOURCE_TYPE} is required")));
-        let parallelism = text("Parallelism")?
-            .map(|p| {
-                p.parse::<u32>()
-                    .map_err(|_| InvalidInput(format!("property Parallelism must be a whole number, found {p:?}")))
-            })
-            .transpose()?;
+        let number = |k: &str| -> Result<Option<u32>, InvalidInput> {
+            text(k)?
+                .map(|p| {
+                    p.parse::<u32>()
+                        .map_err(|_| InvalidInput(format!("property {k} must be a whole number, found {p:?}")))
+                })
+                .transpose()
+        };
+        let parallelism = number("Parallelism")?;
         let on_item_error = match text("OnItemError")?.as_deref() {
             None | Some("fail") => OnItemError::Fail,
             Some("skip") => OnItemError::Skip,
@@ -104,6 +117,8 @@ impl JobProperties {
             target_table: required("TargetTable")?,
             parallelism,
             on_item_error,
+            max_write_rate: number("MaxWriteRate")?,
+            max_read_rate: number("MaxReadRate")?,
             wait_for_completion,
         })
     }
@@ -114,6 +129,8 @@ impl JobProperties {
             && job.spec.target.as_str() == self.target_table
             && self.parallelism.is_none_or(|p| p == job.spec.parallelism)
             && self.on_item_error == job.spec.on_item_error
+            && self.max_write_rate == job.spec.max_write_rate
+            && self.max_read_rate == job.spec.max_read_rate
     }
 }
 
@@ -254,6 +271,8 @@ async fn start<S: ControlStore, Q: Outbox, T: Tables>(
         target_table: props.target_table.clone(),
         parallelism: props.parallelism,
         on_item_error: props.on_item_error,
+        max_write_rate: props.max_write_rate,
+        max_read_rate: props.max_read_rate,
     };
     match create_job_from(deps, request, Some(origin)).await {
         Ok(_) | Err(RequestError::Incomplete(_)) if wait => Outcome::Wait,

@@ -23,7 +23,9 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
         if job.status.is_final() || job.write_region != region {
             tracing::info!(status = %job.status, "job already final (or of another write region); nothing to finalize");
             // A job made final elsewhere (cancel, region change) comes here to answer the
-            // CloudFormation resource waiting for it.
+            // CloudFormation resource waiting for it, and to publish its last state changes
+            // if that could not be done when it moved.
+            control.announce(&job.name).await?;
             answer_waiting(deps, &job).await?;
             break;
         }
@@ -42,8 +44,8 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
                 break;
             }
             let done = cursors.iter().filter(|c| c.done).count();
-            if done < cursors.len() || cursors.is_empty() {
-                tracing::info!(done, of = cursors.len(), "segments still running; not final yet");
+            if !job.all_done(&cursors) {
+                tracing::info!(done, of = job.spec.parallelism, "segments still running; not final yet");
                 break;
             }
         }

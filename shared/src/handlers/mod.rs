@@ -32,6 +32,7 @@ use tracing::Instrument;
 use crate::config::{Config, ConfigError};
 use crate::control::Control;
 use crate::error::{HandlerError, RequestError};
+use crate::events::{EventBridgeBus, EventBus, RequestRejected};
 use crate::messages::{ChunkResult, CopyChunk, FinalizeQueue};
 use crate::model::Job;
 use crate::queue::{Outbox, SqsOutbox};
@@ -46,13 +47,15 @@ pub struct Deps<S, Q, T> {
     pub tables: T,
     /// Answers CloudFormation custom resource requests.
     pub responder: Arc<dyn Responder>,
+    /// Publishes job events.
+    pub events: Arc<dyn EventBus>,
     pub config: Config,
 }
 
 impl<S, Q, T> Deps<S, Q, T> {
     /// Job control over these dependencies.
     pub fn control(&self) -> Control<'_, S, Q> {
-        Control { store: &self.store, outbox: &self.outbox, config: &self.config }
+        Control { store: &self.store, outbox: &self.outbox, events: self.events.as_ref(), config: &self.config }
     }
 }
 
@@ -67,6 +70,11 @@ impl AwsDeps {
             outbox: SqsOutbox::new(aws_sdk_sqs::Client::new(sdk), config.resources.clone()),
             tables: DynamoTables::new(ddb),
             responder: Arc::new(HttpResponder::default()),
+            events: Arc::new(EventBridgeBus::new(
+                aws_sdk_eventbridge::Client::new(sdk),
+                "default",
+                config.resources.event_source.clone(),
+            )),
             config,
         }
     }
@@ -74,7 +82,7 @@ impl AwsDeps {
     /// Lambda's wiring: configuration from the environment, clients from the default chain.
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = Config::from_env()?;
-        let sdk = aws_config::load_from_env().await;
+        let sdk = crate::config::sdk_from_env().await;
         Ok(Self::new(&sdk, config))
     }
 }
@@ -155,6 +163,7 @@ async fn queued_request<S: ControlStore, Q: Outbox, T: Tables>(
         JobRequest::Create(c) => Some(c.clone()),
         _ => None,
     };
+    let r_kind = (r.action().to_string(), r.job_name().to_string());
     match request(deps, r).await {
         Ok(job) => {
             tracing::info!(job = %job.name, status = %job.status_label(), "request from the queue carried out");
@@ -164,11 +173,11 @@ async fn queued_request<S: ControlStore, Q: Outbox, T: Tables>(
             // An earlier delivery may have created it and died before the message was deleted.
             let job = deps.store.get_job(&crate::model::JobName::parse(name.as_str()).expect("a job's name")).await?;
             match (create, job) {
-                (Some(c), Some(job)) if c.describes(&job, deps.config.tuning.default_parallelism) => {
+                (Some(c), Some(job)) if c.describes(&job) => {
                     tracing::info!(job = %job.name, attempt, "a create delivered again found the job it made");
                     Ok(())
                 }
-                _ => refused(RequestError::JobExists(name)),
+                _ => refused(deps, &r_kind, RequestError::JobExists(name)).await,
             }
         }
         // Recorded; the reconciler starts it.
@@ -176,14 +185,23 @@ async fn queued_request<S: ControlStore, Q: Outbox, T: Tables>(
             tracing::warn!(error = %e, "request from the queue recorded; the job starts later");
             Ok(())
         }
-        Err(e) if e.is_refusal() => refused(e),
+        Err(e) if e.is_refusal() => refused(deps, &r_kind, e).await,
         Err(RequestError::Aws(e)) => Err(HandlerError::Aws(e)),
         Err(e) => unreachable!("every other error is a refusal: {e}"),
     }
 }
 
-fn refused(e: RequestError) -> Result<(), HandlerError> {
+/// A request from the queue refused for what it asks: reported as a `RequestRejected` event
+/// (published at least once: if that fails, the request comes back and is refused again),
+/// then dropped.
+async fn refused<S, Q, T>(
+    deps: &Deps<S, Q, T>,
+    request: &(String, String),
+    e: RequestError,
+) -> Result<(), HandlerError> {
     tracing::error!(error = %e, "request from the queue refused; dropped");
+    let (action, job) = request;
+    deps.events.publish(vec![RequestRejected::event(action, Some(job), e.to_string())]).await?;
     Ok(())
 }
 
@@ -199,11 +217,19 @@ pub async fn copy_chunk_batch<S: ControlStore, Q: Outbox, T: Tables>(
     // Never later than the message's visibility timeout: a slice ends, and its hold on its
     // segment runs out, before SQS could deliver it again.
     let deadline = deadline.min(Instant::now() + deps.config.tuning.copy_visibility);
-    Ok(process_batch(event, |msg: CopyChunk, _attempt| {
+    Ok(process_batch(event, |msg: CopyChunk, attempt| {
+        count_retry("copy-chunk", &msg.job, attempt);
         let span = tracing::info_span!("copy_chunk", job = %msg.job, segment = msg.segment, seq = msg.seq);
         copy_chunk(&deps.tables, &deps.store, &deps.outbox, &deps.config.tuning, msg, deadline).instrument(span)
     })
     .await)
+}
+
+/// A message SQS delivers again (its first receiver failed or died): the `Retries` metric.
+fn count_retry(function: &'static str, job: &crate::model::JobName, attempt: u32) {
+    if attempt > 1 {
+        crate::metrics::Metrics::new(function, job.as_str()).count("Retries", 1).emit();
+    }
 }
 
 /// How long before its deadline a slice stops starting pages: a quarter of its time, at most
@@ -226,7 +252,8 @@ pub async fn advance_checkpoint_batch<S: ControlStore, Q: Outbox, T>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    Ok(process_batch(event, |msg: ChunkResult, _attempt| {
+    Ok(process_batch(event, |msg: ChunkResult, attempt| {
+        count_retry("advance-checkpoint", &msg.job, attempt);
         let span = tracing::info_span!("advance_checkpoint", job = %msg.job, segment = msg.segment, seq = msg.seq);
         advance_checkpoint(deps, msg).instrument(span)
     })

@@ -10,6 +10,7 @@ use chrono::Utc;
 
 use super::Deps;
 use crate::error::AwsError;
+use crate::events::JobStalled;
 use crate::model::JobStatus;
 use crate::queue::Outbox;
 use crate::store::ControlStore;
@@ -27,8 +28,13 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> R
     let (store, control) = (&deps.store, deps.control());
     control.schedule().await?;
     let mut found = Reconciled::default();
+    let sched = store.scheduler().await?;
+    for entry in sched.running.iter().chain(&sched.queued) {
+        // State changes whose events a dead process did not publish.
+        control.announce_now(&entry.job).await;
+    }
     let stall_after = chrono::Duration::from_std(deps.config.tuning.stall_after()).unwrap_or(chrono::Duration::MAX);
-    for entry in store.scheduler().await?.running {
+    for entry in sched.running {
         let Some(job) = store.get_job(&entry.job).await? else { continue };
         found.jobs += 1;
         let cursors = match (job.status, job.pending) {
@@ -39,7 +45,7 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> R
             (JobStatus::Paused, _) => control.stop_cursors(&job.name, job.epoch).await?,
             (JobStatus::Running, None) => {
                 let cursors = store.cursors(&job.name).await?;
-                if !cursors.is_empty() && cursors.iter().all(|c| c.done) {
+                if job.all_done(&cursors) {
                     tracing::warn!(job = %job.name, "every segment is done but the job is not final: asking finalize");
                     control.send_finalize(&job.name).await?;
                 }
@@ -52,8 +58,9 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> R
             cursors.iter().filter(|c| c.in_flight() && c.updated_at.is_some_and(|t| now - t > stall_after)).count()
                 as u32;
         if stalled != job.stalled {
-            if stalled > 0 {
+            if stalled > job.stalled {
                 tracing::warn!(job = %job.name, stalled, "segments without progress: see the copy-chunk dead-letter queue");
+                deps.events.publish(vec![JobStalled::event(job.name.as_str(), stalled)]).await?;
             }
             store.set_stalled(&job.name, stalled).await?;
         }

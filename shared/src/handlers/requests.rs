@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::create_job::{create_job, CreateJobRequest};
 use super::Deps;
 use crate::error::{AwsError, ErrorKind, RequestError};
-use crate::model::{InvalidInput, Job, JobName, JobStatus, Progress, StackOrigin};
+use crate::model::{InvalidInput, Job, JobName, JobStatus, Progress};
 use crate::queue::Outbox;
 use crate::store::{conflict_pause, ControlStore};
 use crate::tables::Tables;
@@ -93,6 +93,16 @@ impl JobRequest {
         })
     }
 
+    /// What it asks: create, pause, resume or cancel.
+    pub fn action(&self) -> &'static str {
+        match self {
+            JobRequest::Create(_) => "create",
+            JobRequest::Pause(_) => "pause",
+            JobRequest::Resume(_) => "resume",
+            JobRequest::Cancel(_) => "cancel",
+        }
+    }
+
     pub fn job_name(&self) -> &str {
         match self {
             JobRequest::Create(r) => &r.job_name,
@@ -170,7 +180,7 @@ where
     check_region(deps).await?;
     for attempt in 1..=REQUEST_ATTEMPTS {
         let job = existing(deps, name).await?;
-        if job.status.is_final() && StackOrigin::awaits_answer(&job) {
+        if job.owes_finalize() {
             // A repeated request after a crash: the final move's finalize message may be lost.
             deps.control().send_finalize(name).await?;
         }

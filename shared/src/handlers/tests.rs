@@ -57,6 +57,7 @@ fn world(n: u64, without_order_no: &[u64]) -> FakeDeps {
         checkpoint_queue_url: "q2".into(),
         finalize_queue_url: "q3".into(),
         requests_queue_url: "q4".into(),
+        event_source: "tablecopy".into(),
     };
     let tuning = Tuning { slice: SliceLimits { max_items: 7, max_bytes: 1 << 20 }, ..Tuning::default() };
     Deps {
@@ -64,6 +65,7 @@ fn world(n: u64, without_order_no: &[u64]) -> FakeDeps {
         outbox: FakeOutbox::default(),
         tables,
         responder: std::sync::Arc::new(FakeResponder::default()),
+        events: std::sync::Arc::new(crate::events::RecordedEvents::default()),
         config: Config { resources, tuning, region: "us-east-1".into(), tables: Default::default() },
     }
 }
@@ -75,6 +77,7 @@ fn request(name: &str, parallelism: u32, on_item_error: OnItemError) -> CreateJo
         target_table: "dst".into(),
         parallelism: Some(parallelism),
         on_item_error,
+        ..Default::default()
     }
 }
 
@@ -281,7 +284,7 @@ async fn invalid_requests_get_clear_errors_and_leave_nothing_behind() {
         ),
         (CreateJobRequest { target_table: "a".into(), ..request("j", 1, OnItemError::Fail) }, "invalid table name"),
         (request("j", 0, OnItemError::Fail), "parallelism 0 is out of range"),
-        (request("j", 65, OnItemError::Fail), "parallelism 65 is out of range"),
+        (request("j", 1001, OnItemError::Fail), "parallelism 1001 is out of range"),
         (request("taken", 1, OnItemError::Fail), "a job named \"taken\" already exists"),
     ];
     for (req, expected) in cases {
@@ -338,6 +341,9 @@ async fn a_fatal_slice_error_fails_the_job_with_its_reason() {
         next_key: None,
         fatal: Some(JobError { code: "ResourceNotFoundException".into(), message: "table dst was deleted".into() }),
         partial: false,
+        throttles: 0,
+        pace: None,
+        started_at: None,
     };
     deliver(&d, QueueKind::Checkpoint, &encode(&result)).await;
     drain(&d, 0, true).await;
@@ -640,6 +646,7 @@ fn requests_parse_from_invoke_payloads_and_eventbridge_events() {
         target_table: "orders-v2".into(),
         parallelism: Some(8),
         on_item_error: OnItemError::Skip,
+        ..Default::default()
     });
     let body = json!({"jobName": "j1", "sourceTable": "orders", "targetTable": "orders-v2", "parallelism": 8, "onItemError": "skip"});
     assert_eq!(JobRequest::parse(body.clone()).unwrap(), create);
@@ -1463,4 +1470,166 @@ async fn a_result_whose_copy_lost_its_hold_does_not_end_the_slice_under_the_copy
     assert_eq!(job(&d, "handover").status, JobStatus::Running);
     let c = d.store.cursor(&name("handover"), 0).await.unwrap().unwrap();
     assert_eq!((c.seq, c.done, c.owner.as_deref()), (0, false, Some("copy D")));
+}
+
+// ---------------------------------------------------------------- events, budget
+
+/// Job events as published: (detail-type, job, from, to, version).
+fn published(events: &[crate::events::Event]) -> Vec<(String, String, String, String, u64)> {
+    events
+        .iter()
+        .map(|e| {
+            let d = &e.detail;
+            let text = |k: &str| d[k].as_str().unwrap_or("-").to_string();
+            (e.detail_type.to_string(), text("job"), text("from"), text("to"), d["version"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+/// Let `d` record its events; what it published is the returned bus's `take()`.
+fn record_events(d: &mut FakeDeps) -> std::sync::Arc<crate::events::RecordedEvents> {
+    let bus = std::sync::Arc::new(crate::events::RecordedEvents::default());
+    d.events = bus.clone();
+    bus
+}
+
+#[tokio::test]
+async fn every_state_change_of_a_job_is_published_once_with_its_version() {
+    let mut d = world(40, &[]);
+    let bus = record_events(&mut d);
+    create_job(&d, request("ev", 2, OnItemError::Fail)).await.unwrap();
+    drain(&d, 3, true).await;
+    let events = bus.take();
+    let change = |from: &str, to: &str, v| {
+        ("tablecopy.JobStateChange".to_string(), "ev".to_string(), from.to_string(), to.to_string(), v)
+    };
+    assert_eq!(
+        published(&events),
+        [change("-", "Queued", 1), change("Queued", "Running", 2), change("Running", "Completed", 3)]
+    );
+    assert_eq!(events[2].detail["counters"]["itemsCopied"], 40);
+    assert_eq!(job(&d, "ev").announced, 3);
+}
+
+/// An event bus that refuses the next `failures` publications.
+#[derive(Default)]
+struct FlakyBus {
+    failures: std::sync::atomic::AtomicU32,
+    inner: crate::events::RecordedEvents,
+}
+
+#[async_trait::async_trait]
+impl crate::events::EventBus for FlakyBus {
+    async fn publish(&self, events: Vec<crate::events::Event>) -> Result<(), crate::error::AwsError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.failures.load(SeqCst) > 0 {
+            self.failures.fetch_sub(1, SeqCst);
+            return Err(crate::error::AwsError::new(crate::error::ErrorKind::Transient, "publish", "refused"));
+        }
+        self.inner.publish(events).await
+    }
+}
+
+#[tokio::test]
+async fn events_that_could_not_be_published_when_the_job_moved_are_published_later() {
+    let mut d = world(20, &[]);
+    let bus = std::sync::Arc::new(FlakyBus::default());
+    d.events = bus.clone();
+    create_job(&d, request("late-ev", 1, OnItemError::Fail)).await.unwrap();
+    assert_eq!(job(&d, "late-ev").announced, 2, "Queued and Running published");
+    // The completion's publication fails twice: when the job moves, and finalize's first try.
+    bus.failures.store(2, std::sync::atomic::Ordering::SeqCst);
+    while job(&d, "late-ev").status != JobStatus::Completed {
+        step(&d).await;
+    }
+    assert!(job(&d, "late-ev").announced < 3, "the completion was not published when it happened");
+    drain(&d, 0, false).await; // finalize, retried until it can publish
+    let all = bus.inner.take();
+    let versions: Vec<u64> = published(&all).iter().map(|e| e.4).collect();
+    assert_eq!(versions, [1, 2, 3], "{:?}", published(&all));
+    assert_eq!(job(&d, "late-ev").announced, 3);
+}
+
+#[tokio::test]
+async fn a_refused_request_from_the_queue_is_published_as_rejected() {
+    let mut d = world(10, &[]);
+    let bus = record_events(&mut d);
+    let create = serde_json::json!({"jobName": "nope", "sourceTable": "missing", "targetTable": "dst"});
+    let r = requests_batch(&d, queued("tablecopy.CreateJob", create, 1)).await.unwrap();
+    assert!(r.batch_item_failures.is_empty(), "refused, not retried");
+    let events = bus.take();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].detail_type, "tablecopy.RequestRejected");
+    assert_eq!((events[0].detail["action"].as_str(), events[0].detail["job"].as_str()), (Some("create"), Some("nope")));
+    assert!(events[0].detail["reason"].as_str().unwrap().contains("was not found"), "{:?}", events[0]);
+}
+
+#[tokio::test]
+async fn a_budgeted_job_paces_each_segment_with_delays_and_halves_its_rate_when_throttled() {
+    let mut d = world(300, &[]);
+    d.config.tuning.slice.max_items = 1_000;
+    let req = CreateJobRequest { max_write_rate: Some(40), ..request("paced", 2, OnItemError::Fail) };
+    create_job(&d, req).await.unwrap();
+    let first: Vec<crate::messages::CopyChunk> = take_slices(&d).iter().map(|b| decode(b).unwrap()).collect();
+    // 40 items/s shared by 2 segments: 20/s each, slices of 2 s worth (at least 25 items).
+    assert!(
+        first.iter().all(|m| m.pace.as_ref().map(|p| p.rate) == Some(20.0) && m.limits.max_items == 40),
+        "{first:?}"
+    );
+    for m in &first {
+        deliver(&d, QueueKind::CopyChunk, &encode(m)).await;
+    }
+    // A throttled slice: the next one of its segment runs at half the rate.
+    *d.tables.unprocessed_calls.lock().unwrap() = 1;
+    drain(&d, 1, false).await;
+    let done = job(&d, "paced");
+    assert_eq!((done.status, done.items_copied), (JobStatus::Completed, 300));
+    assert!(done.throttles >= 1);
+    let delays = d.outbox.delays.lock().unwrap().clone();
+    // The handler tests deliver at once, so each segment runs ahead of its schedule and its
+    // delays grow: the last ones cover what the segment copied at its rate (about 150 items at
+    // 20/s or less: 7 s or more).
+    assert!(!delays.is_empty() && *delays.iter().max().unwrap() >= 6, "{delays:?}");
+    let cursors = d.store.cursors(&name("paced")).await.unwrap();
+    assert!(cursors.iter().any(|c| c.rate.is_some_and(|r| r < 20.0)), "a segment was slowed: {cursors:?}");
+}
+
+#[tokio::test]
+async fn a_job_whose_cursors_were_created_half_way_is_completed_before_it_starts() {
+    let d = world(60, &[]);
+    // The creation dies after the job is recorded: its cursors cannot be written.
+    d.store
+        .script("create_cursors", [Some(crate::error::ErrorKind::Throttled), Some(crate::error::ErrorKind::Throttled)]);
+    let r = create_job(&d, request("half", 4, OnItemError::Fail)).await;
+    assert!(matches!(r, Err(RequestError::Incomplete(_))), "{r:?}");
+    assert_eq!(job(&d, "half").status, JobStatus::Queued, "never started without its cursors");
+    // Half of them were written before it died.
+    let half = [crate::model::Cursor::start(0), crate::model::Cursor::start(1)];
+    d.store.create_cursors(&name("half"), &half).await.unwrap();
+    assert_eq!(job(&d, "half").status, JobStatus::Queued);
+    reconcile(&d).await.unwrap();
+    let started = job(&d, "half");
+    assert_eq!(started.status, JobStatus::Running);
+    assert_eq!(d.store.cursors(&name("half")).await.unwrap().len(), 4, "every cursor exists before the start");
+    drain(&d, 2, false).await;
+    let done = job(&d, "half");
+    assert_eq!((done.status, done.items_copied), (JobStatus::Completed, 60));
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+}
+
+#[tokio::test]
+async fn a_job_may_have_a_thousand_segments() {
+    let d = world(50, &[]);
+    let r = create_job(&d, request("wide", 1_001, OnItemError::Fail)).await;
+    assert!(matches!(&r, Err(RequestError::Invalid(e)) if e.0.contains("use 1 to 1000")), "{r:?}");
+    assert!(d.store.state.lock().unwrap().jobs.is_empty(), "nothing written");
+    create_job(&d, request("wide", 1_000, OnItemError::Fail)).await.unwrap();
+    assert_eq!(d.store.cursors(&name("wide")).await.unwrap().len(), 1_000);
+    drain(&d, 5, false).await;
+    let done = job(&d, "wide");
+    assert_eq!((done.status, done.items_copied, done.segments_done), (JobStatus::Completed, 50, 1_000));
+    // Without a parallelism: the deployment's default for a small table, said to come from its size.
+    create_job(&d, CreateJobRequest { parallelism: None, ..request("sized", 1, OnItemError::Fail) }).await.unwrap();
+    let sized = job(&d, "sized");
+    assert_eq!((sized.spec.parallelism, sized.spec.parallelism_from_size), (4, true));
 }

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
 use crate::error::{AwsError, ErrorKind};
-use crate::model::{Cursor, Item, Job, JobName, RejectedItem};
+use crate::model::{Cursor, Item, Job, JobName, JobSummary, RejectedItem};
 use crate::scheduler::Scheduler;
 
 pub fn job_pk(name: &JobName) -> String {
@@ -22,7 +22,7 @@ pub const SCHEDULER_SK: &str = "RUNNING";
 pub const CONFIG_PK: &str = "CONFIG";
 pub const CONFIG_SK: &str = "ACCOUNT";
 /// The index `list` queries: every job item under one key, sorted by creation.
-pub const LIST_INDEX: &str = "by-created";
+pub const LIST_INDEX: &str = "by-created-v2";
 pub const LIST_PK: &str = "JOB";
 
 pub fn s(v: impl Into<String>) -> AttributeValue {
@@ -58,6 +58,10 @@ pub fn cursor_to_item(name: &JobName, c: &Cursor) -> Item {
     item.insert("items".into(), n(c.items));
     item.insert("bytes".into(), n(c.bytes));
     item.insert("rejected".into(), n(c.rejected));
+    item.insert("throttles".into(), n(c.throttles));
+    if let Some(r) = c.rate {
+        item.insert("rate".into(), n(r));
+    }
     item.insert("samples".into(), samples(&c.samples));
     if let Some(k) = &c.last_key {
         item.insert("last_key".into(), AttributeValue::M(k.clone()));
@@ -95,6 +99,8 @@ pub fn cursor_from_item(item: &Item) -> Option<Cursor> {
         items: num("items").unwrap_or(0),
         bytes: num("bytes").unwrap_or(0),
         rejected: num("rejected").unwrap_or(0),
+        throttles: num("throttles").unwrap_or(0),
+        rate: item.get("rate").and_then(|v| v.as_n().ok()).and_then(|r| r.parse().ok()),
         samples: item
             .get("samples")
             .and_then(|v| v.as_l().ok())
@@ -108,15 +114,15 @@ pub fn cursor_from_item(item: &Item) -> Option<Cursor> {
 }
 
 /// The list index's sort key: creation time, then name (names contain no `#`).
-pub fn created_key(job: &Job) -> String {
-    format!("{}#{}", job.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), job.name)
+pub fn created_key(created_at: DateTime<Utc>, name: &JobName) -> String {
+    format!("{}#{}", created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), name)
 }
 
 pub fn job_to_item(job: &Job) -> Item {
     let mut item: Item = serde_dynamo::to_item(job).expect("jobs always serialize");
     item.extend(key(job_pk(&job.name), JOB_SK));
     item.insert("list_pk".into(), s(LIST_PK));
-    item.insert("created_key".into(), s(created_key(job)));
+    item.insert("created_key".into(), s(created_key(job.created_at, &job.name)));
     item
 }
 
@@ -126,6 +132,11 @@ fn read_err(what: &str, e: serde_dynamo::Error) -> AwsError {
 
 pub fn job_from_item(item: Item) -> Result<Job, AwsError> {
     serde_dynamo::from_item(item).map_err(|e| read_err("a job item", e))
+}
+
+/// A job as the list index holds it (only [`JobSummary::ATTRIBUTES`]).
+pub fn summary_from_item(item: Item) -> Result<JobSummary, AwsError> {
+    serde_dynamo::from_item(item).map_err(|e| read_err("a job in the list index", e))
 }
 
 pub fn scheduler_to_item(sch: &Scheduler) -> Item {

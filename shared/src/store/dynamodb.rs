@@ -14,6 +14,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
 };
 use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::codec::*;
 use super::{conflict_pause, Applied, CursorStore, InsertError, JobPage, JobStore, ListQuery, SliceCommit, Transition};
@@ -22,6 +23,8 @@ use crate::model::{Cursor, Item, Job, JobName, JobStatus, Progress, StatusChange
 use crate::rules::{commit_rule, Commit};
 use crate::scheduler::Scheduler;
 
+/// Cursor puts in flight at once when a job's cursors are created.
+const CURSOR_PUTS_AT_ONCE: usize = 16;
 /// Attempts of a transaction that meets a concurrent one on the same item.
 const CONFLICT_ATTEMPTS: u32 = 8;
 /// Attempts of a commit whose cursor changed between its read and its write (a control
@@ -59,17 +62,26 @@ enum Updated {
     No(Option<Item>),
 }
 
-/// The DynamoDB adapter. Counts the items it writes (for the benchmark).
+/// The DynamoDB adapter. Counts the items it writes and the conflicts it met (for the
+/// benchmarks).
 #[derive(Clone)]
 pub struct DynamoStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
     writes: Arc<AtomicU64>,
+    conflicts: Arc<AtomicU64>,
 }
 
 impl DynamoStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into(), writes: Arc::default() }
+        Self { client, table: table.into(), writes: Arc::default(), conflicts: Arc::default() }
+    }
+
+    /// Writes that met a concurrent change and were tried again so far: a slice commit whose
+    /// cursor changed between its decision and its write, or a transaction cancelled for a
+    /// conflict.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     /// Item writes so far by this adapter (and its clones); a transaction counts each item.
@@ -132,11 +144,34 @@ impl DynamoStore {
             };
             let mut e = classify(what.to_string(), err);
             e.kind = cancelled.unwrap_or(e.kind);
+            if e.kind == ErrorKind::Conflict {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+            }
             if e.kind == ErrorKind::Conflict && attempt < CONFLICT_ATTEMPTS {
                 conflict_pause(attempt).await;
                 continue;
             }
             return Err(e);
+        }
+    }
+
+    /// Put a new cursor unless it exists.
+    async fn put_cursor(&self, name: &JobName, c: &Cursor) -> Result<(), AwsError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(cursor_to_item(name, c)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => {
+                self.count(1);
+                Ok(())
+            }
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e) => Err(classify(format!("creating cursor {} of job {name}", c.segment), e)),
         }
     }
 
@@ -183,6 +218,7 @@ impl DynamoStore {
             .expression_attribute_names("#items", "items")
             .expression_attribute_names("#bytes", "bytes")
             .expression_attribute_names("#rejected", "rejected")
+            .expression_attribute_names("#throttles", "throttles")
             .expression_attribute_names("#key", "last_key")
             .expression_attribute_names("#by", "committed_by")
             .expression_attribute_names("#owner", "owner")
@@ -196,7 +232,12 @@ impl DynamoStore {
             .expression_attribute_values(":at", time(c.at))
             .expression_attribute_values(":items", n(c.items))
             .expression_attribute_values(":bytes", n(c.bytes))
-            .expression_attribute_values(":rejected", n(c.rejected));
+            .expression_attribute_values(":rejected", n(c.rejected))
+            .expression_attribute_values(":throttles", n(c.throttles));
+        if let Some(rate) = c.rate {
+            set.push("#rate = :rate");
+            update = update.expression_attribute_names("#rate", "rate").expression_attribute_values(":rate", n(rate));
+        }
         if park {
             // Only STOP_TRUE names it: DynamoDB refuses values an expression does not use.
             update = update.expression_attribute_values(":true", AttributeValue::Bool(true));
@@ -217,7 +258,7 @@ impl DynamoStore {
             _ => ", #key",
         };
         let expr = format!(
-            "SET {} ADD #items :items, #bytes :bytes, #rejected :rejected REMOVE #owner, #lease{remove}",
+            "SET {} ADD #items :items, #bytes :bytes, #rejected :rejected, #throttles :throttles REMOVE #owner, #lease{remove}",
             set.join(", ")
         );
         self.run(update.update_expression(expr), &format!("committing slice {} of segment {}", c.seq, c.segment)).await
@@ -226,6 +267,14 @@ impl DynamoStore {
 
 #[async_trait]
 impl CursorStore for DynamoStore {
+    async fn create_cursors(&self, name: &JobName, cursors: &[Cursor]) -> Result<(), AwsError> {
+        // Boxed: the trait's future must be `Send` for every lifetime of the borrows.
+        let puts: Vec<futures::future::BoxFuture<'_, Result<(), AwsError>>> =
+            cursors.iter().map(|c| Box::pin(self.put_cursor(name, c)) as _).collect();
+        stream::iter(puts).buffer_unordered(CURSOR_PUTS_AT_ONCE).try_collect::<Vec<()>>().await?;
+        Ok(())
+    }
+
     async fn cursor(&self, name: &JobName, segment: u32) -> Result<Option<Cursor>, AwsError> {
         let out = self
             .client
@@ -295,6 +344,7 @@ impl CursorStore for DynamoStore {
                     if decision == Commit::Stale {
                         return Ok(Commit::Stale);
                     }
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -390,11 +440,8 @@ impl CursorStore for DynamoStore {
 
 #[async_trait]
 impl JobStore for DynamoStore {
-    async fn insert_job(&self, job: &Job, cursors: &[Cursor], scheduler: &Scheduler) -> Result<(), InsertError> {
-        let absent = "attribute_not_exists(pk)";
-        let mut items = vec![self.put(job_to_item(job), absent)];
-        items.extend(cursors.iter().map(|c| self.put(cursor_to_item(&job.name, c), absent)));
-        items.push(self.scheduler_put(scheduler));
+    async fn insert_job(&self, job: &Job, scheduler: &Scheduler) -> Result<(), InsertError> {
+        let items = vec![self.put(job_to_item(job), "attribute_not_exists(pk)"), self.scheduler_put(scheduler)];
         match self.transact(items, &format!("creating job {}", job.name)).await? {
             None => Ok(()),
             Some(codes) if codes.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
@@ -456,14 +503,14 @@ impl JobStore for DynamoStore {
             }
             let out = query.send().await.map_err(|e| classify("listing jobs", e))?;
             for item in out.items.unwrap_or_default() {
-                jobs.push(job_from_item(item)?);
+                jobs.push(summary_from_item(item)?);
             }
             start = out.last_evaluated_key;
             if start.is_none() {
                 break;
             }
         }
-        let next = (jobs.len() > limit).then(|| created_key(&jobs[limit - 1]));
+        let next = (jobs.len() > limit).then(|| created_key(jobs[limit - 1].created_at, &jobs[limit - 1].name));
         jobs.truncate(limit);
         Ok(JobPage { jobs, next })
     }
@@ -622,6 +669,16 @@ impl JobStore for DynamoStore {
         Ok(matches!(self.run(update, &format!("refreshing the counters of job {name}")).await?, Updated::Yes(_)))
     }
 
+    async fn mark_announced(&self, name: &JobName, announced: u64) -> Result<(), AwsError> {
+        let update = self
+            .update_item(key(job_pk(name), JOB_SK))
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(announced) OR announced < :n)")
+            .update_expression("SET announced = :n")
+            .expression_attribute_values(":n", n(announced));
+        self.run(update, &format!("recording the published events of job {name}")).await?;
+        Ok(())
+    }
+
     async fn set_stalled(&self, name: &JobName, stalled: u32) -> Result<(), AwsError> {
         let update = self
             .update_item(key(job_pk(name), JOB_SK))
@@ -692,19 +749,21 @@ impl JobStore for DynamoStore {
 }
 
 /// The job item's counters, set from a [`Progress`] by [`progress_values`].
-const PROGRESS_SET: [&str; 5] = [
+const PROGRESS_SET: [&str; 6] = [
     "items_copied = :items",
     "bytes_copied = :bytes",
     "items_rejected = :rejected",
+    "throttles = :throttles",
     "rejected_samples = :samples",
     "segments_done = :done",
 ];
 
-fn progress_values(p: &Progress) -> [(&'static str, AttributeValue); 5] {
+fn progress_values(p: &Progress) -> [(&'static str, AttributeValue); 6] {
     [
         (":items", n(p.items)),
         (":bytes", n(p.bytes)),
         (":rejected", n(p.rejected)),
+        (":throttles", n(p.throttles)),
         (":samples", samples(&p.samples)),
         (":done", n(p.segments_done)),
     ]

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Applied, CursorStore, InsertError, JobPage, JobStore, ListQuery, SliceCommit, Transition};
 use crate::error::{AwsError, ErrorKind};
-use crate::model::{Cursor, Job, JobName, JobStatus, Progress, StatusChange, MAX_REJECTED_SAMPLES};
+use crate::model::{Cursor, Job, JobName, JobStatus, JobSummary, Progress, StatusChange, MAX_REJECTED_SAMPLES};
 use crate::rules::{claim_applies, commit_rule, sync_applies, unpark_applies, Commit};
 use crate::scheduler::Scheduler;
 
@@ -59,6 +59,10 @@ impl StoreState {
         cursor.items += c.items;
         cursor.bytes += c.bytes;
         cursor.rejected += c.rejected;
+        cursor.throttles += c.throttles;
+        if c.rate.is_some() {
+            cursor.rate = c.rate;
+        }
         let room = MAX_REJECTED_SAMPLES.saturating_sub(cursor.samples.len());
         cursor.samples.extend(c.samples.iter().take(room).cloned());
         cursor.updated_at = Some(c.at);
@@ -97,6 +101,18 @@ impl MemoryStore {
 
 #[async_trait]
 impl CursorStore for MemoryStore {
+    async fn create_cursors(&self, name: &JobName, cursors: &[Cursor]) -> Result<(), AwsError> {
+        self.fault("create_cursors")?;
+        let mut s = self.state.lock().unwrap();
+        for c in cursors {
+            if let std::collections::btree_map::Entry::Vacant(e) = s.cursors.entry((name.clone(), c.segment)) {
+                e.insert(c.clone());
+                s.writes += 1;
+            }
+        }
+        Ok(())
+    }
+
     async fn cursor(&self, name: &JobName, segment: u32) -> Result<Option<Cursor>, AwsError> {
         self.fault("cursor")?;
         Ok(self.state.lock().unwrap().cursors.get(&(name.clone(), segment)).cloned())
@@ -187,7 +203,7 @@ impl CursorStore for MemoryStore {
 
 #[async_trait]
 impl JobStore for MemoryStore {
-    async fn insert_job(&self, job: &Job, cursors: &[Cursor], scheduler: &Scheduler) -> Result<(), InsertError> {
+    async fn insert_job(&self, job: &Job, scheduler: &Scheduler) -> Result<(), InsertError> {
         self.fault("insert_job")?;
         let mut s = self.state.lock().unwrap();
         if s.jobs.contains_key(&job.name) {
@@ -197,10 +213,7 @@ impl JobStore for MemoryStore {
             return Err(InsertError::SchedulerChanged);
         }
         s.jobs.insert(job.name.clone(), job.clone());
-        for c in cursors {
-            s.cursors.insert((job.name.clone(), c.segment), c.clone());
-        }
-        s.writes += 2 + cursors.len() as u64;
+        s.writes += 2;
         Ok(())
     }
 
@@ -212,11 +225,11 @@ impl JobStore for MemoryStore {
     async fn list_jobs(&self, q: &ListQuery) -> Result<JobPage, AwsError> {
         self.fault("list_jobs")?;
         let s = self.state.lock().unwrap();
-        let mut jobs: Vec<Job> =
-            s.jobs.values().filter(|j| q.status.is_none_or(|st| j.status == st)).cloned().collect();
+        let mut jobs: Vec<JobSummary> =
+            s.jobs.values().filter(|j| q.status.is_none_or(|st| j.status == st)).map(Job::summary).collect();
         jobs.sort_by(|a, b| (b.created_at, &b.name).cmp(&(a.created_at, &a.name)));
         let skip = q.after.as_ref().map_or(0, |a| jobs.iter().position(|j| j.name.as_str() == a).map_or(0, |i| i + 1));
-        let rest: Vec<Job> = jobs.into_iter().skip(skip).collect();
+        let rest: Vec<JobSummary> = jobs.into_iter().skip(skip).collect();
         let next = (rest.len() > q.limit).then(|| rest[q.limit - 1].name.to_string());
         Ok(JobPage { jobs: rest.into_iter().take(q.limit).collect(), next })
     }
@@ -327,6 +340,16 @@ impl JobStore for MemoryStore {
         s.jobs.insert(name.clone(), if applies { job.with_progress(p) } else { job });
         s.writes += u64::from(applies);
         Ok(applies)
+    }
+
+    async fn mark_announced(&self, name: &JobName, announced: u64) -> Result<(), AwsError> {
+        self.fault("mark_announced")?;
+        let mut s = self.state.lock().unwrap();
+        if let Some(job) = s.jobs.get_mut(name).filter(|j| j.announced < announced) {
+            job.announced = announced;
+            s.writes += 1;
+        }
+        Ok(())
     }
 
     async fn set_stalled(&self, name: &JobName, stalled: u32) -> Result<(), AwsError> {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::error::AwsError;
-use crate::model::{Cursor, Item, Job, JobError, JobName, JobStatus, Progress, RejectedItem};
+use crate::model::{Cursor, Item, Job, JobError, JobName, JobStatus, JobSummary, Progress, RejectedItem};
 pub use crate::rules::Commit;
 use crate::scheduler::Scheduler;
 
@@ -33,11 +33,15 @@ pub struct SliceCommit {
     pub items: u64,
     pub bytes: u64,
     pub rejected: u64,
+    /// Writes the target throttled during the slice.
+    pub throttles: u64,
     /// Samples to keep on the cursor (the store keeps at most [`crate::model::MAX_REJECTED_SAMPLES`]).
     pub samples: Vec<RejectedItem>,
     pub at: DateTime<Utc>,
     /// The copy that wrote the slice (its token), recorded as the cursor's `committed_by`.
     pub copy: String,
+    /// The segment's rate under the job's budget from now on (items per second), if paced.
+    pub rate: Option<f64>,
 }
 
 /// A status change, applied only if the job is still in `from` at control epoch `epoch`
@@ -91,7 +95,7 @@ pub struct ListQuery {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobPage {
-    pub jobs: Vec<Job>,
+    pub jobs: Vec<JobSummary>,
     /// Pass as `after` for the next page; `None` on the last page.
     pub next: Option<String>,
 }
@@ -100,6 +104,9 @@ pub struct JobPage {
 /// copy and commit touch.
 #[async_trait]
 pub trait CursorStore: Send + Sync {
+    /// Create these cursors of a job, each only if it does not exist yet (a repeated creation
+    /// after a crash never resets a cursor).
+    async fn create_cursors(&self, name: &JobName, cursors: &[Cursor]) -> Result<(), AwsError>;
     /// One cursor, read consistently; `None` if it does not exist.
     async fn cursor(&self, name: &JobName, segment: u32) -> Result<Option<Cursor>, AwsError>;
     /// Every cursor of a job, read consistently, in segment order.
@@ -144,8 +151,9 @@ pub trait CursorStore: Send + Sync {
 /// One capability: jobs, the scheduler and the account config.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Insert a job and its cursors, and write the scheduler's new state, atomically.
-    async fn insert_job(&self, job: &Job, cursors: &[Cursor], scheduler: &Scheduler) -> Result<(), InsertError>;
+    /// Insert a job and write the scheduler's new state, atomically. Its cursors are created
+    /// apart ([`CursorStore::create_cursors`]), in pages: a job may have 1,000 of them.
+    async fn insert_job(&self, job: &Job, scheduler: &Scheduler) -> Result<(), InsertError>;
     async fn get_job(&self, name: &JobName) -> Result<Option<Job>, AwsError>;
     async fn list_jobs(&self, query: &ListQuery) -> Result<JobPage, AwsError>;
     async fn transition(&self, name: &JobName, t: &Transition) -> Result<Applied, AwsError>;
@@ -179,6 +187,9 @@ pub trait JobStore: Send + Sync {
     ) -> Result<bool, AwsError>;
     /// Write the counters of the turn taken at `claimed`, if no later turn was taken.
     async fn write_progress(&self, name: &JobName, p: &Progress, claimed: DateTime<Utc>) -> Result<bool, AwsError>;
+    /// Record that the first `n` entries of the job's history were published as events, if
+    /// fewer were recorded so far.
+    async fn mark_announced(&self, name: &JobName, n: u64) -> Result<(), AwsError>;
     /// Record how many segments the reconciler found stalled.
     async fn set_stalled(&self, name: &JobName, stalled: u32) -> Result<(), AwsError>;
     async fn scheduler(&self) -> Result<Scheduler, AwsError>;

@@ -1,0 +1,177 @@
+//! A job's rate budget (`--max-write-rate`, `--max-read-rate`, items per second), kept
+//! without paying for idle Lambda time: no function sleeps. Each segment carries its pace in
+//! its messages: its current rate and the time its slice was due. A slice copies at full speed
+//! a number of items that lasts about [`SLICE_SECONDS`] at that rate; advance-checkpoint then
+//! sends the next slice with an SQS `DelaySeconds` that brings the segment back to its
+//! schedule. Under pacing every unfinished segment is in flight at once (waiting in the queue
+//! between its slices), so the budget is shared by the unfinished segments: together they never
+//! exceed it, whatever the workers and the parallelism. Throttling of a slice halves its
+//! segment's rate (multiplicative decrease); each slice without throttling raises it by a tenth
+//! of its share, up to the share (additive increase). Without a budget nothing is paced.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::JobSpec;
+
+/// About how long a paced slice's items last at its segment's rate.
+pub const SLICE_SECONDS: f64 = 2.0;
+/// How far behind its schedule a segment may fall and still make the time up (by waiting less
+/// before its next slices): one slice's time. This pays back the moments between a slice's due
+/// time and its start (queue delivery, the checkpoint hop) that would otherwise be lost on
+/// every slice; a segment later than that (it waited for a worker) is paced from its real
+/// start less this bound, so it never bursts more than one slice ahead of the budget.
+pub const CATCH_UP_SECONDS: f64 = SLICE_SECONDS;
+/// A paced slice copies at least one BatchWriteItem's worth of items.
+pub const MIN_SLICE_ITEMS: u32 = 25;
+/// SQS's longest message delay.
+pub const MAX_DELAY_SECONDS: u32 = 900;
+
+/// A segment's pace, carried by its messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pace {
+    /// The segment's current rate in items per second: at most its share of the budget.
+    pub rate: f64,
+    /// When this slice was due to start, on the segment's schedule.
+    pub due: DateTime<Utc>,
+}
+
+/// The items per second a job may process: the lower of its write and read budgets (a slice
+/// reads as many items as it writes or rejects). `None`: no budget.
+pub fn budget(spec: &JobSpec) -> Option<f64> {
+    match (spec.max_write_rate, spec.max_read_rate) {
+        (None, None) => None,
+        (w, r) => Some(f64::from(w.unwrap_or(u32::MAX).min(r.unwrap_or(u32::MAX)))),
+    }
+}
+
+/// One segment's share of the budget when `unfinished` segments remain.
+pub fn share(budget: f64, unfinished: u32) -> f64 {
+    budget / f64::from(unfinished.max(1))
+}
+
+/// The pace of a segment's first slice (a launch, or a resume), due `now`.
+pub fn start(spec: &JobSpec, unfinished: u32, now: DateTime<Utc>) -> Option<Pace> {
+    budget(spec).map(|b| Pace { rate: share(b, unfinished), due: now })
+}
+
+/// After a slice paced by `pace`, started at `started`, that processed `items` and met
+/// `throttles` throttled writes: the next slice's pace, and the whole seconds to delay it.
+pub fn next(
+    pace: &Pace,
+    spec: &JobSpec,
+    unfinished: u32,
+    items: u64,
+    throttles: u64,
+    started: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (Pace, u32) {
+    let cap = budget(spec).map_or(pace.rate, |b| share(b, unfinished));
+    let rate = if throttles > 0 { (pace.rate / 2.0).max(1.0) } else { (pace.rate + cap / 10.0).min(cap) }.max(0.001);
+    // A late segment makes up at most CATCH_UP_SECONDS: it never bursts to catch up more.
+    let earliest = started - Duration::microseconds((CATCH_UP_SECONDS * 1e6) as i64);
+    let due = pace.due.max(earliest) + Duration::microseconds((items as f64 / pace.rate * 1e6) as i64);
+    let wait = (due - now).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+    (Pace { rate, due }, dither(wait).min(MAX_DELAY_SECONDS))
+}
+
+/// Whole seconds (SQS delays are whole) whose average is `seconds`: the fraction becomes one
+/// more second with its probability.
+fn dither(seconds: f64) -> u32 {
+    let whole = seconds.floor();
+    let extra = rand::random::<f64>() < seconds - whole;
+    whole as u32 + u32::from(extra)
+}
+
+/// Items of a paced slice: about [`SLICE_SECONDS`] at `rate`, within `[MIN_SLICE_ITEMS, max]`.
+pub fn slice_items(rate: f64, max: u32) -> u32 {
+    ((rate * SLICE_SECONDS).round() as u32).clamp(MIN_SLICE_ITEMS.min(max), max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{KeyAttribute, KeySchema, KeyType, OnItemError, TableName};
+
+    fn spec(write: Option<u32>, read: Option<u32>) -> JobSpec {
+        let key = KeySchema { partition: KeyAttribute { name: "pk".into(), kind: KeyType::S }, sort: None };
+        JobSpec {
+            source: TableName::parse("src").unwrap(),
+            target: TableName::parse("dst").unwrap(),
+            parallelism: 4,
+            parallelism_from_size: false,
+            on_item_error: OnItemError::Fail,
+            source_key: key.clone(),
+            target_key: key,
+            max_write_rate: write,
+            max_read_rate: read,
+        }
+    }
+
+    #[test]
+    fn the_budget_is_the_lower_rate_shared_by_the_unfinished_segments() {
+        assert_eq!(budget(&spec(None, None)), None);
+        assert_eq!(budget(&spec(Some(500), None)), Some(500.0));
+        assert_eq!(budget(&spec(Some(500), Some(300))), Some(300.0));
+        let now = Utc::now();
+        assert_eq!(start(&spec(Some(500), None), 4, now), Some(Pace { rate: 125.0, due: now }));
+        assert_eq!(start(&spec(None, None), 4, now), None);
+        assert_eq!(share(500.0, 0), 500.0);
+    }
+
+    #[test]
+    fn a_segment_waits_until_its_items_are_paid_for_and_never_bursts_to_catch_up() {
+        let s = spec(Some(400), None);
+        let t0 = Utc::now();
+        let pace = Pace { rate: 100.0, due: t0 };
+        // 250 items at 100/s are paid for at t0 + 2.5 s; the slice ended at t0 + 0.5 s.
+        let (next_pace, delay) = next(&pace, &s, 4, 250, 0, t0, t0 + Duration::milliseconds(500));
+        assert_eq!(next_pace.due, t0 + Duration::milliseconds(2_500));
+        assert!(delay == 2 || delay == 3, "{delay}");
+        // A slice that started a second late (delivery, the checkpoint hop) makes it up.
+        let (next_pace, _) = next(&pace, &s, 4, 100, 0, t0 + Duration::seconds(1), t0 + Duration::seconds(1));
+        assert_eq!(next_pace.due, t0 + Duration::seconds(1));
+        // A slice that started much later (it waited for a worker) makes up one slice's time
+        // at most, never the whole delay.
+        let late = t0 + Duration::seconds(10);
+        let (next_pace, delay) = next(&pace, &s, 4, 100, 0, late, late + Duration::seconds(3));
+        assert_eq!((next_pace.due, delay), (late - Duration::seconds(1), 0));
+        // Delays never pass SQS's limit.
+        let slow = Pace { rate: 0.01, due: t0 };
+        assert_eq!(next(&slow, &s, 4, 1_000, 0, t0, t0).1, MAX_DELAY_SECONDS);
+    }
+
+    #[test]
+    fn throttling_halves_the_rate_and_calm_slices_raise_it_back_to_the_share() {
+        let s = spec(Some(400), None);
+        let t0 = Utc::now();
+        let mut pace = Pace { rate: 100.0, due: t0 };
+        pace = next(&pace, &s, 4, 10, 3, t0, t0).0;
+        assert_eq!(pace.rate, 50.0);
+        pace = next(&pace, &s, 4, 10, 1, t0, t0).0;
+        assert_eq!(pace.rate, 25.0);
+        for expected in [35.0, 45.0, 55.0, 65.0, 75.0, 85.0, 95.0, 100.0, 100.0] {
+            pace = next(&pace, &s, 4, 10, 0, t0, t0).0;
+            assert!((pace.rate - expected).abs() < 1e-9, "{} != {expected}", pace.rate);
+        }
+        // Fewer unfinished segments: a larger share.
+        assert_eq!(next(&pace, &s, 2, 10, 0, t0, t0).0.rate, 120.0);
+    }
+
+    #[test]
+    fn dithered_delays_average_to_the_wait() {
+        let n = 20_000;
+        let total: u32 = (0..n).map(|_| dither(1.3)).sum();
+        let mean = f64::from(total) / f64::from(n);
+        assert!((mean - 1.3).abs() < 0.03, "{mean}");
+        assert!((0..100).all(|_| dither(2.0) == 2));
+    }
+
+    #[test]
+    fn a_paced_slice_lasts_about_two_seconds_at_its_rate() {
+        assert_eq!(slice_items(125.0, 5_000), 250);
+        assert_eq!(slice_items(1.0, 5_000), MIN_SLICE_ITEMS);
+        assert_eq!(slice_items(10_000.0, 5_000), 5_000);
+        assert_eq!(slice_items(1.0, 7), 7);
+    }
+}
