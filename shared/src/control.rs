@@ -24,6 +24,9 @@ use crate::queue::{Outbox, QueueKind};
 use crate::rules::{sync_applies, wants_stop};
 use crate::store::{conflict_pause, Applied, ControlStore, Transition};
 
+/// How long after a final move its backstop finalize message arrives (see [`Control::move_job`]).
+pub const FINALIZE_BACKSTOP_SECONDS: u32 = 30;
+
 /// The job item's counters are refreshed from the cursors at most this often while it runs.
 pub const PROGRESS_EVERY_MS: i64 = 3_000;
 /// Cursor writes of one propagation in flight at once.
@@ -69,6 +72,11 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
     /// the segments brings the new epoch to every cursor; a move to `Running` leaves that to
     /// the launch that follows it. A job whose CloudFormation resource waits for it gets a
     /// finalize message when it becomes final, whatever made it final.
+    ///
+    /// Before a final move, a finalize message is sent with a delay of
+    /// [`FINALIZE_BACKSTOP_SECONDS`]: if this process dies between the move and publishing its
+    /// event (or answering a waiting resource), that message does both. If the move does not
+    /// happen, it is a harmless nudge.
     pub async fn move_job(
         self,
         job: &Job,
@@ -78,6 +86,10 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         progress: Option<Progress>,
     ) -> Result<bool, AwsError> {
         let now = Utc::now();
+        if to.is_final() {
+            let f = Finalize { v: VERSION, job: job.name.clone(), failure: None };
+            self.outbox.send_delayed(QueueKind::Finalize, encode(&f), FINALIZE_BACKSTOP_SECONDS).await?;
+        }
         for attempt in 1.. {
             let scheduler = if to.is_final() {
                 let s = self.store.scheduler().await?;

@@ -19,8 +19,8 @@ use aws_lambda_events::event::cloudformation::CloudFormationCustomResourceRespon
 #[derive(Default)]
 pub struct FakeOutbox {
     pub sent: Mutex<Vec<(QueueKind, String)>>,
-    /// The delay each delayed message asked for, in the order sent.
-    pub delays: Mutex<Vec<u32>>,
+    /// The queue and delay of each delayed message, in the order sent.
+    pub delays: Mutex<Vec<(QueueKind, u32)>>,
     /// When set, every send fails with a retryable error.
     pub broken: std::sync::atomic::AtomicBool,
 }
@@ -44,7 +44,7 @@ impl Outbox for FakeOutbox {
     /// Delivered as soon as the test delivers it: the handler tests do not wait.
     async fn send_delayed(&self, to: QueueKind, body: String, delay_seconds: u32) -> Result<(), AwsError> {
         self.send(to, vec![body]).await?;
-        self.delays.lock().unwrap().push(delay_seconds);
+        self.delays.lock().unwrap().push((to, delay_seconds));
         Ok(())
     }
 }

@@ -67,7 +67,7 @@ pub fn next(
     now: DateTime<Utc>,
 ) -> (Pace, u32) {
     let cap = budget(spec).map_or(pace.rate, |b| share(b, unfinished));
-    let rate = if throttles > 0 { (pace.rate / 2.0).max(1.0) } else { (pace.rate + cap / 10.0).min(cap) }.max(0.001);
+    let rate = if throttles > 0 { pace.rate / 2.0 } else { (pace.rate + cap / 10.0).min(cap) }.max(0.001);
     // A late segment makes up at most CATCH_UP_SECONDS: it never bursts to catch up more.
     let earliest = started - Duration::microseconds((CATCH_UP_SECONDS * 1e6) as i64);
     let due = pace.due.max(earliest) + Duration::microseconds((items as f64 / pace.rate * 1e6) as i64);
@@ -154,6 +154,9 @@ mod tests {
             pace = next(&pace, &s, 4, 10, 0, t0, t0).0;
             assert!((pace.rate - expected).abs() < 1e-9, "{} != {expected}", pace.rate);
         }
+        // A share below one item per second is halved too, never raised.
+        let tiny = Pace { rate: 0.5, due: t0 };
+        assert_eq!(next(&tiny, &spec(Some(2), None), 4, 10, 1, t0, t0).0.rate, 0.25);
         // Fewer unfinished segments: a larger share.
         assert_eq!(next(&pace, &s, 2, 10, 0, t0, t0).0.rate, 120.0);
     }

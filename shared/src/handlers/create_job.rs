@@ -8,6 +8,7 @@ use crate::model::{
     parallelism_for_size, InvalidInput, Job, JobName, JobSpec, JobStatus, OnItemError, StackOrigin, StatusChange,
     TableName, MAX_PARALLELISM,
 };
+use crate::pacing;
 use crate::queue::Outbox;
 use crate::scheduler::Entry;
 use crate::store::{conflict_pause, ControlStore, InsertError};
@@ -109,6 +110,20 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
     let parallelism = req
         .parallelism
         .unwrap_or_else(|| parallelism_for_size(source_info.size_bytes, deps.config.tuning.default_parallelism));
+    // Each segment copies at least MIN_SLICE_ITEMS per slice and waits at most
+    // MAX_DELAY_SECONDS between slices: a lower share could not be held.
+    let lowest = f64::from(parallelism) * f64::from(pacing::MIN_SLICE_ITEMS) / f64::from(pacing::MAX_DELAY_SECONDS);
+    for (option, rate) in [("maxWriteRate", req.max_write_rate), ("maxReadRate", req.max_read_rate)] {
+        if let Some(rate) = rate.filter(|r| f64::from(*r) < lowest) {
+            return Err(InvalidInput(format!(
+                "{option} {rate} is below what {parallelism} segments can be paced to (each copies at least {} items per {} s, {} items/s in all): raise it, or give a lower parallelism",
+                pacing::MIN_SLICE_ITEMS,
+                pacing::MAX_DELAY_SECONDS,
+                lowest.ceil()
+            ))
+            .into());
+        }
+    }
     let control = deps.control();
     if deps.store.get_job(&name).await?.is_some() {
         // A create delivered again after a crash may find its own job not started yet.

@@ -25,8 +25,9 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
             // A job made final elsewhere (cancel, region change) comes here to answer the
             // CloudFormation resource waiting for it, and to publish its last state changes
             // if that could not be done when it moved.
-            control.announce(&job.name).await?;
+            // The answer first: an event bus that fails must not hold a stack back.
             answer_waiting(deps, &job).await?;
+            control.announce(&job.name).await?;
             break;
         }
         let cursors = store.cursors(&job.name).await?;

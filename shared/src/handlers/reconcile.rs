@@ -60,7 +60,13 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> R
         if stalled != job.stalled {
             if stalled > job.stalled {
                 tracing::warn!(job = %job.name, stalled, "segments without progress: see the copy-chunk dead-letter queue");
-                deps.events.publish(vec![JobStalled::event(job.name.as_str(), stalled)]).await?;
+                // An event bus that fails must not stop the pass for the other jobs: the count
+                // is then not recorded, so the next pass publishes it again.
+                if let Err(e) = deps.events.publish(vec![JobStalled::event(job.name.as_str(), stalled)]).await {
+                    tracing::warn!(job = %job.name, error = %e, "could not publish JobStalled; the next pass tries again");
+                    found.stalled += stalled;
+                    continue;
+                }
             }
             store.set_stalled(&job.name, stalled).await?;
         }

@@ -985,9 +985,10 @@ async fn a_lost_finalize_message_of_a_waiting_job_is_sent_again_by_a_redelivered
     assert_eq!(result.len(), 1);
     deliver(&d, QueueKind::Checkpoint, &result[0].1).await; // parks: the job moves to Cancelled
     assert_eq!(job(&d, "lost").status, JobStatus::Cancelled);
-    // The process dies before its finalize message is sent: the message is lost.
+    // The process dies before its finalize message is sent: the message is lost, and so is
+    // the move's delayed backstop (the worst case).
     let lost = d.outbox.take();
-    assert_eq!(lost.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [QueueKind::Finalize]);
+    assert_eq!(lost.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [QueueKind::Finalize, QueueKind::Finalize]);
     assert!(r.take().is_empty());
     // SQS delivers the result again (its handler never finished): it asks finalize again.
     deliver_nth(&d, QueueKind::Checkpoint, &result[0].1, 2).await;
@@ -1049,6 +1050,7 @@ async fn late_copy_chunk_messages_of_a_completed_cancelled_or_paused_job_write_n
     for stopped in [JobStatus::Paused, JobStatus::Cancelled] {
         if stopped == JobStatus::Cancelled {
             cancel_job(&d, &name("stop"), false).await.unwrap();
+            d.outbox.take(); // the final move's backstop finalize
         }
         let before = d.store.state.lock().unwrap().clone();
         for body in &in_flight {
@@ -1585,7 +1587,8 @@ async fn a_budgeted_job_paces_each_segment_with_delays_and_halves_its_rate_when_
     let done = job(&d, "paced");
     assert_eq!((done.status, done.items_copied), (JobStatus::Completed, 300));
     assert!(done.throttles >= 1);
-    let delays = d.outbox.delays.lock().unwrap().clone();
+    let delays: Vec<u32> =
+        d.outbox.delays.lock().unwrap().iter().filter(|(q, _)| *q == QueueKind::CopyChunk).map(|(_, s)| *s).collect();
     // The handler tests deliver at once, so each segment runs ahead of its schedule and its
     // delays grow: the last ones cover what the segment copied at its rate (about 150 items at
     // 20/s or less: 7 s or more).
@@ -1632,4 +1635,109 @@ async fn a_job_may_have_a_thousand_segments() {
     create_job(&d, CreateJobRequest { parallelism: None, ..request("sized", 1, OnItemError::Fail) }).await.unwrap();
     let sized = job(&d, "sized");
     assert_eq!((sized.spec.parallelism, sized.spec.parallelism_from_size), (4, true));
+}
+
+#[tokio::test]
+async fn a_final_move_first_queues_a_delayed_finalize_that_publishes_what_a_dead_process_did_not() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut d = world(10, &[]);
+    let bus = record_events(&mut d);
+    create_job(&d, request("first", 1, OnItemError::Fail)).await.unwrap();
+    create_job(&d, request("second", 1, OnItemError::Fail)).await.unwrap();
+    assert_eq!(job(&d, "second").status, JobStatus::Queued);
+    d.outbox.take();
+    // Without its backstop on the queue, a final move does not happen.
+    d.outbox.broken.store(true, SeqCst);
+    assert!(cancel_job(&d, &name("second"), false).await.is_err());
+    assert_eq!(job(&d, "second").status, JobStatus::Queued);
+    d.outbox.broken.store(false, SeqCst);
+    cancel_job(&d, &name("second"), false).await.unwrap();
+    assert!(d
+        .outbox
+        .delays
+        .lock()
+        .unwrap()
+        .contains(&(QueueKind::Finalize, crate::control::FINALIZE_BACKSTOP_SECONDS)));
+    // The process died right after the move, before publishing it: as if `Cancelled` was never
+    // announced. The backstop publishes it when it arrives.
+    let announced = job(&d, "second").announced;
+    d.store.state.lock().unwrap().jobs.get_mut(&name("second")).unwrap().announced = announced - 1;
+    bus.take();
+    drain(&d, 0, false).await;
+    let events = bus.take();
+    let cancelled: Vec<_> = published(&events).into_iter().filter(|e| e.1 == "second").collect();
+    assert_eq!(cancelled.len(), 1, "{events:?}");
+    assert_eq!((cancelled[0].3.as_str(), cancelled[0].4), ("Cancelled", announced));
+    assert_eq!(job(&d, "second").announced, announced);
+}
+
+#[tokio::test]
+async fn a_failing_event_bus_does_not_stop_the_reconciler() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut d = world(10, &[]);
+    let bus = std::sync::Arc::new(FlakyBus::default());
+    d.events = bus.clone();
+    create_job(&d, request("stuck", 1, OnItemError::Fail)).await.unwrap();
+    create_job(&d, request("behind", 1, OnItemError::Fail)).await.unwrap();
+    d.outbox.take();
+    // "stuck" has a segment in flight that made no progress for a day, and the bus refuses
+    // its JobStalled event: the pass still ends (for "behind" and every other job).
+    {
+        let mut state = d.store.state.lock().unwrap();
+        for c in state.cursors.values_mut() {
+            c.updated_at = Some(chrono::Utc::now() - chrono::Duration::days(1));
+        }
+    }
+    bus.failures.store(1, SeqCst);
+    reconcile(&d).await.unwrap();
+    assert_eq!(job(&d, "stuck").stalled, 0, "not recorded: the next pass publishes it again");
+    reconcile(&d).await.unwrap();
+    assert_eq!(job(&d, "stuck").stalled, 1);
+    let stalled: Vec<_> = bus.inner.take().into_iter().filter(|e| e.detail_type == "tablecopy.JobStalled").collect();
+    assert_eq!(stalled.len(), 1);
+}
+
+#[tokio::test]
+async fn a_budget_too_low_for_its_segments_is_refused_before_anything_is_written() {
+    let d = world(10, &[]);
+    let req = CreateJobRequest { max_write_rate: Some(20), ..request("slow", 1000, OnItemError::Fail) };
+    let err = create_job(&d, req).await.unwrap_err().to_string();
+    assert!(err.contains("maxWriteRate 20 is below what 1000 segments can be paced to"), "{err}");
+    assert!(err.contains("28 items/s in all"), "{err}");
+    assert!(d.store.state.lock().unwrap().jobs.is_empty());
+    let req = CreateJobRequest { max_write_rate: Some(28), ..request("slow", 1000, OnItemError::Fail) };
+    create_job(&d, req).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_written_before_job_events_does_not_publish_its_past() {
+    let d = world(10, &[]);
+    create_job(&d, request("old", 1, OnItemError::Fail)).await.unwrap();
+    let mut item = crate::store::codec::job_to_item(&job(&d, "old"));
+    item.remove("announced");
+    let read = crate::store::codec::job_from_item(item).unwrap();
+    assert_eq!(read.announced as usize, read.history.len());
+    assert!(!read.unannounced());
+}
+
+#[tokio::test]
+async fn a_failing_event_bus_does_not_hold_back_a_waiting_resources_answer() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut d, r) = cfn_world(30, &[]);
+    let bus = std::sync::Arc::new(FlakyBus::default());
+    bus.failures.store(1_000_000, SeqCst); // EventBridge refuses everything
+    d.events = bus.clone();
+    let mut p = props("waits", true);
+    p["Parallelism"] = "1".into();
+    create_job_entry(&d, cfn_request("Create", "w9", p, None)).await.unwrap();
+    // Every message once; a handler that fails (on publishing) is not retried here.
+    for _ in 0..50 {
+        for (kind, body) in d.outbox.take() {
+            let _ = handle(&d, kind, &body, 1).await;
+        }
+    }
+    assert_eq!(job(&d, "waits").status, JobStatus::Completed);
+    let a = answers(&r);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!((a[0].0.as_str(), a[0].1.as_str()), ("w9", "SUCCESS"));
 }

@@ -131,7 +131,14 @@ fn read_err(what: &str, e: serde_dynamo::Error) -> AwsError {
 }
 
 pub fn job_from_item(item: Item) -> Result<Job, AwsError> {
-    serde_dynamo::from_item(item).map_err(|e| read_err("a job item", e))
+    // A job written before job events existed has no `announced`: its past state changes are
+    // not published now (a months-old `Completed` would set consumers off).
+    let legacy = !item.contains_key("announced");
+    let mut job: Job = serde_dynamo::from_item(item).map_err(|e| read_err("a job item", e))?;
+    if legacy {
+        job.announced = job.history.len() as u64;
+    }
+    Ok(job)
 }
 
 /// A job as the list index holds it (only [`JobSummary::ATTRIBUTES`]).

@@ -4,7 +4,7 @@
 //! DynamoDB adapter is [`dynamodb`], the item codecs [`codec`], and the in-memory adapter for
 //! tests [`memory`]. The rules the conditions enforce live in [`crate::rules`].
 
-mod codec;
+pub(crate) mod codec;
 mod dynamodb;
 #[cfg(any(test, feature = "fakes"))]
 pub mod memory;
