@@ -92,6 +92,9 @@ pub struct Tuning {
     /// A launch that has not marked its segments in flight after this long is taken as
     /// interrupted (its process died) and done again by the scheduler or the reconciler.
     pub launch_grace: Duration,
+    /// `WORKERS`: copy-chunk invocations that run at once (the template's `Workers`; the local
+    /// runner's `--concurrency`). Paced slices grow with the segments each worker serves.
+    pub workers: u32,
 }
 
 /// The copy-chunk queue's visibility timeout when nothing says otherwise (the template's).
@@ -107,6 +110,7 @@ impl Default for Tuning {
             max_running_jobs: 1,
             copy_visibility: Duration::from_secs(COPY_CHUNK_VISIBILITY_TIMEOUT),
             launch_grace: Duration::from_secs(30),
+            workers: 4,
         }
     }
 }
@@ -143,6 +147,7 @@ impl Tuning {
                 COPY_CHUNK_VISIBILITY_TIMEOUT,
             )?),
             launch_grace: d.launch_grace,
+            workers: env_or("WORKERS", d.workers)?.max(1),
         })
     }
 }

@@ -207,7 +207,7 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         }
         let limits = self.config.tuning.slice;
         let unfinished = cursors.iter().filter(|c| !c.done).count() as u32;
-        let pace = pacing::start(&job.spec, unfinished, Utc::now());
+        let pace = pacing::start(&job.spec, unfinished, self.config.tuning.workers, Utc::now());
         let bodies = idle
             .iter()
             .map(|c| encode(&slice_message(job, c.segment, c.seq, c.last_key.clone(), limits, pace.clone())))
@@ -398,8 +398,7 @@ fn duration_ms(job: &Job, now: DateTime<Utc>) -> Option<u64> {
 }
 
 /// The copy-chunk message of a segment's slice `seq`, starting after `start_key`; a paced
-/// slice (`pace`) reads about as many items as last [`crate::pacing::SLICE_SECONDS`] at its
-/// rate.
+/// slice (`pace`) reads about as many items as last its span at its rate.
 pub fn slice_message(
     job: &Job,
     segment: u32,
@@ -409,7 +408,7 @@ pub fn slice_message(
     pace: Option<Pace>,
 ) -> CopyChunk {
     if let Some(p) = &pace {
-        limits.max_items = pacing::slice_items(p.rate, limits.max_items);
+        limits.max_items = pacing::slice_items(p, limits.max_items);
     }
     CopyChunk {
         v: VERSION,

@@ -34,6 +34,23 @@ pub struct Pace {
     pub rate: f64,
     /// When this slice was due to start, on the segment's schedule.
     pub due: DateTime<Utc>,
+    /// Seconds a slice's items last at `rate` (see [`span`]).
+    #[serde(default = "default_span")]
+    pub span: f64,
+}
+
+fn default_span() -> f64 {
+    SLICE_SECONDS
+}
+
+/// How many seconds a paced slice's items last at its segment's rate: [`SLICE_SECONDS`] when
+/// every unfinished segment has a worker, longer when each worker serves several segments
+/// (`unfinished / workers` × [`SLICE_SECONDS`], at most [`MAX_DELAY_SECONDS`]). The workers
+/// then run fewer, bigger slices (a slice's cost to tablecopy is per slice, not per item) and
+/// can keep every segment on its schedule; the budget holds over each span.
+pub fn span(unfinished: u32, workers: u32) -> f64 {
+    let per_worker = f64::from(unfinished.max(1)) / f64::from(workers.max(1));
+    (SLICE_SECONDS * per_worker.max(1.0)).min(f64::from(MAX_DELAY_SECONDS))
 }
 
 /// The items per second a job may process: the lower of its write and read budgets (a slice
@@ -51,16 +68,18 @@ pub fn share(budget: f64, unfinished: u32) -> f64 {
 }
 
 /// The pace of a segment's first slice (a launch, or a resume), due `now`.
-pub fn start(spec: &JobSpec, unfinished: u32, now: DateTime<Utc>) -> Option<Pace> {
-    budget(spec).map(|b| Pace { rate: share(b, unfinished), due: now })
+pub fn start(spec: &JobSpec, unfinished: u32, workers: u32, now: DateTime<Utc>) -> Option<Pace> {
+    budget(spec).map(|b| Pace { rate: share(b, unfinished), due: now, span: span(unfinished, workers) })
 }
 
 /// After a slice paced by `pace`, started at `started`, that processed `items` and met
 /// `throttles` throttled writes: the next slice's pace, and the whole seconds to delay it.
+#[allow(clippy::too_many_arguments)]
 pub fn next(
     pace: &Pace,
     spec: &JobSpec,
     unfinished: u32,
+    workers: u32,
     items: u64,
     throttles: u64,
     started: DateTime<Utc>,
@@ -72,7 +91,7 @@ pub fn next(
     let earliest = started - Duration::microseconds((CATCH_UP_SECONDS * 1e6) as i64);
     let due = pace.due.max(earliest) + Duration::microseconds((items as f64 / pace.rate * 1e6) as i64);
     let wait = (due - now).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-    (Pace { rate, due }, dither(wait).min(MAX_DELAY_SECONDS))
+    (Pace { rate, due, span: span(unfinished, workers) }, dither(wait).min(MAX_DELAY_SECONDS))
 }
 
 /// Whole seconds (SQS delays are whole) whose average is `seconds`: the fraction becomes one
@@ -83,9 +102,9 @@ fn dither(seconds: f64) -> u32 {
     whole as u32 + u32::from(extra)
 }
 
-/// Items of a paced slice: about [`SLICE_SECONDS`] at `rate`, within `[MIN_SLICE_ITEMS, max]`.
-pub fn slice_items(rate: f64, max: u32) -> u32 {
-    ((rate * SLICE_SECONDS).round() as u32).clamp(MIN_SLICE_ITEMS.min(max), max)
+/// Items of a paced slice: its span at its rate, within `[MIN_SLICE_ITEMS, max]`.
+pub fn slice_items(pace: &Pace, max: u32) -> u32 {
+    ((pace.rate * pace.span).round() as u32).clamp(MIN_SLICE_ITEMS.min(max), max)
 }
 
 #[cfg(test)]
@@ -114,8 +133,8 @@ mod tests {
         assert_eq!(budget(&spec(Some(500), None)), Some(500.0));
         assert_eq!(budget(&spec(Some(500), Some(300))), Some(300.0));
         let now = Utc::now();
-        assert_eq!(start(&spec(Some(500), None), 4, now), Some(Pace { rate: 125.0, due: now }));
-        assert_eq!(start(&spec(None, None), 4, now), None);
+        assert_eq!(start(&spec(Some(500), None), 4, 4, now), Some(Pace { rate: 125.0, due: now, span: 2.0 }));
+        assert_eq!(start(&spec(None, None), 4, 4, now), None);
         assert_eq!(share(500.0, 0), 500.0);
     }
 
@@ -123,42 +142,42 @@ mod tests {
     fn a_segment_waits_until_its_items_are_paid_for_and_never_bursts_to_catch_up() {
         let s = spec(Some(400), None);
         let t0 = Utc::now();
-        let pace = Pace { rate: 100.0, due: t0 };
+        let pace = Pace { rate: 100.0, due: t0, span: 2.0 };
         // 250 items at 100/s are paid for at t0 + 2.5 s; the slice ended at t0 + 0.5 s.
-        let (next_pace, delay) = next(&pace, &s, 4, 250, 0, t0, t0 + Duration::milliseconds(500));
+        let (next_pace, delay) = next(&pace, &s, 4, 4, 250, 0, t0, t0 + Duration::milliseconds(500));
         assert_eq!(next_pace.due, t0 + Duration::milliseconds(2_500));
         assert!(delay == 2 || delay == 3, "{delay}");
         // A slice that started a second late (delivery, the checkpoint hop) makes it up.
-        let (next_pace, _) = next(&pace, &s, 4, 100, 0, t0 + Duration::seconds(1), t0 + Duration::seconds(1));
+        let (next_pace, _) = next(&pace, &s, 4, 4, 100, 0, t0 + Duration::seconds(1), t0 + Duration::seconds(1));
         assert_eq!(next_pace.due, t0 + Duration::seconds(1));
         // A slice that started much later (it waited for a worker) makes up one slice's time
         // at most, never the whole delay.
         let late = t0 + Duration::seconds(10);
-        let (next_pace, delay) = next(&pace, &s, 4, 100, 0, late, late + Duration::seconds(3));
+        let (next_pace, delay) = next(&pace, &s, 4, 4, 100, 0, late, late + Duration::seconds(3));
         assert_eq!((next_pace.due, delay), (late - Duration::seconds(1), 0));
         // Delays never pass SQS's limit.
-        let slow = Pace { rate: 0.01, due: t0 };
-        assert_eq!(next(&slow, &s, 4, 1_000, 0, t0, t0).1, MAX_DELAY_SECONDS);
+        let slow = Pace { rate: 0.01, due: t0, span: 2.0 };
+        assert_eq!(next(&slow, &s, 4, 4, 1_000, 0, t0, t0).1, MAX_DELAY_SECONDS);
     }
 
     #[test]
     fn throttling_halves_the_rate_and_calm_slices_raise_it_back_to_the_share() {
         let s = spec(Some(400), None);
         let t0 = Utc::now();
-        let mut pace = Pace { rate: 100.0, due: t0 };
-        pace = next(&pace, &s, 4, 10, 3, t0, t0).0;
+        let mut pace = Pace { rate: 100.0, due: t0, span: 2.0 };
+        pace = next(&pace, &s, 4, 4, 10, 3, t0, t0).0;
         assert_eq!(pace.rate, 50.0);
-        pace = next(&pace, &s, 4, 10, 1, t0, t0).0;
+        pace = next(&pace, &s, 4, 4, 10, 1, t0, t0).0;
         assert_eq!(pace.rate, 25.0);
         for expected in [35.0, 45.0, 55.0, 65.0, 75.0, 85.0, 95.0, 100.0, 100.0] {
-            pace = next(&pace, &s, 4, 10, 0, t0, t0).0;
+            pace = next(&pace, &s, 4, 4, 10, 0, t0, t0).0;
             assert!((pace.rate - expected).abs() < 1e-9, "{} != {expected}", pace.rate);
         }
         // A share below one item per second is halved too, never raised.
-        let tiny = Pace { rate: 0.5, due: t0 };
-        assert_eq!(next(&tiny, &spec(Some(2), None), 4, 10, 1, t0, t0).0.rate, 0.25);
+        let tiny = Pace { rate: 0.5, due: t0, span: 2.0 };
+        assert_eq!(next(&tiny, &spec(Some(2), None), 4, 4, 10, 1, t0, t0).0.rate, 0.25);
         // Fewer unfinished segments: a larger share.
-        assert_eq!(next(&pace, &s, 2, 10, 0, t0, t0).0.rate, 120.0);
+        assert_eq!(next(&pace, &s, 2, 4, 10, 0, t0, t0).0.rate, 120.0);
     }
 
     #[test]
@@ -170,11 +189,34 @@ mod tests {
         assert!((0..100).all(|_| dither(2.0) == 2));
     }
 
+    fn at(rate: f64) -> Pace {
+        Pace { rate, due: Utc::now(), span: SLICE_SECONDS }
+    }
+
     #[test]
     fn a_paced_slice_lasts_about_two_seconds_at_its_rate() {
-        assert_eq!(slice_items(125.0, 5_000), 250);
-        assert_eq!(slice_items(1.0, 5_000), MIN_SLICE_ITEMS);
-        assert_eq!(slice_items(10_000.0, 5_000), 5_000);
-        assert_eq!(slice_items(1.0, 7), 7);
+        assert_eq!(slice_items(&at(125.0), 5_000), 250);
+        assert_eq!(slice_items(&at(1.0), 5_000), MIN_SLICE_ITEMS);
+        assert_eq!(slice_items(&at(10_000.0), 5_000), 5_000);
+        assert_eq!(slice_items(&at(1.0), 7), 7);
+    }
+
+    #[test]
+    fn slices_grow_with_the_segments_each_worker_serves_and_the_budget_holds_over_a_span() {
+        assert_eq!(span(4, 4), SLICE_SECONDS);
+        assert_eq!(span(2, 16), SLICE_SECONDS);
+        assert_eq!(span(500, 12), SLICE_SECONDS * 500.0 / 12.0);
+        assert_eq!(span(100_000, 1), f64::from(MAX_DELAY_SECONDS));
+        // 36,000 items/s over 500 segments and 12 workers: 72 items/s a segment, in slices of
+        // about 6,000 items (capped at the slice limit), one every ~83 s.
+        let s = spec(Some(36_000), None);
+        let t0 = Utc::now();
+        let first = start(&s, 500, 12, t0).unwrap();
+        assert_eq!(slice_items(&first, 5_000), 5_000);
+        assert_eq!(slice_items(&first, 10_000), 6_000);
+        // Whatever the span, the next slice is due when the items copied are paid for.
+        let (next_pace, _) = next(&first, &s, 500, 12, 5_000, 0, t0, t0);
+        let paid = (next_pace.due - t0).num_milliseconds();
+        assert!((paid - 69_444).abs() <= 1, "{paid}");
     }
 }

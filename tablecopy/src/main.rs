@@ -216,7 +216,9 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Command::Local(LocalCommand::Run(a)) => {
             shared::logging::init();
-            let (sdk, deps, outputs) = deployment(g).await?;
+            let (sdk, mut deps, outputs) = deployment(g).await?;
+            // The runner's copy-chunk concurrency is its workers (the template's `Workers`).
+            deps.config.tuning.workers = a.concurrency.max(1) as u32;
             let minutes = outputs.get("ReconcileMinutes").and_then(|m| m.parse::<u64>().ok()).unwrap_or(1);
             let reconcile = std::time::Duration::from_secs(a.reconcile_seconds.unwrap_or(60 * minutes).max(1));
             let outbox = deps.outbox.clone();

@@ -48,7 +48,7 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
     }
 
     let done = msg.segment_done();
-    let (pace, delay) = paced(&job, &msg);
+    let (pace, delay) = paced(&job, &msg, deps.config.tuning.workers);
     let commit = SliceCommit {
         segment: msg.segment,
         seq: msg.seq,
@@ -134,13 +134,13 @@ struct Next {
 
 /// The pace of the slice after `msg` under the job's budget, and the seconds it waits
 /// (`None`, 0: not paced).
-fn paced(job: &Job, msg: &ChunkResult) -> (Option<Pace>, u32) {
+fn paced(job: &Job, msg: &ChunkResult, workers: u32) -> (Option<Pace>, u32) {
     let Some(pace) = &msg.pace else { return (None, 0) };
     let unfinished = job.spec.parallelism.saturating_sub(job.segments_done);
     let now = Utc::now();
     let items = msg.items_written + msg.rejected_count;
     let started = msg.started_at.unwrap_or(now);
-    let (next, delay) = pacing::next(pace, &job.spec, unfinished, items, msg.throttles, started, now);
+    let (next, delay) = pacing::next(pace, &job.spec, unfinished, workers, items, msg.throttles, started, now);
     (Some(next), delay)
 }
 

@@ -1741,3 +1741,25 @@ async fn a_failing_event_bus_does_not_hold_back_a_waiting_resources_answer() {
     assert_eq!(a.len(), 1, "{a:?}");
     assert_eq!((a[0].0.as_str(), a[0].1.as_str()), ("w9", "SUCCESS"));
 }
+
+#[tokio::test]
+async fn paced_slices_span_the_segments_each_worker_serves() {
+    let mut d = world(400, &[]);
+    d.config.tuning.slice.max_items = 1_000;
+    d.config.tuning.workers = 2;
+    let req = CreateJobRequest { max_write_rate: Some(80), ..request("span", 8, OnItemError::Fail) };
+    create_job(&d, req).await.unwrap();
+    let first: Vec<crate::messages::CopyChunk> = take_slices(&d).iter().map(|b| decode(b).unwrap()).collect();
+    // 80 items/s over 8 segments: 10/s each; 4 segments a worker: slices spanning 8 s, 80 items.
+    assert_eq!(first.len(), 8);
+    assert!(
+        first.iter().all(|m| m.limits.max_items == 80 && m.pace.as_ref().map(|p| p.span) == Some(8.0)),
+        "{first:?}"
+    );
+    for m in &first {
+        deliver(&d, QueueKind::CopyChunk, &encode(m)).await;
+    }
+    drain(&d, 2, false).await;
+    assert_eq!(job(&d, "span").items_copied, 400);
+    assert_eq!(d.tables.items("dst").len(), 400);
+}
