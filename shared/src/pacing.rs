@@ -1,7 +1,8 @@
 //! A job's rate budget (`--max-write-rate`, `--max-read-rate`, items per second), kept
 //! without paying for idle Lambda time: no function sleeps. Each segment carries its pace in
 //! its messages: its current rate and the time its slice was due. A slice copies at full speed
-//! a number of items that lasts about [`SLICE_SECONDS`] at that rate; advance-checkpoint then
+//! a number of items that lasts about [`SLICE_SECONDS`] at that rate (longer when each worker
+//! serves several segments, see [`span`]); advance-checkpoint then
 //! sends the next slice with an SQS `DelaySeconds` that brings the segment back to its
 //! schedule. Under pacing every unfinished segment is in flight at once (waiting in the queue
 //! between its slices), so the budget is shared by the unfinished segments: together they never
