@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use aws_sdk_dynamodb::types::ScalarAttributeType as T;
 use clap::Parser;
 use shared::handlers::{create_job, CreateJobRequest};
-use shared::model::{Item, JobName, JobStatus, OnItemError};
+use shared::model::{Item, JobName, JobStatus};
 use tests::bench_kit::{item, rate, RunnerProcess};
 use tests::{assert_same_items, create_table, put_items, unique, World};
 
@@ -69,14 +69,7 @@ async fn copy(w: &World, src: &str, job: &str, parallelism: u32, concurrency: us
     // create-job runs here: its messages and writes count too.
     let (messages_before, writes_before) = (w.deps.outbox.messages_sent(), w.deps.store.item_writes());
     let started = Instant::now();
-    let req = CreateJobRequest {
-        job_name: job.into(),
-        source_table: src.into(),
-        target_table: dst.clone(),
-        parallelism: Some(parallelism),
-        on_item_error: OnItemError::Fail,
-        ..Default::default()
-    };
+    let req = CreateJobRequest { parallelism: Some(parallelism), ..tests::request(job, src, &dst) };
     create_job(&w.deps, req).await?;
     let done = runner.wait_final(w, &JobName::parse(job)?).await?;
     let elapsed = started.elapsed();

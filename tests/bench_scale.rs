@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use aws_sdk_dynamodb::types::ScalarAttributeType as T;
 use clap::Parser;
 use shared::handlers::{create_job, CreateJobRequest};
-use shared::model::{JobName, JobStatus, OnItemError};
+use shared::model::{JobName, JobStatus};
 use tests::bench_kit::{item, job_item_size, rate, RunnerProcess};
 use tests::{assert_same_items, create_table, put_items, small_slices, unique, World};
 
@@ -63,14 +63,7 @@ async fn main() -> Result<()> {
         let job = format!("scale-{segments}");
         let name = JobName::parse(&job)?;
         let started = Instant::now();
-        let req = CreateJobRequest {
-            job_name: job.clone(),
-            source_table: src.clone(),
-            target_table: dst.clone(),
-            parallelism: Some(segments),
-            on_item_error: OnItemError::Fail,
-            ..Default::default()
-        };
+        let req = CreateJobRequest { parallelism: Some(segments), ..tests::request(&job, &src, &dst) };
         create_job(&w.deps, req).await?;
         // The job item's size, sampled while the job runs and once at its end.
         let peak = Arc::new(AtomicU64::new(0));
