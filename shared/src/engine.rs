@@ -3,6 +3,7 @@
 //! is written or permanently rejected, its segment says stop, or its deadline comes.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,7 +33,8 @@ pub struct SliceOutcome {
     /// The slice ended early at a page boundary (a stop or its deadline): `next_key` is where
     /// the next slice starts, `None` meaning the segment's start.
     pub partial: bool,
-    /// Writes the target throttled (or answered with unprocessed items), each retried.
+    /// Answers of the target that throttled a write or left items unprocessed, counting those
+    /// of pages the slice did not keep (cut at its deadline, or given up after the last attempt).
     pub throttles: u64,
 }
 
@@ -41,7 +43,6 @@ impl SliceOutcome {
         self.items_written += page.items_written;
         self.bytes_written += page.bytes_written;
         self.rejected_count += page.rejected_count;
-        self.throttles += page.throttles;
         let room = MAX_REJECTED_SAMPLES.saturating_sub(self.rejected_samples.len());
         self.rejected_samples.extend(page.rejected_samples.into_iter().take(room));
     }
@@ -89,6 +90,20 @@ pub async fn copy_slice<T: Tables + ?Sized, C: SliceControl + ?Sized>(
     control: &C,
     stop_at: Instant,
 ) -> Result<Option<SliceOutcome>, AwsError> {
+    // Counted as the answers come, so that the pages a slice drops still slow its pace.
+    let throttles = AtomicU64::new(0);
+    let out = copy_pages(tables, msg, tuning, control, stop_at, &throttles).await?;
+    Ok(out.map(|out| SliceOutcome { throttles: throttles.load(Ordering::Relaxed), ..out }))
+}
+
+async fn copy_pages<T: Tables + ?Sized, C: SliceControl + ?Sized>(
+    tables: &T,
+    msg: &CopyChunk,
+    tuning: &Tuning,
+    control: &C,
+    stop_at: Instant,
+    throttles: &AtomicU64,
+) -> Result<Option<SliceOutcome>, AwsError> {
     let limits = msg.limits;
     let scan = |start: Option<Item>, read: u64| {
         let limit = PAGE_LIMIT.min(limits.max_items.saturating_sub(read as u32)).max(1);
@@ -121,7 +136,7 @@ pub async fn copy_slice<T: Tables + ?Sized, C: SliceControl + ?Sized>(
         let next_start = page.last_key.clone();
         // Write this page while the next one is read, both by the deadline.
         let both = async {
-            tokio::join!(write_page(tables, msg, page.items, tuning), async {
+            tokio::join!(write_page(tables, msg, page.items, tuning, throttles), async {
                 if more {
                     Some(scan(next_start, read).await)
                 } else {
@@ -161,6 +176,7 @@ async fn write_page<T: Tables + ?Sized>(
     msg: &CopyChunk,
     items: Vec<Item>,
     tuning: &Tuning,
+    throttles: &AtomicU64,
 ) -> Result<SliceOutcome, AwsError> {
     let mut out = SliceOutcome::default();
     let mut batches: Vec<Vec<Item>> = Vec::new();
@@ -180,10 +196,11 @@ async fn write_page<T: Tables + ?Sized>(
         keys_in_batch.insert(key);
         batches.last_mut().expect("a batch exists").push(item);
     }
-    let pages: Vec<SliceOutcome> = stream::iter(batches.into_iter().map(|b| write_batch(tables, msg, b, tuning)))
-        .buffer_unordered(tuning.write_concurrency.max(1))
-        .try_collect()
-        .await?;
+    let pages: Vec<SliceOutcome> =
+        stream::iter(batches.into_iter().map(|b| write_batch(tables, msg, b, tuning, throttles)))
+            .buffer_unordered(tuning.write_concurrency.max(1))
+            .try_collect()
+            .await?;
     for p in pages {
         out.add(p);
     }
@@ -213,6 +230,7 @@ async fn write_batch<T: Tables + ?Sized>(
     msg: &CopyChunk,
     batch: Vec<Item>,
     tuning: &Tuning,
+    throttles: &AtomicU64,
 ) -> Result<SliceOutcome, AwsError> {
     let bytes: u64 = batch.iter().map(item_size).sum();
     let count = batch.len() as u64;
@@ -221,22 +239,20 @@ async fn write_batch<T: Tables + ?Sized>(
     loop {
         let last = match tables.batch_put(&msg.target, pending.clone()).await {
             Ok(unprocessed) if unprocessed.is_empty() => {
-                return Ok(SliceOutcome {
-                    items_written: count,
-                    bytes_written: bytes,
-                    throttles: u64::from(attempt),
-                    ..Default::default()
-                })
+                return Ok(SliceOutcome { items_written: count, bytes_written: bytes, ..Default::default() })
             }
             Ok(unprocessed) => {
                 let last = format!("{} unprocessed item(s)", unprocessed.len());
                 pending = unprocessed;
                 last
             }
-            Err(WriteError::Rejected(_)) => return write_one_by_one(tables, msg, pending, count, bytes, tuning).await,
+            Err(WriteError::Rejected(_)) => {
+                return write_one_by_one(tables, msg, pending, count, bytes, tuning, throttles).await
+            }
             Err(WriteError::Aws(e)) if e.is_retryable() => e.to_string(),
             Err(WriteError::Aws(e)) => return Err(e),
         };
+        throttles.fetch_add(1, Ordering::Relaxed);
         attempt += 1;
         if attempt >= tuning.max_write_attempts {
             return Err(gave_up(&format!("BatchWriteItem to {}", msg.target), attempt, last));
@@ -253,6 +269,7 @@ async fn write_one_by_one<T: Tables + ?Sized>(
     count: u64,
     bytes: u64,
     tuning: &Tuning,
+    throttles: &AtomicU64,
 ) -> Result<SliceOutcome, AwsError> {
     let mut out = SliceOutcome { items_written: count, bytes_written: bytes, ..Default::default() };
     for item in pending {
@@ -267,6 +284,7 @@ async fn write_one_by_one<T: Tables + ?Sized>(
                     break;
                 }
                 Err(WriteError::Aws(e)) if e.is_retryable() => {
+                    throttles.fetch_add(1, Ordering::Relaxed);
                     attempt += 1;
                     if attempt >= tuning.max_write_attempts {
                         return Err(gave_up(&format!("PutItem to {}", msg.target), attempt, e.to_string()));

@@ -83,6 +83,11 @@ pub struct FakeTables {
     /// When set, BatchWriteItem calls after this many succeed no more: each leaves an item
     /// unprocessed (a target throttled for good).
     pub throttle_after: Mutex<Option<u32>>,
+    /// BatchWriteItem calls refused as a whole (as DynamoDB refuses a batch holding an item it
+    /// cannot store), so that the engine writes their items one by one.
+    pub refused_batches: Mutex<u32>,
+    /// PutItem calls that answer throttled.
+    pub throttled_puts: Mutex<u32>,
     /// When set, the next BatchWriteItem call waits for this signal before it writes (to
     /// hold one copy of a slice in the middle of its write).
     pub hold_next_write: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
@@ -143,6 +148,13 @@ impl Tables for FakeTables {
         if let Some(signal) = hold {
             let _ = signal.await;
         }
+        {
+            let mut refused = self.refused_batches.lock().unwrap();
+            if *refused > 0 {
+                *refused -= 1;
+                return Err(WriteError::Rejected("Item size has exceeded the maximum allowed size".into()));
+            }
+        }
         let mut tables = self.tables.lock().unwrap();
         let t = tables.get_mut(table).expect("table exists");
         let mut seen = std::collections::HashSet::new();
@@ -176,6 +188,14 @@ impl Tables for FakeTables {
     }
 
     async fn put(&self, table: &TableName, item: Item) -> Result<(), WriteError> {
+        {
+            let mut throttled = self.throttled_puts.lock().unwrap();
+            if *throttled > 0 {
+                *throttled -= 1;
+                let e = AwsError::new(ErrorKind::Throttled, format!("PutItem {table}"), "throttled");
+                return Err(WriteError::Aws(e));
+            }
+        }
         let mut tables = self.tables.lock().unwrap();
         let t = tables.get_mut(table).expect("table exists");
         if let Some(reason) = t.key.rejection(&item) {

@@ -1333,11 +1333,13 @@ async fn throttled_after_one_page(d: &mut FakeDeps) -> crate::messages::CopyChun
 
 /// The slice's result reports the whole first page and nothing more; once the target
 /// recovers, the rest is copied from the end of that page, each item once.
-async fn the_rest_is_copied_once(d: &FakeDeps) {
+async fn the_rest_is_copied_once(d: &FakeDeps, min_throttles: u64) {
     let sent = d.outbox.take();
     let result: crate::messages::ChunkResult = decode(&sent[0].1).unwrap();
     assert!(result.partial && result.next_key.is_some());
     assert_eq!(result.items_written, 1_000, "the whole first page, nothing of the second");
+    // The first page was never throttled: these are the dropped page's, which must slow the pace.
+    assert!(result.throttles >= min_throttles, "{} throttles reported", result.throttles);
     *d.tables.throttle_after.lock().unwrap() = None;
     deliver(d, QueueKind::Checkpoint, &sent[0].1).await;
     drain(d, 0, false).await;
@@ -1357,7 +1359,7 @@ async fn a_slice_under_endless_throttling_ends_at_a_page_boundary_before_its_dea
     copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, deadline).await.unwrap();
     let ended = tokio::time::Instant::now();
     assert!(ended >= stop_at && ended < deadline, "ended {:?} after its start", ended - started);
-    the_rest_is_copied_once(&d).await;
+    the_rest_is_copied_once(&d, 1).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -1366,7 +1368,22 @@ async fn a_slice_that_runs_out_of_write_attempts_keeps_its_whole_pages() {
     let slice = throttled_after_one_page(&mut d).await;
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3_600);
     copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, far).await.unwrap();
-    the_rest_is_copied_once(&d).await;
+    the_rest_is_copied_once(&d, u64::from(d.config.tuning.max_write_attempts)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttled_item_by_item_writes_of_a_refused_batch_count_as_throttles() {
+    let d = world(7, &[]);
+    create_job(&d, request("one", 1, OnItemError::Fail)).await.unwrap();
+    let slice = decode(&take_slices(&d)[0]).unwrap();
+    *d.tables.refused_batches.lock().unwrap() = 1;
+    *d.tables.throttled_puts.lock().unwrap() = 2;
+    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3_600);
+    copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, far).await.unwrap();
+    let result: crate::messages::ChunkResult = decode(&d.outbox.take()[0].1).unwrap();
+    assert_eq!((result.items_written, result.rejected_count), (7, 0));
+    assert_eq!(result.throttles, 2, "two PutItem calls were throttled");
+    assert_eq!(d.tables.items("dst").len(), 7);
 }
 
 #[tokio::test]
