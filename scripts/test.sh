@@ -17,4 +17,22 @@ if ! wait "$starting"; then
 fi
 cat .cache/localstack-start.err >&2
 eval "$(scripts/localstack.sh env)"
-cargo test --workspace --locked
+
+# Unit and doc tests of every crate but the integration suites' (seconds).
+cargo test --workspace --locked --exclude tests
+# The fault suite starts LocalStacks of its own and mostly waits (visibility timeouts, throttled
+# retries): it runs beside the other suites, from its binary (a second cargo would wait for the
+# first one's lock on the build directory). Every other [[test]] of tests/Cargo.toml runs in
+# the foreground, so a new suite runs without being listed here.
+faults=$(cargo test -p tests --locked --test faults --no-run 2>&1 | sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
+[ -x "$faults" ] || { echo "the faults suite's binary was not found" >&2; exit 1; }
+(cd tests && "../$faults") >.cache/faults.log 2>&1 &
+faulting=$!
+suites=$(sed -n '/^\[\[test\]\]/{n;s/^name = "\(.*\)"/--test \1/p}' tests/Cargo.toml | grep -v -- '--test faults$')
+status=0
+# shellcheck disable=SC2086 # one word per argument
+cargo test -p tests --locked --lib --bins $suites || status=$?
+wait "$faulting" || status=$((status == 0 ? 4 : status))
+echo "===== faults suite ====="
+cat .cache/faults.log
+exit "$status"
