@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install, start and stop LocalStack without Docker (see ../shared/DESIGN.md §6).
+# Install, start and stop LocalStack without Docker (see docs/design.md §6).
 #
 #   scripts/localstack.sh install   # idempotent; caches under .cache/ (git-ignored)
 #   scripts/localstack.sh start     # starts it in the background unless already up; prints "started" or "running"

@@ -344,6 +344,8 @@ fn recorded(job: &str, src: &str, dst: &str, parallelism: u32) -> (Job, Vec<Curs
             on_item_error: OnItemError::Fail,
             max_write_rate: None,
             max_read_rate: None,
+            slice: None,
+            source_ttl: None,
             source_key: KeySchema { partition: attr("pk", KeyType::S), sort: None },
             target_key: KeySchema { partition: attr("customer", KeyType::S), sort: Some(attr("order_no", KeyType::N)) },
         },
@@ -372,6 +374,8 @@ fn recorded(job: &str, src: &str, dst: &str, parallelism: u32) -> (Job, Vec<Curs
         stalled: 0,
         announced: 0,
         origin: None,
+        target_empty_at_start: Some(true),
+        warnings: vec![],
     };
     (job, (0..parallelism).map(Cursor::start).collect())
 }

@@ -110,8 +110,15 @@ async fn bad_requests_get_clear_errors_and_leave_nothing_behind() -> Result<()> 
     let (src, dst) = (unique("bad-src"), unique("bad-dst"));
     create_table(&w.ddb, &src, ("pk", T::S), None).await?;
     create_table(&w.ddb, &dst, ("pk", T::S), None).await?;
+    // A target whose key attribute the source's key holds with another type: no item fits.
+    let binary = unique("bad-bin");
+    create_table(&w.ddb, &binary, ("pk", T::B), None).await?;
     let missing = unique("missing");
     let cases = [
+        (
+            request("j1", &src, &binary),
+            "the target's key attribute \"pk\" is of type B but the source's key attribute \"pk\" is of type S: no source item could be written. Create the target with \"pk\" of type S".to_string(),
+        ),
         (request("j1", &missing, &dst), format!("Owner resource does not exist: the source table \"{missing}\"")),
         (request("j1", &src, &missing), format!("Owner resource does not exist: the target table \"{missing}\"")),
         (request("j1", &src, &src), "same table".to_string()),
@@ -136,7 +143,39 @@ async fn bad_requests_get_clear_errors_and_leave_nothing_behind() -> Result<()> 
     assert!(err.contains("a job named \"dup\" already exists"), "{err}");
     assert_eq!(w.control_items().await?.len(), control_before);
     assert_eq!(w.queue_depth(&w.resources().copy_chunk_queue_url).await?, depth_before);
-    w.cleanup(&[&src, &dst]).await;
+    w.cleanup(&[&src, &dst, &binary]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn create_warns_of_a_target_that_is_not_empty_and_of_ttl_the_target_lacks() -> Result<()> {
+    let w = World::new("warn").await?;
+    let (src, dst, clean) = (unique("warn-src"), unique("warn-dst"), unique("warn-clean"));
+    for t in [&src, &dst, &clean] {
+        create_table(&w.ddb, t, ("pk", T::S), None).await?;
+    }
+    w.ddb
+        .update_time_to_live()
+        .table_name(&src)
+        .time_to_live_specification(
+            aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name("expires_at")
+                .build()?,
+        )
+        .send()
+        .await?;
+    tests::put_items(&w.ddb, &src, (0..3).map(|i| tests::sample_item(i, None)).collect(), 1).await?;
+    tests::put_items(&w.ddb, &dst, vec![tests::sample_item(99, None)], 1).await?;
+    let job = create_job(&w.deps, request("warned", &src, &dst)).await?;
+    assert_eq!(job.target_empty_at_start, Some(false));
+    assert_eq!(job.spec.source_ttl.as_deref(), Some("expires_at"));
+    let [not_empty, ttl] = job.warnings.as_slice() else { panic!("two warnings: {:?}", job.warnings) };
+    assert!(not_empty.starts_with(&format!("the target {dst} is not empty")), "{not_empty}");
+    assert!(ttl.contains(&format!("aws dynamodb update-time-to-live --table-name {dst} --time-to-live-specification Enabled=true,AttributeName=expires_at")), "{ttl}");
+    let quiet = create_job(&w.deps, request("quiet", &dst, &clean)).await?;
+    assert_eq!((quiet.target_empty_at_start, quiet.warnings.len(), quiet.spec.source_ttl), (Some(true), 0, None));
+    w.cleanup(&[&src, &dst, &clean]).await;
     Ok(())
 }
 

@@ -38,6 +38,8 @@ fn job(name: &str) -> Job {
             on_item_error: OnItemError::Skip,
             max_write_rate: None,
             max_read_rate: None,
+            slice: None,
+            source_ttl: None,
             source_key: schema.clone(),
             target_key: schema,
         },
@@ -66,6 +68,8 @@ fn job(name: &str) -> Job {
         stalled: 0,
         announced: 0,
         origin: None,
+        target_empty_at_start: Some(true),
+        warnings: vec![],
     }
 }
 

@@ -203,8 +203,10 @@ pub struct Config {
 
 impl Config {
     /// For the CLI, the runner and the tests: resource names, the deployment's
-    /// `MaxRunningJobs` and its copy-chunk visibility timeout (the stall bound) from the
-    /// stack's outputs (the functions run with the same figures).
+    /// `MaxRunningJobs`, `Workers` and its copy-chunk visibility timeout (the stall bound)
+    /// from the stack's outputs (the functions run with the same figures). The CLI passes
+    /// the defaults as `tuning`, which is what the functions run with: a job's settings never
+    /// come from the caller's environment.
     pub fn from_outputs(
         outputs: &HashMap<String, String>,
         mut tuning: Tuning,
@@ -224,6 +226,13 @@ impl Config {
                 value: v.clone(),
                 why: "expected a whole number of seconds".into(),
             })?);
+        }
+        if let Some(v) = outputs.get("Workers") {
+            tuning.workers = v.parse().ok().filter(|w| *w >= 1).ok_or_else(|| ConfigError::Invalid {
+                name: "stack output Workers".into(),
+                value: v.clone(),
+                why: "expected a whole number of at least 1".into(),
+            })?;
         }
         let tables = TableScope::parse(outputs.get("TableNamePrefix").map(String::as_str));
         Ok(Self { resources, tuning, region, tables })

@@ -205,7 +205,7 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         if idle.is_empty() {
             return Ok(());
         }
-        let limits = self.config.tuning.slice;
+        let limits = job.spec.slice.unwrap_or(self.config.tuning.slice);
         let unfinished = cursors.iter().filter(|c| !c.done).count() as u32;
         let pace = pacing::start(&job.spec, unfinished, self.config.tuning.workers, Utc::now());
         let bodies = idle

@@ -5,6 +5,8 @@
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
+use aws_credential_types::provider::error::CredentialsError;
+
 use crate::model::InvalidInput;
 
 /// What kind of failure an AWS error is.
@@ -16,6 +18,11 @@ pub enum ErrorKind {
     Conflict,
     /// Timeouts, dispatch failures, 5xx: try again.
     Transient,
+    /// The endpoint could not be reached at all (connection refused, no route, unknown host):
+    /// try again later, and tell a person which endpoint.
+    Unreachable,
+    /// No usable credentials: nothing was sent.
+    NoCredentials,
     /// A write's condition was false.
     ConditionFailed,
     /// The request does not fit (e.g. an item without its key attributes).
@@ -31,7 +38,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Worth trying again later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Throttled | ErrorKind::Conflict | ErrorKind::Transient)
+        matches!(self, ErrorKind::Throttled | ErrorKind::Conflict | ErrorKind::Transient | ErrorKind::Unreachable)
     }
 
     /// The kind of a service error code (DynamoDB's, SQS's, CloudFormation's).
@@ -83,6 +90,8 @@ impl ErrorKind {
 }
 
 /// An error of the control table, the queues or the user's tables, with what was being done.
+/// Its message is whole (`detail` says the cause in a line), so it is the end of an error
+/// chain: the SDK's error it came from is kept in `raw` for `{:?}`, not repeated.
 #[derive(Debug, thiserror::Error)]
 #[error("{context}: {detail}")]
 pub struct AwsError {
@@ -91,8 +100,7 @@ pub struct AwsError {
     pub code: Option<String>,
     pub context: String,
     pub detail: String,
-    #[source]
-    pub source: BoxError,
+    pub raw: BoxError,
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -100,7 +108,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl AwsError {
     pub fn new(kind: ErrorKind, context: impl Into<String>, detail: impl Into<String>) -> Self {
         let detail = detail.into();
-        Self { kind, code: None, context: context.into(), source: detail.clone().into(), detail }
+        Self { kind, code: None, context: context.into(), raw: detail.clone().into(), detail }
     }
 
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
@@ -126,8 +134,12 @@ where
 {
     let context = context.into();
     let (kind, code, detail) = match &err {
+        SdkError::DispatchFailure(d) if d.is_io() => (ErrorKind::Unreachable, None, unreachable(&err)),
+        SdkError::DispatchFailure(_) if causes(&err).any(|e| e.is::<CredentialsError>()) => {
+            (ErrorKind::NoCredentials, None, chain(&err))
+        }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            (ErrorKind::Transient, None, aws_sdk_dynamodb::error::DisplayErrorContext(&err).to_string())
+            (ErrorKind::Transient, None, chain(&err))
         }
         SdkError::ServiceError(e) => {
             let code = e.err().code().map(str::to_string);
@@ -140,9 +152,36 @@ where
                 format!("{}: {}", code.as_deref().unwrap_or("ServiceError"), e.err().message().unwrap_or_default());
             (kind, code, detail)
         }
-        other => (ErrorKind::Other, None, aws_sdk_dynamodb::error::DisplayErrorContext(other).to_string()),
+        other => (ErrorKind::Other, None, chain(other)),
     };
-    AwsError { kind, code, context, detail, source: Box::new(err) }
+    AwsError { kind, code, context, detail, raw: Box::new(err) }
+}
+
+/// An error and its sources, outermost first.
+fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
+/// An error's messages down its chain, each once (the SDK's layers often repeat their
+/// source's message in their own).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for message in causes(err).map(|e| e.to_string()) {
+        if !parts.last().is_some_and(|last| last.contains(&message)) {
+            parts.push(message);
+        }
+    }
+    parts.join(": ")
+}
+
+/// A connection that failed, in a few words: the system's reason (e.g. "connection refused").
+fn unreachable(err: &(dyn std::error::Error + 'static)) -> String {
+    match causes(err).find_map(|e| e.downcast_ref::<std::io::Error>()) {
+        Some(io) => io.kind().to_string().to_lowercase(),
+        None => chain(err),
+    }
 }
 
 /// Why a request (create, pause, resume, cancel, region) was refused. A refused request
@@ -223,6 +262,19 @@ mod tests {
         assert_eq!(ErrorKind::of_code("SomethingNew"), ErrorKind::Other);
         assert!(ErrorKind::Throttled.is_retryable() && ErrorKind::Conflict.is_retryable());
         assert!(!ErrorKind::Validation.is_retryable() && !ErrorKind::ConditionFailed.is_retryable());
+    }
+
+    #[test]
+    fn a_refused_connection_is_said_in_a_few_words_and_retried() {
+        use aws_sdk_dynamodb::error::ConnectorError;
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let err: SdkError<aws_sdk_dynamodb::operation::scan::ScanError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io(refused.into()));
+        let e = classify("Scan t", err);
+        assert_eq!(e.kind, ErrorKind::Unreachable);
+        assert!(e.is_retryable());
+        assert_eq!(e.to_string(), "Scan t: connection refused");
+        assert!(std::error::Error::source(&e).is_none(), "the message is whole: nothing repeats it");
     }
 
     #[test]

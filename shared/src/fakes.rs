@@ -117,6 +117,7 @@ impl Tables for FakeTables {
             key: t.key.clone(),
             item_count: t.items.len() as u64,
             size_bytes: t.items.values().map(crate::model::item_size).sum(),
+            ttl_attribute: None,
         }))
     }
 

@@ -103,7 +103,7 @@ macro_rules! string_newtype_impls {
 string_newtype_impls!(JobName);
 string_newtype_impls!(TableName);
 
-/// The states of DESIGN.md §4.
+/// The job states (docs/design.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobStatus {
     Queued,
@@ -227,6 +227,19 @@ impl KeySchema {
         None
     }
 
+    /// Why no item of a table keyed `source` could be written to a table with this key: a
+    /// key attribute of this schema is one of the source's key attributes with another type
+    /// (every source item has it, with the wrong type).
+    pub fn conflict_with(&self, source: &KeySchema) -> Option<String> {
+        let (ours, theirs) = self
+            .attributes()
+            .find_map(|a| source.attributes().find(|s| s.name == a.name && s.kind != a.kind).map(|s| (a, s)))?;
+        Some(format!(
+            "the target's key attribute {:?} is of type {:?} but the source's key attribute {:?} is of type {:?}: no source item could be written. Create the target with {:?} of type {:?}, or copy to another table",
+            ours.name, ours.kind, theirs.name, theirs.kind, ours.name, theirs.kind
+        ))
+    }
+
     /// The key attributes of `item` (those it has).
     pub fn key_of(&self, item: &Item) -> Item {
         self.attributes().filter_map(|a| item.get(&a.name).map(|v| (a.name.clone(), v.clone()))).collect()
@@ -322,6 +335,14 @@ pub struct JobSpec {
     /// Items per second the job may read from the source, all segments together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_read_rate: Option<u32>,
+    /// How much one slice reads: the creator's deployment's setting, fixed for the job's
+    /// life whoever launches its slices (absent on jobs created before it was kept here: the
+    /// launcher's setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<crate::messages::SliceLimits>,
+    /// The attribute the source's TTL expires items by, when it has TTL at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +419,13 @@ pub struct Job {
     /// The CloudFormation resource (`Custom::TableCopyJob`) that created the job, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<StackOrigin>,
+    /// Whether the target held no item when the job was created (`None` on older jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_empty_at_start: Option<bool>,
+    /// What `create` found worth a warning (a target that is not empty, TTL settings that
+    /// differ); the job runs regardless.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

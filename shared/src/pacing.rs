@@ -125,6 +125,8 @@ mod tests {
             target_key: key,
             max_write_rate: write,
             max_read_rate: read,
+            slice: None,
+            source_ttl: None,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::error::{classify, AwsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
-    #[error("stack {0:?} was not found; deploy it first (make deploy-local, or sam deploy)")]
+    #[error("stack {0:?} was not found in this account and region: deploy it first (on LocalStack `tablecopy local deploy`, on AWS `sam deploy --guided`; see the README), or name the deployed one with --stack-name")]
     NotFound(String),
     #[error("stack {stack:?} is {status}: {reason}")]
     Failed { stack: String, status: String, reason: String },

@@ -1,7 +1,7 @@
 //! The user's tables: describe, scan a page of a segment, write items.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{KeyType as DdbKeyType, PutRequest, ScalarAttributeType, WriteRequest};
+use aws_sdk_dynamodb::types::{KeyType as DdbKeyType, PutRequest, ScalarAttributeType, TimeToLiveStatus, WriteRequest};
 
 use crate::error::{classify, AwsError, ErrorKind};
 use crate::model::{Item, KeyAttribute, KeySchema, KeyType, TableName};
@@ -13,6 +13,8 @@ pub struct TableInfo {
     pub item_count: u64,
     /// DynamoDB's estimate of the table's size in bytes, refreshed likewise.
     pub size_bytes: u64,
+    /// The attribute its TTL expires items by, when TTL is enabled (or being enabled).
+    pub ttl_attribute: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +46,10 @@ pub trait Tables: Send + Sync {
         start_key: Option<Item>,
         limit: u32,
     ) -> Result<ScanPage, AwsError>;
+    /// Whether the table holds no item (a consistent Scan of one item).
+    async fn is_empty(&self, table: &TableName) -> Result<bool, AwsError> {
+        Ok(self.scan_page(table, 0, 1, None, 1).await?.items.is_empty())
+    }
     /// BatchWriteItem of at most 25 puts; returns the unprocessed items.
     async fn batch_put(&self, table: &TableName, items: Vec<Item>) -> Result<Vec<Item>, WriteError>;
     /// PutItem of one item.
@@ -91,10 +97,22 @@ impl Tables for DynamoTables {
         let hash = schema.iter().find(|k| k.key_type() == &DdbKeyType::Hash);
         let range = schema.iter().find(|k| k.key_type() == &DdbKeyType::Range);
         let Some(hash) = hash else { return Ok(None) };
+        let ttl = self
+            .client
+            .describe_time_to_live()
+            .table_name(table.as_str())
+            .send()
+            .await
+            .map_err(|e| classify(format!("DescribeTimeToLive {table}"), e))?;
+        let ttl_attribute = ttl
+            .time_to_live_description
+            .filter(|d| matches!(d.time_to_live_status(), Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)))
+            .and_then(|d| d.attribute_name);
         Ok(Some(TableInfo {
             key: KeySchema { partition: attr(hash.attribute_name()), sort: range.map(|r| attr(r.attribute_name())) },
             item_count: desc.item_count().unwrap_or(0).max(0) as u64,
             size_bytes: desc.table_size_bytes().unwrap_or(0).max(0) as u64,
+            ttl_attribute,
         }))
     }
 

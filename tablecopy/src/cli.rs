@@ -59,7 +59,8 @@ pub enum Command {
     /// The account's write region: jobs run only in the region they were created in.
     #[command(subcommand)]
     Region(RegionCommand),
-    /// Follow a job with a progress bar until it reaches a final state.
+    /// Follow a job with a progress bar until it reaches a final state or Paused; exits 0
+    /// only on Completed.
     Watch(WatchArgs),
     /// Run tablecopy locally (LocalStack, or any endpoint).
     #[command(subcommand)]
@@ -191,6 +192,10 @@ pub struct WatchArgs {
     /// Milliseconds between refreshes.
     #[arg(long, default_value_t = 500)]
     pub interval_ms: u64,
+    /// Keep watching a job that is Paused until it is resumed and ends (by default watch
+    /// exits with status 1 on Paused, saying how to resume it).
+    #[arg(long)]
+    pub wait_paused: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,7 @@ mod render;
 mod watch;
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
@@ -14,7 +14,7 @@ use aws_config::{BehaviorVersion, Region};
 use chrono::Utc;
 use clap::Parser;
 use shared::config::{Config, Tuning};
-use shared::error::RequestError;
+use shared::error::{AwsError, ErrorKind, RequestError};
 use shared::handlers::{request, set_write_region, AwsDeps, CancelRequest, CreateJobRequest, JobRef, JobRequest};
 use shared::model::JobName;
 use shared::runner::{run, RunnerOptions};
@@ -26,13 +26,62 @@ use cli::{Cli, Command, Global, LocalCommand, Output, RegionCommand};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let endpoint = cli.global.endpoint_url.clone();
     match dispatch(cli).await {
         Ok(code) => code,
+        // The reader of our output went away (`tablecopy list | head -1`): stop quietly.
+        Err(e) if broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e, endpoint.as_deref()));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// The AWS error an error comes from, if one does.
+fn aws_cause(e: &anyhow::Error) -> Option<&AwsError> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<AwsError>()
+            .or_else(|| match c.downcast_ref::<RequestError>()? {
+                RequestError::Aws(a) => Some(a),
+                _ => None,
+            })
+            .or_else(|| match c.downcast_ref::<shared::stack::StackError>()? {
+                shared::stack::StackError::Aws(a) => Some(a),
+                _ => None,
+            })
+    })
+}
+
+/// An error as a person reads it: the chain of what failed, or for an endpoint that cannot
+/// be reached or missing credentials, what to do.
+fn report(e: &anyhow::Error, endpoint: Option<&str>) -> String {
+    match aws_cause(e) {
+        Some(a) if a.kind == ErrorKind::Unreachable => match endpoint {
+            Some(url) => format!(
+                "cannot reach {url} ({}): start LocalStack (`make localstack`) or check --endpoint-url",
+                a.detail
+            ),
+            None => format!("cannot reach AWS ({}; {}): check the network, --region and --endpoint-url", a.detail, a.context),
+        },
+        Some(a) if a.kind == ErrorKind::NoCredentials => format!(
+            "no AWS credentials ({}): pass --profile, set AWS_PROFILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on LocalStack: eval \"$(scripts/localstack.sh env)\")",
+            a.detail
+        ),
+        _ => format!("{e:#}"),
+    }
+}
+
+/// Print to stdout, reporting a closed reader as an error (`println!` would panic).
+fn out(text: impl AsRef<str>) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_ref().as_bytes())?;
+    stdout.flush()?;
+    Ok(())
 }
 
 async fn sdk_config(g: &Global) -> Result<aws_config::SdkConfig> {
@@ -55,17 +104,19 @@ async fn sdk_config(g: &Global) -> Result<aws_config::SdkConfig> {
 
 /// Clients and resource names, read from the stack's outputs.
 async fn deps(g: &Global) -> Result<(aws_config::SdkConfig, AwsDeps)> {
-    let (sdk, deps, _) = deployment(g).await?;
+    let (sdk, deps, _) = deployment(g, Tuning::default()).await?;
     Ok((sdk, deps))
 }
 
-/// [`deps`], and the stack's outputs.
-async fn deployment(g: &Global) -> Result<(aws_config::SdkConfig, AwsDeps, HashMap<String, String>)> {
+/// [`deps`] with `tuning` under the deployment's figures, and the stack's outputs. The
+/// commands take the functions' defaults, never the caller's environment; only the local
+/// runner, which plays the functions, reads theirs.
+async fn deployment(g: &Global, tuning: Tuning) -> Result<(aws_config::SdkConfig, AwsDeps, HashMap<String, String>)> {
     let sdk = sdk_config(g).await?;
     let cfn = shared::stack::CfnClient::new(&sdk);
     let outputs = shared::stack::outputs(&cfn, &g.stack_name).await?;
     let region = sdk.region().expect("checked").to_string();
-    let config = Config::from_outputs(&outputs, Tuning::from_env()?, region)?;
+    let config = Config::from_outputs(&outputs, tuning, region)?;
     let deps = AwsDeps::new(&sdk, config);
     Ok((sdk, deps, outputs))
 }
@@ -85,19 +136,17 @@ async fn dead_letters(sdk: &aws_config::SdkConfig, outputs: &HashMap<String, Str
     Ok(found)
 }
 
+/// Every JSON document the CLI prints has camelCase keys (see [`render::camel_case_keys`]).
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    let v = render::camel_case_keys(serde_json::to_value(v)?);
+    out(serde_json::to_string_pretty(&v)? + "\n")
 }
 
 /// A job as `show` prints it, in the chosen format.
 fn print_job(output: Output, job: &shared::model::Job) -> Result<()> {
     match output {
         Output::Json => print_json(&render::JobView::new(job, Utc::now())),
-        Output::Table => {
-            print!("{}", render::job_table(job, None, Utc::now()));
-            Ok(())
-        }
+        Output::Table => out(render::job_table(job, None, Utc::now())),
     }
 }
 
@@ -129,7 +178,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             job_request(g, JobRequest::Cancel(CancelRequest { job_name: a.job_name, force: a.force })).await?
         }
         Command::Show(a) => {
-            let (sdk, deps, outputs) = deployment(g).await?;
+            let (sdk, deps, outputs) = deployment(g, Tuning::default()).await?;
             let name = JobName::parse(a.job_name)?;
             let Some((job, cursors)) = live_job(&deps.store, &name).await? else {
                 bail!(RequestError::JobNotFound(name.to_string()))
@@ -149,13 +198,14 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                     print_json(&view)?;
                 }
                 Output::Table => {
-                    print!("{}", render::job_table(&job, Some(&cursors), now));
+                    let mut text = render::job_table(&job, Some(&cursors), now);
                     for (queue, depth) in &dlqs {
-                        println!("Dead letters    {depth} message(s) in the {queue} dead-letter queue");
+                        text += &format!("Dead letters    {depth} message(s) in the {queue} dead-letter queue\n");
                     }
                     if a.segments {
-                        print!("{}", render::segments_table(&cursors, now, stall));
+                        text += &render::segments_table(&cursors, now, stall);
                     }
+                    out(text)?;
                 }
             }
         }
@@ -178,7 +228,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                     print_json(&serde_json::json!({ "jobs": views, "nextToken": next }))?
                 }
                 Output::Table => {
-                    print!("{}", render::jobs_table(&jobs));
+                    out(render::jobs_table(&jobs))?;
                     if let Some(t) = next {
                         eprintln!("more jobs: add --next-token {t:?} (or --all)");
                     }
@@ -191,8 +241,8 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             let region = set.clone().unwrap_or_else(|| deps.config.region.clone());
             match g.output {
                 Output::Json => print_json(&serde_json::json!({ "writeRegion": region, "default": set.is_none() }))?,
-                Output::Table if set.is_none() => println!("{region} (the deployment's region; never set)"),
-                Output::Table => println!("{region}"),
+                Output::Table if set.is_none() => out(format!("{region} (the deployment's region; never set)\n"))?,
+                Output::Table => out(format!("{region}\n"))?,
             }
         }
         Command::Region(RegionCommand::Set { region }) => {
@@ -200,23 +250,29 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             let failed = set_write_region(&deps, &region).await?;
             match g.output {
                 Output::Json => print_json(&serde_json::json!({ "writeRegion": region, "jobsFailed": failed }))?,
-                Output::Table => println!(
-                    "write region set to {region}; {failed} incomplete job(s) of another region failed (WriteRegionChanged)"
-                ),
+                Output::Table => out(format!(
+                    "write region set to {region}; {failed} incomplete job(s) of another region failed (WriteRegionChanged)\n"
+                ))?,
             }
         }
         Command::Watch(a) => {
             let (_, deps) = deps(g).await?;
             let name = JobName::parse(a.job_name)?;
-            let job = watch::watch(&deps.store, &name, a.interval_ms, std::io::stderr().is_terminal()).await?;
+            let tty = std::io::stderr().is_terminal();
+            let job = watch::watch(&deps.store, &name, a.interval_ms, a.wait_paused, tty).await?;
             print_job(g.output, &job)?;
+            if job.status == shared::model::JobStatus::Paused {
+                eprintln!(
+                    "job {name} is Paused: `tablecopy resume --job-name {name}` continues it (watch --wait-paused waits through pauses)"
+                );
+            }
             if job.status != shared::model::JobStatus::Completed {
                 return Ok(std::process::ExitCode::FAILURE);
             }
         }
         Command::Local(LocalCommand::Run(a)) => {
             shared::logging::init();
-            let (sdk, mut deps, outputs) = deployment(g).await?;
+            let (sdk, mut deps, outputs) = deployment(g, Tuning::from_env()?).await?;
             // The runner's copy-chunk concurrency is its workers (the template's `Workers`).
             deps.config.tuning.workers = a.concurrency.max(1) as u32;
             let minutes = outputs.get("ReconcileMinutes").and_then(|m| m.parse::<u64>().ok()).unwrap_or(1);
@@ -246,7 +302,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                 "controlTableConflicts": store.conflicts(),
                 "peakRssKiB": shared::runner::peak_rss_kib(),
             });
-            println!("{stats}");
+            out(format!("{stats}\n"))?;
         }
         Command::Local(LocalCommand::Deploy(a)) => {
             let sdk = sdk_config(g).await?;
@@ -263,7 +319,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             outputs.sort();
             match g.output {
                 Output::Json => print_json(&outputs.into_iter().collect::<std::collections::BTreeMap<_, _>>())?,
-                Output::Table => outputs.iter().for_each(|(k, v)| println!("{k:<30} {v}")),
+                Output::Table => out(outputs.iter().map(|(k, v)| format!("{k:<30} {v}\n")).collect::<String>())?,
             }
         }
         Command::Local(LocalCommand::DeleteStack) => {

@@ -14,20 +14,53 @@ pub const DEAD_LETTER_QUEUES: [(&str, &str); 4] = [
     ("RequestsDeadLetterQueueUrl", "requests"),
 ];
 
-/// A job with its derived figures, as `show --output json` prints it.
+/// A job with its derived figures, as `show --output json` prints it. The presigned URL a
+/// waiting CloudFormation resource is answered at is a credential: it is never printed.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct JobView<'a> {
+pub struct JobView {
     #[serde(flatten)]
-    pub job: &'a Job,
+    pub job: Job,
     pub percent: f64,
     pub items_per_second: Option<f64>,
 }
 
-impl<'a> JobView<'a> {
-    pub fn new(job: &'a Job, now: DateTime<Utc>) -> Self {
-        Self { job, percent: job.percent(), items_per_second: job.items_per_second(now) }
+impl JobView {
+    pub fn new(job: &Job, now: DateTime<Utc>) -> Self {
+        let mut job = job.clone();
+        if let Some(origin) = job.origin.as_mut() {
+            origin.response_url = None;
+        }
+        Self { percent: job.percent(), items_per_second: job.items_per_second(now), job }
     }
+}
+
+/// Every object key of `v` in camelCase (`items_copied` → `itemsCopied`), the request
+/// format's convention, so that each JSON document the CLI prints uses one. The documents
+/// hold no map keyed by user data (attribute names), only field names.
+pub fn camel_case_keys(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (camel(&k), camel_case_keys(v))).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(camel_case_keys).collect()),
+        other => other,
+    }
+}
+
+fn camel(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        match c {
+            '_' if !out.is_empty() => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A job as `list --output json` prints it.
@@ -99,6 +132,14 @@ fn segments(job: &Job) -> String {
     format!("{} done of {}{chosen}", job.segments_done, job.spec.parallelism)
 }
 
+/// How much one slice of the job reads.
+fn slices(job: &Job) -> String {
+    match job.spec.slice {
+        Some(s) => format!("up to {} items or {} each", thousands(u64::from(s.max_items)), bytes(s.max_bytes)),
+        None => "the deployment's (SLICE_MAX_ITEMS, SLICE_MAX_BYTES)".into(),
+    }
+}
+
 /// What the job's segments may use now under its budget (their paced rates, lowered by
 /// throttling), from its cursors.
 pub fn allowed_rate(cursors: &[Cursor]) -> Option<f64> {
@@ -150,6 +191,22 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
     }
     rows.extend([
         ("Segments", segments(job)),
+        ("Slices", slices(job)),
+        (
+            "Source TTL",
+            match &job.spec.source_ttl {
+                Some(attr) => format!("by {attr:?} (items already expired are copied as they are)"),
+                None => "none".into(),
+            },
+        ),
+        (
+            "Target at start",
+            match job.target_empty_at_start {
+                Some(true) => "empty".into(),
+                Some(false) => "not empty".into(),
+                None => "-".into(),
+            },
+        ),
         ("Write region", job.write_region.clone()),
         ("Created", time(Some(job.created_at))),
         ("Started", time(job.started_at)),
@@ -159,6 +216,9 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
         ("Error code", job.error.as_ref().map(|e| e.code.clone()).unwrap_or_else(|| "-".into())),
         ("Error message", job.error.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| "-".into())),
     ]);
+    for w in &job.warnings {
+        rows.push(("Warning", w.clone()));
+    }
     rows.push(("History", String::new()));
     for h in &job.history {
         rows.push(("", format!("{}  {}", time(Some(h.at)), h.status)));
@@ -260,6 +320,13 @@ mod tests {
         assert_eq!(segment_state(&c, now, stall), "done");
         let table = segments_table(&[Cursor { items: 1234, seq: 7, ..Cursor::start(3) }], now, stall);
         assert!(table.contains("      3       7         1,234  -                         parked"), "{table}");
+    }
+
+    #[test]
+    fn json_keys_are_camel_case_and_values_untouched() {
+        let v = serde_json::json!({"items_copied": 1, "itemsPerSecond": 2.0, "spec": {"source_key": {"partition": {"name": "order_no"}}}, "history": [{"at_time": "a_b"}], "ControlTableName": "x"});
+        let want = serde_json::json!({"itemsCopied": 1, "itemsPerSecond": 2.0, "spec": {"sourceKey": {"partition": {"name": "order_no"}}}, "history": [{"atTime": "a_b"}], "ControlTableName": "x"});
+        assert_eq!(camel_case_keys(v), want);
     }
 
     #[test]

@@ -4,14 +4,21 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use shared::model::{Job, JobName};
+use shared::model::{Job, JobName, JobStatus};
 use shared::store::{live_job, ControlStore};
 
 use crate::render::thousands;
 
 /// Poll the job every `interval_ms` and draw items copied / estimated total, items/s and ETA.
-/// Without a terminal, prints a line every few seconds instead. Returns the final job.
-pub async fn watch<S: ControlStore>(store: &S, name: &JobName, interval_ms: u64, tty: bool) -> Result<Job> {
+/// Without a terminal, prints a line every few seconds instead. Returns the job once it is
+/// final, or `Paused` (settled, no pause pending) unless `wait_paused`.
+pub async fn watch<S: ControlStore>(
+    store: &S,
+    name: &JobName,
+    interval_ms: u64,
+    wait_paused: bool,
+    tty: bool,
+) -> Result<Job> {
     let bar = if tty { ProgressBar::new(0) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template(
@@ -30,7 +37,8 @@ pub async fn watch<S: ControlStore>(store: &S, name: &JobName, interval_ms: u64,
         bar.set_length(job.estimated_total.max(done));
         bar.set_position(done);
         bar.set_message(job.status_label());
-        if !tty && (last_line.elapsed() >= Duration::from_secs(3) || job.status.is_final()) {
+        let paused = job.status == JobStatus::Paused && !wait_paused;
+        if !tty && (last_line.elapsed() >= Duration::from_secs(3) || job.status.is_final() || paused) {
             eprintln!(
                 "{name}: {} {} / ~{} items ({:.1}%)",
                 job.status_label(),
@@ -40,7 +48,7 @@ pub async fn watch<S: ControlStore>(store: &S, name: &JobName, interval_ms: u64,
             );
             last_line = std::time::Instant::now();
         }
-        if job.status.is_final() {
+        if job.status.is_final() || paused {
             bar.finish();
             return Ok(job);
         }

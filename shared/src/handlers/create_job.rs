@@ -12,7 +12,7 @@ use crate::pacing;
 use crate::queue::Outbox;
 use crate::scheduler::Entry;
 use crate::store::{conflict_pause, ControlStore, InsertError};
-use crate::tables::Tables;
+use crate::tables::{TableInfo, Tables};
 
 /// A request to create a copy job: the CLI's call, a direct invoke payload, an event's detail.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +107,9 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
     };
     let source_info = deps.tables.describe(&source).await?.ok_or_else(|| not_found("source", &source))?;
     let target_info = deps.tables.describe(&target).await?.ok_or_else(|| not_found("target", &target))?;
+    if let Some(conflict) = target_info.key.conflict_with(&source_info.key) {
+        return Err(InvalidInput(conflict).into());
+    }
     let parallelism = req
         .parallelism
         .unwrap_or_else(|| parallelism_for_size(source_info.size_bytes, deps.config.tuning.default_parallelism));
@@ -132,6 +135,8 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
     }
     // Jobs of an old write region are failed by `schedule` below, before any job starts.
     let region = control.current_region().await?;
+    let target_empty = deps.tables.is_empty(&target).await?;
+    let warnings = warnings(&source, &source_info, &target, &target_info, target_empty);
 
     let now = Utc::now();
     let mut job = Job {
@@ -146,6 +151,8 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
             target_key: target_info.key,
             max_write_rate: req.max_write_rate,
             max_read_rate: req.max_read_rate,
+            slice: Some(deps.config.tuning.slice),
+            source_ttl: source_info.ttl_attribute.clone(),
         },
         status: JobStatus::Queued,
         write_region: region.clone(),
@@ -172,6 +179,8 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
         stalled: 0,
         announced: 0,
         origin,
+        target_empty_at_start: Some(target_empty),
+        warnings,
     };
     for attempt in 1.. {
         let mut next = deps.store.scheduler().await?.next();
@@ -212,4 +221,31 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
     let job = deps.store.get_job(&name).await?.ok_or_else(|| RequestError::JobNotFound(name.to_string()))?;
     tracing::info!(status = %job.status, "job created");
     Ok(job)
+}
+
+/// What a user should know before trusting the copy: a target that already holds items, and
+/// TTL that differs between the tables.
+fn warnings(
+    source: &TableName,
+    source_info: &TableInfo,
+    target: &TableName,
+    target_info: &TableInfo,
+    target_empty: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if !target_empty {
+        out.push(format!(
+            "the target {target} is not empty: source items overwrite target items of the same key, and the target's other items stay"
+        ));
+    }
+    match (&source_info.ttl_attribute, &target_info.ttl_attribute) {
+        (Some(attr), None) => out.push(format!(
+            "the source {source} expires items by TTL (attribute {attr:?}) but the target {target} has no TTL: copied items will never expire there. Enable it: aws dynamodb update-time-to-live --table-name {target} --time-to-live-specification Enabled=true,AttributeName={attr}"
+        )),
+        (Some(a), Some(b)) if a != b => out.push(format!(
+            "the source {source} expires items by TTL attribute {a:?} but the target {target} by {b:?}: copied items expire there by {b:?}"
+        )),
+        _ => {}
+    }
+    out
 }

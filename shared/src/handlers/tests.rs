@@ -1780,3 +1780,21 @@ async fn paced_slices_span_the_segments_each_worker_serves() {
     assert_eq!(job(&d, "span").items_copied, 400);
     assert_eq!(d.tables.items("dst").len(), 400);
 }
+
+#[tokio::test]
+async fn a_resumed_job_keeps_the_slice_size_it_was_created_with_whoever_resumes_it() {
+    let mut d = world(60, &[]);
+    create_job(&d, request("fixed", 2, OnItemError::Fail)).await.unwrap(); // slices of 7 items
+    pause_job(&d, &name("fixed")).await.unwrap();
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "fixed").status, JobStatus::Paused);
+    // Resumed by a process whose own setting differs (another caller's environment).
+    d.config.tuning.slice = SliceLimits { max_items: 1_000, max_bytes: 1 << 30 };
+    resume_job(&d, &name("fixed")).await.unwrap();
+    let slices = take_slices(&d);
+    assert!(!slices.is_empty());
+    for body in &slices {
+        let msg: crate::messages::CopyChunk = decode(body).unwrap();
+        assert_eq!(msg.limits.max_items, 7, "the job's own slice size");
+    }
+}
