@@ -6,9 +6,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ITEMS="${ITEMS:-50000}"
-# Smaller slices than the default 5,000 items: the job's counters move once per committed
-# slice, so this makes the progress bar move more often (at ~1 control-table write per 1,000 items).
-export SLICE_MAX_ITEMS="${SLICE_MAX_ITEMS:-2000}"
 export TABLECOPY_STACK_NAME="${STACK:-tablecopy-demo}"
 SOURCE=demo-orders
 TARGET=demo-orders-by-customer
