@@ -8,7 +8,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p .cache
 scripts/localstack.sh start >.cache/localstack-start.out 2>.cache/localstack-start.err &
 starting=$!
-trap 'wait "$starting" 2>/dev/null; [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop' EXIT
+faulting=
+# On any exit (Ctrl-C too): stop the fault suite if it still runs (it stops its own
+# LocalStacks), then LocalStack if this script started it.
+trap '[ -n "$faulting" ] && kill "$faulting" 2>/dev/null && wait "$faulting" 2>/dev/null; wait "$starting" 2>/dev/null; [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop' EXIT
 cargo test --workspace --locked --no-run
 if ! wait "$starting"; then
   cat .cache/localstack-start.err >&2
@@ -18,21 +21,27 @@ fi
 cat .cache/localstack-start.err >&2
 eval "$(scripts/localstack.sh env)"
 
-# Unit and doc tests of every crate but the integration suites' (seconds).
+# Every crate's unit and doc tests, and the CLI's suite (tablecopy/tests: the binary against
+# LocalStack). Targets are always selected with --workspace, as the build above was, so that
+# cargo resolves the same features and builds nothing twice.
 cargo test --workspace --locked --exclude tests
 # The fault suite starts LocalStacks of its own and mostly waits (visibility timeouts, throttled
 # retries): it runs beside the other suites, from its binary (a second cargo would wait for the
 # first one's lock on the build directory). Every other [[test]] of tests/Cargo.toml runs in
 # the foreground, so a new suite runs without being listed here.
-faults=$(cargo test -p tests --locked --test faults --no-run 2>&1 | sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
+faults=$(cargo test --workspace --locked --test faults --no-run 2>&1 | sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
+case "$faults" in /*) ;; *) faults="$PWD/$faults" ;; esac
 [ -x "$faults" ] || { echo "the faults suite's binary was not found" >&2; exit 1; }
-(cd tests && "../$faults") >.cache/faults.log 2>&1 &
+(cd tests && exec "$faults") >.cache/faults.log 2>&1 &
 faulting=$!
-suites=$(sed -n '/^\[\[test\]\]/{n;s/^name = "\(.*\)"/--test \1/p}' tests/Cargo.toml | grep -v -- '--test faults$')
+suites=$(awk '/^\[/ { block = $0 } block == "[[test]]" && $1 == "name" { gsub(/"/, "", $3); print "--test", $3 }' tests/Cargo.toml |
+  grep -v -- '--test faults$' || true)
+[ -n "$suites" ] || { echo "no integration suite found in tests/Cargo.toml" >&2; exit 1; }
 status=0
 # shellcheck disable=SC2086 # one word per argument
-cargo test -p tests --locked --lib --bins $suites || status=$?
+cargo test --workspace --locked $suites || status=$?
 wait "$faulting" || status=$((status == 0 ? 4 : status))
+faulting=
 echo "===== faults suite ====="
 cat .cache/faults.log
 exit "$status"

@@ -205,7 +205,7 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         if idle.is_empty() {
             return Ok(());
         }
-        let limits = job.spec.slice.unwrap_or(self.config.tuning.slice);
+        let limits = self.config.tuning.slice;
         let unfinished = cursors.iter().filter(|c| !c.done).count() as u32;
         let pace = pacing::start(&job.spec, unfinished, self.config.tuning.workers, Utc::now());
         let bodies = idle
@@ -404,9 +404,11 @@ pub fn slice_message(
     segment: u32,
     seq: u64,
     start_key: Option<Item>,
-    mut limits: SliceLimits,
+    deployment_limits: SliceLimits,
     pace: Option<Pace>,
 ) -> CopyChunk {
+    // The job's own slice size; the deployment's only for jobs created before it was kept.
+    let mut limits = job.spec.slice.unwrap_or(deployment_limits);
     if let Some(p) = &pace {
         limits.max_items = pacing::slice_items(p, limits.max_items);
     }

@@ -21,7 +21,9 @@ pub enum ErrorKind {
     /// The endpoint could not be reached at all (connection refused, no route, unknown host):
     /// try again later, and tell a person which endpoint.
     Unreachable,
-    /// No usable credentials: nothing was sent.
+    /// No usable credentials (none configured, an expired session, a provider that timed
+    /// out): nothing was sent. Retryable, since providers recover; a person is told where to
+    /// put credentials.
     NoCredentials,
     /// A write's condition was false.
     ConditionFailed,
@@ -38,7 +40,14 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Worth trying again later.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorKind::Throttled | ErrorKind::Conflict | ErrorKind::Transient | ErrorKind::Unreachable)
+        matches!(
+            self,
+            ErrorKind::Throttled
+                | ErrorKind::Conflict
+                | ErrorKind::Transient
+                | ErrorKind::Unreachable
+                | ErrorKind::NoCredentials
+        )
     }
 
     /// The kind of a service error code (DynamoDB's, SQS's, CloudFormation's).
@@ -179,7 +188,10 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// A connection that failed, in a few words: the system's reason (e.g. "connection refused").
 fn unreachable(err: &(dyn std::error::Error + 'static)) -> String {
     match causes(err).find_map(|e| e.downcast_ref::<std::io::Error>()) {
-        Some(io) => io.kind().to_string().to_lowercase(),
+        // The system's reason (connection refused, host unreachable); other io errors (a
+        // failed DNS lookup) say more in their own words.
+        Some(io) if io.raw_os_error().is_some() => io.kind().to_string().to_lowercase(),
+        Some(io) => io.to_string(),
         None => chain(err),
     }
 }
@@ -275,6 +287,17 @@ mod tests {
         assert!(e.is_retryable());
         assert_eq!(e.to_string(), "Scan t: connection refused");
         assert!(std::error::Error::source(&e).is_none(), "the message is whole: nothing repeats it");
+    }
+
+    #[test]
+    fn missing_credentials_are_their_own_kind_and_retried() {
+        use aws_sdk_dynamodb::error::ConnectorError;
+        let missing = CredentialsError::not_loaded("no profile, no environment variables");
+        let err: SdkError<aws_sdk_dynamodb::operation::scan::ScanError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::other(missing.into(), None));
+        let e = classify("Scan t", err);
+        assert_eq!(e.kind, ErrorKind::NoCredentials);
+        assert!(e.is_retryable(), "a provider that failed once (an expired session) may recover");
     }
 
     #[test]

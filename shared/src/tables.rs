@@ -46,9 +46,21 @@ pub trait Tables: Send + Sync {
         start_key: Option<Item>,
         limit: u32,
     ) -> Result<ScanPage, AwsError>;
-    /// Whether the table holds no item (a consistent Scan of one item).
+    /// Whether the table holds no item: consistent Scans of one item, following a page that
+    /// came back empty with a key to go on from (after a few such pages, taken as not empty).
     async fn is_empty(&self, table: &TableName) -> Result<bool, AwsError> {
-        Ok(self.scan_page(table, 0, 1, None, 1).await?.items.is_empty())
+        let mut start = None;
+        for _ in 0..8 {
+            let page = self.scan_page(table, 0, 1, start, 1).await?;
+            if !page.items.is_empty() {
+                return Ok(false);
+            }
+            match page.last_key {
+                None => return Ok(true),
+                next => start = next,
+            }
+        }
+        Ok(false)
     }
     /// BatchWriteItem of at most 25 puts; returns the unprocessed items.
     async fn batch_put(&self, table: &TableName, items: Vec<Item>) -> Result<Vec<Item>, WriteError>;

@@ -260,7 +260,11 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             let name = JobName::parse(a.job_name)?;
             let tty = std::io::stderr().is_terminal();
             let job = watch::watch(&deps.store, &name, a.interval_ms, a.wait_paused, tty).await?;
-            print_job(g.output, &job)?;
+            // The exit status says how the job ended, even if nobody reads the output.
+            match print_job(g.output, &job) {
+                Err(e) if !broken_pipe(&e) => return Err(e),
+                _ => {}
+            }
             if job.status == shared::model::JobStatus::Paused {
                 eprintln!(
                     "job {name} is Paused: `tablecopy resume --job-name {name}` continues it (watch --wait-paused waits through pauses)"

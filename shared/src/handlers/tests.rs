@@ -1797,4 +1797,26 @@ async fn a_resumed_job_keeps_the_slice_size_it_was_created_with_whoever_resumes_
         let msg: crate::messages::CopyChunk = decode(body).unwrap();
         assert_eq!(msg.limits.max_items, 7, "the job's own slice size");
     }
+    // Their follow-ups too: every slice of the rest of the copy.
+    for body in &slices {
+        deliver(&d, QueueKind::CopyChunk, body).await;
+    }
+    let mut follow_ups = 0;
+    loop {
+        let sent = d.outbox.take();
+        if sent.is_empty() {
+            break;
+        }
+        for (kind, body) in sent {
+            if kind == QueueKind::CopyChunk {
+                let msg: crate::messages::CopyChunk = decode(&body).unwrap();
+                assert_eq!(msg.limits.max_items, 7, "a follow-up of the job's own slice size");
+                follow_ups += 1;
+            }
+            deliver(&d, kind, &body).await;
+        }
+    }
+    assert!(follow_ups >= 6, "{follow_ups} follow-up slices");
+    let j = job(&d, "fixed");
+    assert_eq!((j.status, j.items_copied), (JobStatus::Completed, 60));
 }
