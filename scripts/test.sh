@@ -39,7 +39,7 @@ suites=$(awk '/^\[/ { block = $0 } block == "[[test]]" && $1 == "name" { gsub(/"
 [ -n "$suites" ] || { echo "no integration suite found in tests/Cargo.toml" >&2; exit 1; }
 status=0
 # shellcheck disable=SC2086 # one word per argument
-cargo test --workspace --locked $suites || status=$?
+cargo test --workspace --locked --no-fail-fast $suites || status=$?
 wait "$faulting" || status=$((status == 0 ? 4 : status))
 faulting=
 echo "===== faults suite ====="
