@@ -152,6 +152,20 @@ impl Tuning {
     }
 }
 
+/// The stack output `name`, a whole number of at least 1, if the stack has it.
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(
+    outputs: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<T>, ConfigError> {
+    let Some(v) = outputs.get(name) else { return Ok(None) };
+    let n = v.parse().ok().filter(|n| *n >= T::from(1)).ok_or_else(|| ConfigError::Invalid {
+        name: format!("stack output {name}"),
+        value: v.clone(),
+        why: "expected a whole number of at least 1".into(),
+    })?;
+    Ok(Some(n))
+}
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ConfigError>
 where
     T::Err: std::fmt::Display,
@@ -213,12 +227,8 @@ impl Config {
         region: String,
     ) -> Result<Self, ConfigError> {
         let resources = Resources::from_outputs(outputs)?;
-        if let Some(max) = outputs.get("MaxRunningJobs") {
-            tuning.max_running_jobs = max.parse().ok().filter(|m| *m >= 1).ok_or_else(|| ConfigError::Invalid {
-                name: "stack output MaxRunningJobs".into(),
-                value: max.clone(),
-                why: "expected a whole number of at least 1".into(),
-            })?;
+        if let Some(max) = at_least_one(outputs, "MaxRunningJobs")? {
+            tuning.max_running_jobs = max;
         }
         if let Some(v) = outputs.get("CopyChunkVisibilityTimeout") {
             tuning.copy_visibility = Duration::from_secs(v.parse().map_err(|_| ConfigError::Invalid {
@@ -227,12 +237,8 @@ impl Config {
                 why: "expected a whole number of seconds".into(),
             })?);
         }
-        if let Some(v) = outputs.get("Workers") {
-            tuning.workers = v.parse().ok().filter(|w| *w >= 1).ok_or_else(|| ConfigError::Invalid {
-                name: "stack output Workers".into(),
-                value: v.clone(),
-                why: "expected a whole number of at least 1".into(),
-            })?;
+        if let Some(workers) = at_least_one(outputs, "Workers")? {
+            tuning.workers = workers;
         }
         let tables = TableScope::parse(outputs.get("TableNamePrefix").map(String::as_str));
         Ok(Self { resources, tuning, region, tables })

@@ -76,6 +76,15 @@ async fn output_into_a_reader_that_went_away_ends_quietly_and_a_missing_stack_sa
     Ok(())
 }
 
+/// A source keyed `pk` holding `items` sample items and an empty target with the same key.
+async fn tables(w: &World, items: u64) -> Result<(String, String)> {
+    let (src, dst) = (unique("cli-src"), unique("cli-dst"));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("pk", T::S), None).await?;
+    put_items(&w.ddb, &src, (0..items).map(|i| sample_item(i, None)).collect(), 4).await?;
+    Ok((src, dst))
+}
+
 /// A job created by a `Custom::TableCopyJob` that waits for its completion: the job holds the
 /// presigned URL CloudFormation waits at.
 async fn waiting_resource_job(w: &World, src: &str, dst: &str) -> Result<String> {
@@ -114,10 +123,7 @@ fn keys(v: &Value, out: &mut Vec<String>) {
 #[tokio::test]
 async fn json_is_camel_case_everywhere_and_never_prints_the_response_url() -> Result<()> {
     let w = World::new("cli-json").await?;
-    let (src, dst) = (unique("cli-src"), unique("cli-dst"));
-    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
-    create_table(&w.ddb, &dst, ("pk", T::S), None).await?;
-    put_items(&w.ddb, &src, (0..20).map(|i| sample_item(i, None)).collect(), 4).await?;
+    let (src, dst) = tables(&w, 20).await?;
     let job = waiting_resource_job(&w, &src, &dst).await?;
     for args in [vec!["show", "--job-name", &job, "--segments"], vec!["list"]] {
         let mut all = vec!["--output", "json"];
@@ -139,9 +145,7 @@ async fn json_is_camel_case_everywhere_and_never_prints_the_response_url() -> Re
 #[tokio::test]
 async fn a_jobs_settings_come_from_the_deployment_never_from_the_callers_environment() -> Result<()> {
     let w = World::new("cli-env").await?;
-    let (src, dst) = (unique("cli-src"), unique("cli-dst"));
-    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
-    create_table(&w.ddb, &dst, ("pk", T::S), None).await?;
+    let (src, dst) = tables(&w, 0).await?;
     let job = unique("cli-env");
     let env = [("SLICE_MAX_ITEMS", "3"), ("DEFAULT_PARALLELISM", "9"), ("MAX_RUNNING_JOBS", "5")];
     let args = ["--output", "json", "create", "--job-name", &job, "--source-table", &src, "--target-table", &dst];
@@ -161,10 +165,7 @@ async fn a_jobs_settings_come_from_the_deployment_never_from_the_callers_environ
 #[tokio::test]
 async fn watch_exits_non_zero_on_paused_and_says_how_to_resume() -> Result<()> {
     let w = World::new("cli-watch").await?;
-    let (src, dst) = (unique("cli-src"), unique("cli-dst"));
-    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
-    create_table(&w.ddb, &dst, ("pk", T::S), None).await?;
-    put_items(&w.ddb, &src, (0..20).map(|i| sample_item(i, None)).collect(), 4).await?;
+    let (src, dst) = tables(&w, 20).await?;
     let job = unique("cli-watch");
     let create = ["create", "--job-name", &job, "--source-table", &src, "--target-table", &dst];
     assert!(run(tablecopy(&w, &create, &[])).await?.status.success());
