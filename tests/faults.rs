@@ -13,8 +13,8 @@ use shared::error::{AwsError, ErrorKind};
 use shared::handlers::{cancel_job, create_job, pause_job, resume_job, CreateJobRequest, Deps};
 use shared::messages::encode;
 use shared::model::{
-    Cursor, Item, Job, JobName, JobSpec, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError, StatusChange,
-    TableName,
+    Cursor, Item, Job, JobName, JobSpec, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError, Pass, Phase,
+    StatusChange, TableName, VerifyMode,
 };
 use shared::queue::{Outbox, QueueKind, SqsOutbox};
 use shared::scheduler::Entry;
@@ -31,7 +31,9 @@ fn name(s: &str) -> JobName {
 async fn first_slices(w: &World, job: &str) -> Result<Vec<String>> {
     let j = w.deps.store.get_job(&name(job)).await?.expect("job");
     let limits = w.deps.config.tuning.slice;
-    Ok((0..j.spec.parallelism).map(|segment| encode(&slice_message(&j, segment, 0, None, limits, None))).collect())
+    Ok((0..j.spec.parallelism)
+        .map(|segment| encode(&slice_message(&j, segment, Pass::Copy, 0, None, limits, None)))
+        .collect())
 }
 
 /// The slice every unfinished segment of `job` expects next (as a late launch would send it).
@@ -42,7 +44,7 @@ async fn next_slices(w: &World, job: &str) -> Result<Vec<String>> {
     Ok(cursors
         .iter()
         .filter(|c| !c.done)
-        .map(|c| encode(&slice_message(&j, c.segment, c.seq, c.last_key.clone(), limits, None)))
+        .map(|c| encode(&slice_message(&j, c.segment, c.pass, c.seq, c.last_key.clone(), limits, None)))
         .collect())
 }
 
@@ -346,6 +348,7 @@ fn recorded(job: &str, src: &str, dst: &str, parallelism: u32) -> (Job, Vec<Curs
             max_read_rate: None,
             slice: None,
             source_ttl: None,
+            verify: VerifyMode::Full,
             source_key: KeySchema { partition: attr("pk", KeyType::S), sort: None },
             target_key: KeySchema { partition: attr("customer", KeyType::S), sort: Some(attr("order_no", KeyType::N)) },
         },
@@ -376,6 +379,9 @@ fn recorded(job: &str, src: &str, dst: &str, parallelism: u32) -> (Job, Vec<Curs
         origin: None,
         target_empty_at_start: Some(true),
         warnings: vec![],
+        phase: Phase::Copying,
+        verify_started_at: None,
+        verification: None,
     };
     (job, (0..parallelism).map(Cursor::start).collect())
 }
@@ -426,6 +432,7 @@ async fn the_reconciler_finishes_a_job_never_scheduled_and_a_launch_that_sent_no
         duration_ms: None,
         pending: None,
         progress: None,
+        verification: None,
         scheduler: Some(started),
     };
     assert_eq!(store.transition(&job.name, &start).await?, shared::store::Applied::Yes);

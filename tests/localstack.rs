@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::types::ScalarAttributeType as T;
 use shared::handlers::{create_job, CreateJobRequest};
-use shared::model::{JobName, JobStatus, OnItemError};
+use shared::model::{JobName, JobStatus, OnItemError, Pass};
 use shared::runner::RunnerOptions;
 use shared::store::{CursorStore, JobStore};
 use tests::{
@@ -33,10 +34,75 @@ async fn full_copy_of_every_attribute_type_is_identical() -> Result<()> {
     assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
     assert_eq!(job.items_copied, 2_000);
     assert_eq!(job.items_rejected, 0);
+    // Verified: both tables read whole, the same count and checksum.
+    let v = job.verification.clone().expect("verified");
+    assert!(v.matched(), "{v:?}");
+    assert_eq!((v.source.items, v.target.items), (2_000, 2_000));
+    assert!(v.target.bytes > 3 * 390 * 1024);
     assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 2_000);
     let big = scan_all(&w.ddb, &dst).await?.iter().filter(|i| i.contains_key("big")).count();
     assert_eq!(big, 3, "the items near the 400 KB limit were copied");
     assert!(job.bytes_copied > 3 * 390 * 1024);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn verification_fails_on_a_target_tampered_with_during_the_job_and_names_the_items() -> Result<()> {
+    let w = World::new("tamper").await?;
+    let (src, dst) = rekey_tables(&w, "tamper", 800, &[]).await?;
+    let runner = w.start_runner(runner_opts());
+    // A read budget paces the verification too: its scans of the source take seconds.
+    let req = CreateJobRequest { max_read_rate: Some(200), ..request("tamper", &src, &dst) };
+    create_job(&w.deps, req).await?;
+    let name = JobName::parse("tamper")?;
+    // As soon as the verification begins (every segment copied), someone writes to the target.
+    let mut verifying = false;
+    for _ in 0..1_200 {
+        let cursors = w.deps.store.cursors(&name).await?;
+        if cursors.iter().any(|c| c.pass != Pass::Copy) {
+            assert!(cursors.iter().all(|c| c.pass != Pass::VerifyTarget), "caught early enough: {cursors:?}");
+            verifying = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(verifying, "the verification never began");
+    let key = |customer: &str, order: u64| {
+        std::collections::HashMap::from([
+            ("customer".to_string(), AttributeValue::S(customer.into())),
+            ("order_no".to_string(), AttributeValue::N(order.to_string())),
+        ])
+    };
+    w.ddb
+        .update_item()
+        .table_name(&dst)
+        .set_key(Some(key("cust-0001", 1)))
+        .update_expression("SET note = :v")
+        .expression_attribute_values(":v", AttributeValue::S("changed".into()))
+        .send()
+        .await?;
+    w.ddb.delete_item().table_name(&dst).set_key(Some(key("cust-0002", 2))).send().await?;
+    let mut extra = key("nobody", 7);
+    extra.insert("pk".into(), AttributeValue::S("order-99999999".into()));
+    w.ddb.put_item().table_name(&dst).set_item(Some(extra)).send().await?;
+
+    let job = wait_final(&w, "tamper").await?;
+    runner.stop().await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let e = job.error.clone().expect("an error");
+    assert_eq!(e.code, "VerificationFailed");
+    let v = job.verification.clone().expect("verification recorded");
+    assert_eq!((v.source.items, v.target.items), (800, 800));
+    assert_eq!((v.missing, v.different, v.extra), (1, 1, 1), "{v:?}");
+    for sample in [
+        r#"missing {"pk":{"S":"order-00000002"}}"#,
+        r#"different {"pk":{"S":"order-00000001"}}"#,
+        r#"extra {"pk":{"S":"order-99999999"}}"#,
+    ] {
+        assert!(e.message.contains(sample), "{sample} in {}", e.message);
+    }
+    assert!(e.message.contains("800 items"), "{}", e.message);
     w.cleanup(&[&src, &dst]).await;
     Ok(())
 }

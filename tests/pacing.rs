@@ -30,8 +30,18 @@ async fn a_write_rate_budget_of_500_items_per_second_holds_over_a_20000_item_cop
     let done = wait_final(&w, "budget").await?;
     runner.stop().await;
     assert_eq!((done.status, done.items_copied), (JobStatus::Completed, 20_000), "{:?}", done.error);
-    // The copy phase, from the job's own timestamps: Running to Completed.
-    let copy_ms = (done.completed_at.unwrap() - done.started_at.unwrap()).num_milliseconds() as f64;
+    // The copy phase, from the job's own timestamps: Running to the verification's start.
+    let copy_ms = (done.verify_started_at.unwrap() - done.started_at.unwrap()).num_milliseconds() as f64;
+    let verify_ms = (done.completed_at.unwrap() - done.verify_started_at.unwrap()).num_milliseconds() as f64;
+    let v = done.verification.clone().expect("verified");
+    assert!(v.matched() && v.source.items == 20_000, "{v:?}");
+    println!(
+        "verification: {} + {} items read in {:.1} s ({:.0} items/s, paced by the same budget)",
+        v.source.items,
+        v.target.items,
+        verify_ms / 1000.0,
+        (v.source.items + v.target.items) as f64 * 1000.0 / verify_ms
+    );
     let rate = done.items_copied as f64 * 1000.0 / copy_ms;
     println!("budget 500 items/s: measured {rate:.0} items/s over {:.1} s", copy_ms / 1000.0);
     assert!((0.85..=1.15).contains(&(rate / 500.0)), "measured {rate:.0} items/s against a budget of 500");

@@ -10,8 +10,8 @@ use anyhow::Result;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
 use shared::model::{
-    Cursor, Item, Job, JobName, JobSpec, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError, Progress,
-    RejectedItem, StatusChange, TableName,
+    Cursor, Item, Job, JobName, JobSpec, JobStatus, KeyAttribute, KeySchema, KeyType, MismatchKind, OnItemError, Pass,
+    Phase, Progress, RejectedItem, SegmentCheck, StatusChange, TableName, Verification, VerifyMode,
 };
 use shared::scheduler::{Entry, Scheduler};
 use shared::store::memory::MemoryStore;
@@ -40,6 +40,7 @@ fn job(name: &str) -> Job {
             max_read_rate: None,
             slice: None,
             source_ttl: None,
+            verify: VerifyMode::Full,
             source_key: schema.clone(),
             target_key: schema,
         },
@@ -70,6 +71,9 @@ fn job(name: &str) -> Job {
         origin: None,
         target_empty_at_start: Some(true),
         warnings: vec![],
+        phase: Phase::Copying,
+        verify_started_at: None,
+        verification: None,
     }
 }
 
@@ -87,6 +91,8 @@ fn commit(segment: u32, seq: u64, next: Option<&str>, done: bool, items: u64, sa
         at: at(10 + seq as u32),
         copy: format!("copy-{segment}-{seq}"),
         rate: (seq == 2).then_some(12.5),
+        pass: None,
+        check: None,
     }
 }
 
@@ -104,7 +110,7 @@ impl Transcript {
 fn shown(c: &Cursor) -> String {
     format!(
         "seg {} seq {} key {:?} done {} parked {} epoch {} stop {} items {} bytes {} rejected {} samples {} at {:?} \
-         owner {:?} lease {:?} committed by {:?}",
+         owner {:?} lease {:?} committed by {:?} pass {:?} check {:?}",
         c.segment,
         c.seq,
         c.last_key.as_ref().and_then(|k| k.get("pk")).map(|v| v.as_s().unwrap().clone()),
@@ -119,7 +125,9 @@ fn shown(c: &Cursor) -> String {
         c.updated_at,
         c.owner,
         c.lease_until,
-        c.committed_by
+        c.committed_by,
+        c.pass,
+        c.check
     )
 }
 
@@ -155,6 +163,7 @@ async fn contract<S: ControlStore>(s: &S, name: &str) -> Result<Transcript> {
         duration_ms: None,
         pending: None,
         progress: None,
+        verification: None,
         scheduler: None,
     };
     t.note("start at a wrong epoch", s.transition(&n, &start(5)).await?);
@@ -202,6 +211,27 @@ async fn contract<S: ControlStore>(s: &S, name: &str) -> Result<Transcript> {
     t.note("cursor 1", cursor(s, &n, 1).await?);
     t.note("segment done", s.commit_slice(&n, &commit(1, 2, None, true, 4, 0)).await?);
     t.note("commit after done", s.commit_slice(&n, &commit(1, 3, Some("z"), false, 4, 0)).await?);
+    // Verification: a done segment begins its next pass from its start, once.
+    let mut check = SegmentCheck::default();
+    check.found(MismatchKind::Missing, "k".into());
+    t.note(
+        "begin a pass it is not done with",
+        s.begin_pass(&n, 1, Pass::VerifySource, Pass::VerifyTarget, &check, at(23)).await?,
+    );
+    t.note("begin a pass", s.begin_pass(&n, 1, Pass::Copy, Pass::VerifySource, &check, at(23)).await?);
+    t.note("begin the pass again", s.begin_pass(&n, 1, Pass::Copy, Pass::VerifySource, &check, at(23)).await?);
+    t.note("cursor 1", cursor(s, &n, 1).await?);
+    t.note("commit 3 of the old pass", s.commit_slice(&n, &commit(1, 3, Some("y"), false, 0, 0)).await?);
+    let onwards = SliceCommit {
+        pass: Some(Pass::VerifyTarget),
+        check: Some(SegmentCheck { skipped: 3, ..check.clone() }),
+        ..commit(1, 4, Some("x"), false, 0, 0)
+    };
+    t.note("commit 4 ends the pass's scan", s.commit_slice(&n, &onwards).await?);
+    t.note("cursor 1", cursor(s, &n, 1).await?);
+    let verification = Verification { skipped: 3, differing_buckets: vec![1, 2], ..Default::default() };
+    t.note("record the verification", s.set_verification(&n, &verification).await?);
+    t.note("record it again", s.set_verification(&n, &verification).await?);
     t.note("cursor 1", cursor(s, &n, 1).await?);
     t.note("commit on a missing cursor", s.commit_slice(&n, &commit(9, 0, None, true, 1, 0)).await?);
     let all = s.cursors(&n).await?;
@@ -256,6 +286,7 @@ async fn contract<S: ControlStore>(s: &S, name: &str) -> Result<Transcript> {
         duration_ms: Some(49_000),
         pending: Some(pending),
         progress: Some(Progress::of(&all)),
+        verification: Some(verification.clone()),
         scheduler: Some(done.clone()),
     };
     t.note("settle a request that is not pending", s.transition(&n, &finish(JobStatus::Paused)).await?);
@@ -279,6 +310,7 @@ async fn contract<S: ControlStore>(s: &S, name: &str) -> Result<Transcript> {
         ),
     );
     t.note("scheduler", s.scheduler().await?.version);
+    t.note("verification", j.verification);
     Ok(t)
 }
 
@@ -317,6 +349,21 @@ async fn both_control_stores_keep_the_same_contract() -> Result<()> {
     expect("segment done", "Continued");
     expect("commit after done", "Stale");
     expect("commit on a missing cursor", "Stale");
+    expect("begin a pass it is not done with", "false");
+    expect("begin a pass", "true");
+    expect("begin the pass again", "false");
+    expect("commit 3 of the old pass", "Stale");
+    expect("commit 4 ends the pass's scan", "Continued");
+    expect("record the verification", "true");
+    expect("record it again", "false");
+    assert!(
+        memory
+            .0
+            .iter()
+            .any(|l| l.starts_with(r#"cursor 1: "seg 1 seq 5 key None done false"#) && l.contains("pass VerifyTarget")),
+        "a pass's end starts the next pass at the segment's start: {:#?}",
+        memory.0
+    );
     expect("pause at a wrong epoch", "false");
     expect("pause again", "false");
     expect("withdraw a pause", "false");

@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::error::AwsError;
 use crate::events::{EventBus, JobStateChange};
 use crate::messages::{encode, CopyChunk, Finalize, SliceLimits, VERSION};
-use crate::model::{Cursor, Item, Job, JobError, JobName, JobStatus, Progress, StackOrigin};
+use crate::model::{
+    Cursor, Item, Job, JobError, JobName, JobStatus, Pass, Phase, Progress, SegmentCheck, StackOrigin, Verification,
+};
 use crate::pacing::{self, Pace};
 use crate::queue::{Outbox, QueueKind};
 use crate::rules::{sync_applies, wants_stop};
@@ -85,6 +87,19 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         pending: Option<JobStatus>,
         progress: Option<Progress>,
     ) -> Result<bool, AwsError> {
+        self.end_job(job, to, error, pending, progress, None).await
+    }
+
+    /// [`Self::move_job`], recording the verification's outcome with the move.
+    pub async fn end_job(
+        self,
+        job: &Job,
+        to: JobStatus,
+        error: Option<JobError>,
+        pending: Option<JobStatus>,
+        progress: Option<Progress>,
+        verification: Option<Verification>,
+    ) -> Result<bool, AwsError> {
         let now = Utc::now();
         if to.is_final() {
             let f = Finalize { v: VERSION, job: job.name.clone(), failure: None };
@@ -107,6 +122,7 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
                 duration_ms: if to.is_final() { duration_ms(job, now) } else { None },
                 pending,
                 progress: progress.clone(),
+                verification: verification.clone(),
                 scheduler,
             };
             match self.store.transition(&job.name, &t).await? {
@@ -207,10 +223,14 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         }
         let limits = self.config.tuning.slice;
         let unfinished = cursors.iter().filter(|c| !c.done).count() as u32;
-        let pace = pacing::start(&job.spec, unfinished, self.config.tuning.workers, Utc::now());
+        let now = Utc::now();
         let bodies = idle
             .iter()
-            .map(|c| encode(&slice_message(job, c.segment, c.seq, c.last_key.clone(), limits, pace.clone())))
+            .map(|c| {
+                let pace =
+                    pacing::start(&pacing::for_pass(&job.spec, c.pass), unfinished, self.config.tuning.workers, now);
+                encode(&slice_message(job, c.segment, c.pass, c.seq, c.last_key.clone(), limits, pace))
+            })
             .collect();
         self.outbox.send(QueueKind::CopyChunk, bodies).await?;
         let now = Utc::now();
@@ -222,6 +242,44 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
             .await?;
         tracing::info!(job = %job.name, segments = idle.len(), "segments launched");
         Ok(())
+    }
+
+    /// Start phase `to` on every segment of `job` done with the phase before it (the
+    /// verification after the copy, the keyed second pass after the checksums), then launch
+    /// them. Idempotent: a segment already moved on is left alone, so a second finalize, or
+    /// one after a crash half-way, finishes the move.
+    pub async fn begin_phase(self, job: &Job, cursors: &[Cursor], to: Phase) -> Result<(), AwsError> {
+        let now = Utc::now();
+        let moves: Vec<(u32, Pass, SegmentCheck)> = cursors
+            .iter()
+            .filter(|c| c.done && c.pass.phase() < to)
+            .map(|c| {
+                // The keyed pass keeps what the checksums read; a new verification starts afresh.
+                let check = match to {
+                    Phase::Locating => SegmentCheck {
+                        missing: 0,
+                        different: 0,
+                        extra: 0,
+                        samples: vec![],
+                        ..c.check.clone().unwrap_or_default()
+                    },
+                    _ => SegmentCheck::default(),
+                };
+                (c.segment, c.pass, check)
+            })
+            .collect();
+        stream::iter(moves)
+            .map(|(segment, from, check)| async move {
+                self.store.begin_pass(&job.name, segment, from, to.first_pass(), &check, now).await
+            })
+            .buffer_unordered(CURSOR_WRITES_AT_ONCE)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        tracing::info!(job = %job.name, phase = ?to, "segments begin a new phase");
+        match self.store.get_job(&job.name).await? {
+            Some(job) => self.launch(&job).await,
+            None => Ok(()),
+        }
     }
 
     /// Complete a pending pause or cancel once no slice of the job is in flight. Called by the
@@ -299,6 +357,7 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
                 duration_ms: None,
                 pending: None,
                 progress: None,
+                verification: None,
                 scheduler: Some(next),
             };
             match self.store.transition(&job.name, &t).await? {
@@ -402,6 +461,7 @@ fn duration_ms(job: &Job, now: DateTime<Utc>) -> Option<u64> {
 pub fn slice_message(
     job: &Job,
     segment: u32,
+    pass: Pass,
     seq: u64,
     start_key: Option<Item>,
     deployment_limits: SliceLimits,
@@ -426,5 +486,10 @@ pub fn slice_message(
         on_item_error: job.spec.on_item_error,
         limits,
         pace,
+        pass,
+        buckets: match pass.phase() {
+            Phase::Locating => job.verification.as_ref().map(|v| v.differing_buckets.clone()).unwrap_or_default(),
+            _ => vec![],
+        },
     }
 }

@@ -13,13 +13,13 @@ use tokio::time::{timeout_at, Instant};
 use crate::config::Tuning;
 use crate::error::{AwsError, ErrorKind};
 use crate::messages::CopyChunk;
-use crate::model::{item_size, render_key, Item, RejectedItem, MAX_REJECTED_SAMPLES};
+use crate::model::{item_size, render_key, Item, RejectedItem, SegmentCheck, MAX_REJECTED_SAMPLES};
 use crate::tables::{Tables, WriteError};
 
 /// BatchWriteItem's limit.
 const BATCH: usize = 25;
 /// Items asked of one Scan page (DynamoDB also ends a page at 1 MB).
-const PAGE_LIMIT: u32 = 1_000;
+pub(crate) const PAGE_LIMIT: u32 = 1_000;
 
 /// What a slice did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,6 +36,10 @@ pub struct SliceOutcome {
     /// Answers of the target that throttled a write or left items unprocessed, counting those
     /// of pages the slice did not keep (cut at its deadline, or given up after the last attempt).
     pub throttles: u64,
+    /// Items a verifying or locating slice read (it writes none).
+    pub items_read: u64,
+    /// The segment's verification state after a verifying or locating slice (`None`: as it was).
+    pub check: Option<SegmentCheck>,
 }
 
 impl SliceOutcome {

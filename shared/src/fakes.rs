@@ -144,6 +144,22 @@ impl Tables for FakeTables {
         Ok(ScanPage { items: items.into_iter().map(|(_, i)| i.clone()).collect(), last_key })
     }
 
+    async fn batch_get(&self, table: &TableName, keys: Vec<Item>) -> Result<(Vec<Item>, Vec<Item>), AwsError> {
+        let tables = self.tables.lock().unwrap();
+        let t = &tables[table];
+        let mut seen = std::collections::HashSet::new();
+        let mut found = vec![];
+        for k in &keys {
+            let rendered = render_key(k);
+            if !seen.insert(rendered.clone()) || keys.len() > 100 {
+                let e = "Provided list of item keys contains duplicates (or more than 100 keys)";
+                return Err(AwsError::new(ErrorKind::Validation, format!("BatchGetItem {table}"), e));
+            }
+            found.extend(t.items.get(&rendered).cloned());
+        }
+        Ok((found, vec![]))
+    }
+
     async fn batch_put(&self, table: &TableName, mut items: Vec<Item>) -> Result<Vec<Item>, WriteError> {
         let hold = self.hold_next_write.lock().unwrap().take();
         if let Some(signal) = hold {

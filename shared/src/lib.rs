@@ -7,6 +7,7 @@
 //! ([`engine`]), job control ([`control`]), CloudFormation's answers ([`responder`]), the
 //! handlers ([`handlers`]) and the local runner ([`runner`]).
 
+pub mod checksum;
 pub mod config;
 pub mod control;
 pub mod engine;
@@ -26,6 +27,7 @@ pub mod scheduler;
 pub mod stack;
 pub mod store;
 pub mod tables;
+pub mod verify;
 
 /// In-memory fakes of the queues, the user's tables and CloudFormation's responses (the
 /// control table's is [`store::memory`]), for handler tests here and in `tests/`.

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::model::{Item, JobError, JobName, KeySchema, OnItemError, RejectedItem, TableName};
+use crate::model::{Item, JobError, JobName, KeySchema, OnItemError, Pass, RejectedItem, SegmentCheck, TableName};
 use crate::pacing::Pace;
 
 /// The message format version this build reads and writes.
@@ -54,6 +54,12 @@ pub struct CopyChunk {
     /// The segment's pace under the job's rate budget (`None`: not paced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pace: Option<Pace>,
+    /// What the slice does: copy (absent), or read for the verification.
+    #[serde(default, skip_serializing_if = "Pass::is_copy")]
+    pub pass: Pass,
+    /// The checksum buckets that differ: the only items a locating pass looks at.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<u16>,
 }
 
 /// checkpoint queue: what a slice wrote, and where the next one starts.
@@ -87,11 +93,29 @@ pub struct ChunkResult {
     pub pace: Option<Pace>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// The slice's pass (absent: copy).
+    #[serde(default, skip_serializing_if = "Pass::is_copy")]
+    pub pass: Pass,
+    /// Items a verifying or locating slice read (it writes none).
+    #[serde(default)]
+    pub items_read: u64,
+    /// The segment's verification state after this slice (verifying and locating passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<SegmentCheck>,
 }
 
 impl ChunkResult {
-    /// The segment is finished.
+    /// The slice reached the end of its pass's scan and the segment goes on with this pass.
+    pub fn next_pass(&self) -> Option<Pass> {
+        self.scan_ended().then(|| self.pass.then()).flatten()
+    }
+
+    /// The segment is finished (for its phase).
     pub fn segment_done(&self) -> bool {
+        self.scan_ended() && self.pass.then().is_none()
+    }
+
+    fn scan_ended(&self) -> bool {
         self.next_key.is_none() && !self.partial && self.fatal.is_none()
     }
 }
@@ -176,6 +200,9 @@ mod tests {
             throttles: 0,
             pace: None,
             started_at: None,
+            pass: Pass::Copy,
+            items_read: 0,
+            check: None,
         };
         let body = encode(&r);
         assert!(body.contains(r#""S":"a""#), "{body}");

@@ -7,6 +7,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::checksum::Checksum;
+
 /// A DynamoDB item or key as the SDK represents it.
 pub type Item = HashMap<String, AttributeValue>;
 
@@ -167,6 +169,238 @@ pub enum OnItemError {
     Fail,
     /// Copy the rest and report the rejected items on the job.
     Skip,
+}
+
+/// Whether a job verifies its target against its source before it completes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// Count and checksum every item of both tables (consistent reads), and name what differs.
+    #[default]
+    Full,
+    /// Complete when every segment is copied.
+    None,
+}
+
+impl VerifyMode {
+    /// What a job created before verification existed does.
+    fn legacy() -> Self {
+        VerifyMode::None
+    }
+}
+
+/// What a segment's slices do: copy, then (verifying) checksum the source's and the target's
+/// segment, then (only when the checksums differ) locate the items that differ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Pass {
+    #[default]
+    Copy,
+    VerifySource,
+    VerifyTarget,
+    LocateSource,
+    LocateTarget,
+}
+
+impl Pass {
+    pub fn is_copy(&self) -> bool {
+        *self == Pass::Copy
+    }
+
+    /// The pass a segment goes on to when this one reaches the end of its segment (`None`: the
+    /// segment is done for its phase).
+    pub fn then(self) -> Option<Pass> {
+        match self {
+            Pass::VerifySource => Some(Pass::VerifyTarget),
+            Pass::LocateSource => Some(Pass::LocateTarget),
+            _ => None,
+        }
+    }
+
+    pub fn phase(self) -> Phase {
+        match self {
+            Pass::Copy => Phase::Copying,
+            Pass::VerifySource | Pass::VerifyTarget => Phase::Verifying,
+            Pass::LocateSource | Pass::LocateTarget => Phase::Locating,
+        }
+    }
+
+    /// Whether its slices scan the target (else the source).
+    pub fn scans_target(self) -> bool {
+        matches!(self, Pass::VerifyTarget | Pass::LocateTarget)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pass::Copy => "copy",
+            Pass::VerifySource => "verifySource",
+            Pass::VerifyTarget => "verifyTarget",
+            Pass::LocateSource => "locateSource",
+            Pass::LocateTarget => "locateTarget",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Pass> {
+        [Pass::Copy, Pass::VerifySource, Pass::VerifyTarget, Pass::LocateSource, Pass::LocateTarget]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
+/// What a running job is doing, from the passes of its segments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    #[default]
+    Copying,
+    Verifying,
+    Locating,
+}
+
+impl Phase {
+    /// The first pass of its segments.
+    pub fn first_pass(self) -> Pass {
+        match self {
+            Phase::Copying => Pass::Copy,
+            Phase::Verifying => Pass::VerifySource,
+            Phase::Locating => Pass::LocateSource,
+        }
+    }
+
+    fn is_copying(&self) -> bool {
+        *self == Phase::Copying
+    }
+}
+
+/// How an item of one table differs from the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MismatchKind {
+    /// A source item whose target item does not exist.
+    Missing,
+    /// A source item whose target item holds something else.
+    Different,
+    /// A target item that no source item maps to.
+    Extra,
+}
+
+impl MismatchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MismatchKind::Missing => "missing",
+            MismatchKind::Different => "different",
+            MismatchKind::Extra => "extra",
+        }
+    }
+}
+
+/// A sample of what verification found: the item's source key, as DynamoDB JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatch {
+    pub kind: MismatchKind,
+    pub key: String,
+}
+
+/// What a segment's verification read and found so far (kept on its cursor).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentCheck {
+    pub source: Checksum,
+    pub target: Checksum,
+    /// Source items the copy does not write (they do not fit the target's key).
+    #[serde(default)]
+    pub skipped: u64,
+    #[serde(default)]
+    pub missing: u64,
+    #[serde(default)]
+    pub different: u64,
+    #[serde(default)]
+    pub extra: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Mismatch>,
+}
+
+impl SegmentCheck {
+    /// Record a mismatch, keeping at most [`MAX_REJECTED_SAMPLES`] samples.
+    pub fn found(&mut self, kind: MismatchKind, key: String) {
+        match kind {
+            MismatchKind::Missing => self.missing += 1,
+            MismatchKind::Different => self.different += 1,
+            MismatchKind::Extra => self.extra += 1,
+        }
+        if self.samples.len() < MAX_REJECTED_SAMPLES {
+            self.samples.push(Mismatch { kind, key });
+        }
+    }
+
+    /// Every segment's check together.
+    pub fn sum<'a>(checks: impl Iterator<Item = &'a SegmentCheck>) -> SegmentCheck {
+        let mut all = SegmentCheck::default();
+        for c in checks {
+            all.source.merge(&c.source);
+            all.target.merge(&c.target);
+            all.skipped += c.skipped;
+            all.missing += c.missing;
+            all.different += c.different;
+            all.extra += c.extra;
+            let room = MAX_REJECTED_SAMPLES.saturating_sub(all.samples.len());
+            all.samples.extend(c.samples.iter().take(room).cloned());
+        }
+        all
+    }
+}
+
+/// The outcome of a job's verification, kept on the job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// What the verification read of each table (totals, without buckets).
+    pub source: Checksum,
+    pub target: Checksum,
+    /// Source items not copied by design (they do not fit the target's key).
+    #[serde(default)]
+    pub skipped: u64,
+    /// The buckets whose items differ: the keyed second pass reads only those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differing_buckets: Vec<u16>,
+    /// What the keyed second pass found (when the checksums differed).
+    #[serde(default)]
+    pub missing: u64,
+    #[serde(default)]
+    pub different: u64,
+    #[serde(default)]
+    pub extra: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Mismatch>,
+}
+
+impl Verification {
+    /// The checksums of both sides agree.
+    pub fn matched(&self) -> bool {
+        self.source.matches(&self.target)
+    }
+
+    /// `verified: N items, hash 1a2b…` (or what differs).
+    pub fn summary(&self) -> String {
+        if self.matched() {
+            format!("verified: {} items, hash {}", self.source.items, short_hash(&self.source))
+        } else {
+            format!(
+                "source {} items (hash {}), target {} items (hash {}): {} missing, {} different, {} extra",
+                self.source.items,
+                short_hash(&self.source),
+                self.target.items,
+                short_hash(&self.target),
+                self.missing,
+                self.different,
+                self.extra
+            )
+        }
+    }
+}
+
+fn short_hash(c: &Checksum) -> String {
+    c.hash.to_string()[..16].to_string()
 }
 
 /// Scalar types a key attribute can have.
@@ -343,6 +577,10 @@ pub struct JobSpec {
     /// The attribute the source's TTL expires items by, when it has TTL at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ttl: Option<String>,
+    /// Whether the job verifies the target before it completes (jobs created before
+    /// verification existed do not).
+    #[serde(default = "VerifyMode::legacy")]
+    pub verify: VerifyMode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -426,6 +664,16 @@ pub struct Job {
     /// differ); the job runs regardless.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the segments are doing (from their cursors, refreshed with the counters).
+    #[serde(default, skip_serializing_if = "Phase::is_copying")]
+    pub phase: Phase,
+    /// When the copy ended and the verification began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_started_at: Option<DateTime<Utc>>,
+    /// The verification's outcome: recorded when the checksums differ (the keyed pass reads
+    /// the buckets it names) and with the final move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -478,7 +726,12 @@ impl Job {
     /// The status as people read it: `Running (pausing)` while a request waits, `Running
     /// (stalled: ...)` when the reconciler found segments without progress.
     pub fn status_label(&self) -> String {
-        status_label(self.status, self.pending, self.stalled)
+        match (status_label(self.status, self.pending, self.stalled), self.phase) {
+            (label, Phase::Copying) => label,
+            (label, _) if self.status != JobStatus::Running || self.pending.is_some() => label,
+            (_, Phase::Verifying) => "Running (verifying)".into(),
+            (_, Phase::Locating) => "Running (verifying: locating differences)".into(),
+        }
     }
 
     /// What `list` shows of it.
@@ -504,6 +757,7 @@ impl Job {
         self.throttles = p.throttles;
         self.rejected_samples = p.samples.clone();
         self.segments_done = p.segments_done;
+        self.phase = p.phase;
         self
     }
 
@@ -519,9 +773,25 @@ impl Job {
         Some((end - start).num_milliseconds().max(0) as u64)
     }
 
-    /// Average copy rate since the job started.
+    /// The copy phase's running time: from the start to the verification's start, or as
+    /// [`Self::elapsed_ms`] when the job has not verified.
+    pub fn copy_ms(&self, now: DateTime<Utc>) -> Option<u64> {
+        match self.verify_started_at {
+            Some(end) => Some((end - self.started_at?).num_milliseconds().max(0) as u64),
+            None => self.elapsed_ms(now),
+        }
+    }
+
+    /// The verification phase's running time so far (to completion once final).
+    pub fn verify_ms(&self, now: DateTime<Utc>) -> Option<u64> {
+        let start = self.verify_started_at?;
+        let end = self.completed_at.unwrap_or(if self.status.is_final() { self.updated_at } else { now });
+        Some((end - start).num_milliseconds().max(0) as u64)
+    }
+
+    /// Average copy rate of the copy phase.
     pub fn items_per_second(&self, now: DateTime<Utc>) -> Option<f64> {
-        let ms = self.elapsed_ms(now)?;
+        let ms = self.copy_ms(now)?;
         (ms > 0).then(|| self.items_copied as f64 * 1000.0 / ms as f64)
     }
 
@@ -569,6 +839,10 @@ pub struct Cursor {
     pub rate: Option<f64>,
     /// Up to [`MAX_REJECTED_SAMPLES`] rejected items of this segment.
     pub samples: Vec<RejectedItem>,
+    /// What its slices do now.
+    pub pass: Pass,
+    /// What its verification read and found so far (verifying and locating passes).
+    pub check: Option<SegmentCheck>,
     /// The last progress: a commit, a launch, or a copy claiming the slice.
     pub updated_at: Option<DateTime<Utc>>,
     /// The copy of the expected slice that holds the segment (each copy-chunk invocation has
@@ -598,6 +872,8 @@ impl Cursor {
             throttles: 0,
             rate: None,
             samples: vec![],
+            pass: Pass::Copy,
+            check: None,
             updated_at: None,
             owner: None,
             lease_until: None,
@@ -687,6 +963,8 @@ pub struct Progress {
     /// Up to [`MAX_REJECTED_SAMPLES`], in segment order.
     pub samples: Vec<RejectedItem>,
     pub segments_done: u32,
+    /// The earliest phase of a segment.
+    pub phase: Phase,
 }
 
 impl Progress {
@@ -701,6 +979,7 @@ impl Progress {
             let room = MAX_REJECTED_SAMPLES.saturating_sub(p.samples.len());
             p.samples.extend(c.samples.iter().take(room).cloned());
         }
+        p.phase = cursors.iter().map(|c| c.pass.phase()).min().unwrap_or_default();
         p
     }
 }

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::JobSpec;
+use crate::model::{JobSpec, Pass};
 
 /// About how long a paced slice's items last at its segment's rate.
 pub const SLICE_SECONDS: f64 = 2.0;
@@ -60,6 +60,15 @@ pub fn budget(spec: &JobSpec) -> Option<f64> {
     match (spec.max_write_rate, spec.max_read_rate) {
         (None, None) => None,
         (w, r) => Some(f64::from(w.unwrap_or(u32::MAX).min(r.unwrap_or(u32::MAX)))),
+    }
+}
+
+/// The budget that paces a pass: the copy's both rates, the verification's (which writes
+/// nothing) the read rate alone.
+pub fn for_pass(spec: &JobSpec, pass: Pass) -> JobSpec {
+    match pass {
+        Pass::Copy => spec.clone(),
+        _ => JobSpec { max_write_rate: None, ..spec.clone() },
     }
 }
 
@@ -127,6 +136,7 @@ mod tests {
             max_read_rate: read,
             slice: None,
             source_ttl: None,
+            verify: crate::model::VerifyMode::Full,
         }
     }
 

@@ -14,7 +14,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Cursor, JobStatus};
+use crate::model::{Cursor, JobStatus, Pass};
 
 /// What a slice's commit did to its cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +66,10 @@ pub enum Guard {
     Drop,
 }
 
-pub fn slice_rule(c: Option<&Cursor>, seq: u64, copy: &str, now: DateTime<Utc>) -> Guard {
+pub fn slice_rule(c: Option<&Cursor>, pass: Pass, seq: u64, copy: &str, now: DateTime<Utc>) -> Guard {
     match c {
         None => Guard::Drop,
-        Some(c) if c.done || c.seq != seq => Guard::Drop,
+        Some(c) if c.done || c.seq != seq || c.pass != pass => Guard::Drop,
         Some(c) if c.stop && c.parked => Guard::Drop,
         Some(c) if held_by_another(c, copy, now) => Guard::Busy,
         Some(c) if c.stop => Guard::Stop,
@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn a_slice_writes_only_while_its_segment_expects_it_and_only_one_copy_at_a_time() {
         let now = Utc::now();
-        let rule = |c: &Cursor, seq| slice_rule(Some(c), seq, "me", now);
+        let rule = |c: &Cursor, seq| slice_rule(Some(c), Pass::Copy, seq, "me", now);
         let mine = |c: Cursor| Cursor {
             owner: Some("me".into()),
             lease_until: Some(now + chrono::Duration::seconds(60)),
@@ -177,7 +177,10 @@ mod tests {
         assert_eq!(rule(&cursor(2, false, true, true), 2), Guard::Drop);
         assert_eq!(rule(&cursor(3, false, false, false), 2), Guard::Drop);
         assert_eq!(rule(&cursor(2, true, false, false), 2), Guard::Drop);
-        assert_eq!(slice_rule(None, 0, "me", now), Guard::Drop);
+        assert_eq!(slice_rule(None, Pass::Copy, 0, "me", now), Guard::Drop);
+        let verifying = Cursor { pass: Pass::VerifySource, ..mine(cursor(2, false, false, false)) };
+        assert_eq!(slice_rule(Some(&verifying), Pass::Copy, 2, "me", now), Guard::Drop, "a slice of another pass");
+        assert_eq!(slice_rule(Some(&verifying), Pass::VerifySource, 2, "me", now), Guard::Go);
 
         assert!(claim_applies(&cursor(2, false, true, false), 2, "me", now));
         assert!(claim_applies(&theirs(cursor(2, false, false, false), -1), 2, "me", now));

@@ -1,7 +1,9 @@
 //! The user's tables: describe, scan a page of a segment, write items.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{KeyType as DdbKeyType, PutRequest, ScalarAttributeType, TimeToLiveStatus, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    KeyType as DdbKeyType, KeysAndAttributes, PutRequest, ScalarAttributeType, TimeToLiveStatus, WriteRequest,
+};
 
 use crate::error::{classify, AwsError, ErrorKind};
 use crate::model::{Item, KeyAttribute, KeySchema, KeyType, TableName};
@@ -62,6 +64,9 @@ pub trait Tables: Send + Sync {
         }
         Ok(false)
     }
+    /// BatchGetItem of at most 100 distinct keys, strongly consistent: the items found, and
+    /// the keys left unprocessed (to ask again).
+    async fn batch_get(&self, table: &TableName, keys: Vec<Item>) -> Result<(Vec<Item>, Vec<Item>), AwsError>;
     /// BatchWriteItem of at most 25 puts; returns the unprocessed items.
     async fn batch_put(&self, table: &TableName, items: Vec<Item>) -> Result<Vec<Item>, WriteError>;
     /// PutItem of one item.
@@ -149,6 +154,24 @@ impl Tables for DynamoTables {
             .await
             .map_err(|e| classify(format!("Scan {table} segment {segment}"), e))?;
         Ok(ScanPage { items: out.items.unwrap_or_default(), last_key: out.last_evaluated_key })
+    }
+
+    async fn batch_get(&self, table: &TableName, keys: Vec<Item>) -> Result<(Vec<Item>, Vec<Item>), AwsError> {
+        let request = KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| AwsError::new(ErrorKind::Other, format!("BatchGetItem {table}"), e.to_string()))?;
+        let out = self
+            .client
+            .batch_get_item()
+            .request_items(table.as_str(), request)
+            .send()
+            .await
+            .map_err(|e| classify(format!("BatchGetItem {table}"), e))?;
+        let found = out.responses.unwrap_or_default().into_values().flatten().collect();
+        let unprocessed = out.unprocessed_keys.unwrap_or_default().into_values().flat_map(|k| k.keys).collect();
+        Ok((found, unprocessed))
     }
 
     async fn batch_put(&self, table: &TableName, items: Vec<Item>) -> Result<Vec<Item>, WriteError> {

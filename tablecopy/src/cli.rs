@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shared::model::{JobStatus, OnItemError};
+use shared::model::{JobStatus, OnItemError, VerifyMode};
 
 #[derive(Debug, Parser)]
 #[command(name = "tablecopy", version, about = "Managed, resumable copy jobs between DynamoDB tables")]
@@ -89,6 +89,28 @@ pub struct CreateArgs {
     /// Items per second the job may read from the source (no cap when absent).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_read_rate: Option<u32>,
+    /// After the copy, compare every item of the target with the source (count and checksum,
+    /// strongly consistent scans of both tables, then a keyed look at what differs) before the
+    /// job completes: `full`, or `none` to complete as soon as every segment is copied.
+    #[arg(long, value_enum, default_value_t = VerifyArg::Full)]
+    pub verify: VerifyArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyArg {
+    /// Count and checksum both tables; fail naming what differs.
+    Full,
+    /// Complete when every segment is copied.
+    None,
+}
+
+impl From<VerifyArg> for VerifyMode {
+    fn from(a: VerifyArg) -> Self {
+        match a {
+            VerifyArg::Full => VerifyMode::Full,
+            VerifyArg::None => VerifyMode::None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -169,6 +169,7 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                 on_item_error: a.on_item_error.into(),
                 max_write_rate: a.max_write_rate,
                 max_read_rate: a.max_read_rate,
+                verify: a.verify.into(),
             };
             print_job(g.output, &request(&deps, JobRequest::Create(req)).await?)?;
         }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared::model::{Cursor, Job, JobSummary};
+use shared::model::{Cursor, Job, JobSummary, Phase, SegmentCheck, Verification, VerifyMode};
 
 /// The stack outputs of the dead-letter queues, and the queue each serves.
 pub const DEAD_LETTER_QUEUES: [(&str, &str); 4] = [
@@ -129,7 +129,57 @@ fn segments(job: &Job) -> String {
     } else {
         String::new()
     };
-    format!("{} done of {}{chosen}", job.segments_done, job.spec.parallelism)
+    let phase = match job.phase {
+        Phase::Copying => "",
+        Phase::Verifying => " verifying",
+        Phase::Locating => " locating differences",
+    };
+    format!("{} done{phase} of {}{chosen}", job.segments_done, job.spec.parallelism)
+}
+
+/// What the verification read and found (or what it is doing, from the cursors).
+fn verification_rows(job: &Job, cursors: Option<&[Cursor]>) -> Vec<(&'static str, String)> {
+    let read = |what: &str, v: &Verification| {
+        format!(
+            "{what}: {} items ({}) of {}, {} items ({}) of {}, strongly consistent scans",
+            thousands(v.source.items),
+            bytes(v.source.bytes),
+            job.spec.source,
+            thousands(v.target.items),
+            bytes(v.target.bytes),
+            job.spec.target
+        )
+    };
+    if job.spec.verify == VerifyMode::None {
+        return vec![("Verification", "none (created with --verify none)".into())];
+    }
+    let Some(v) = &job.verification else {
+        let so_far = cursors.map(|c| SegmentCheck::sum(c.iter().filter_map(|c| c.check.as_ref())));
+        return match (job.phase, so_far) {
+            (Phase::Copying, _) | (_, None) => vec![("Verification", "full, after the copy".into())],
+            (_, Some(sum)) => {
+                let v = Verification { source: sum.source, target: sum.target, ..Default::default() };
+                vec![("Verification", read("reading", &v))]
+            }
+        };
+    };
+    let mut rows = vec![("Verification", v.summary()), ("Verification read", read("read", v))];
+    if v.skipped > 0 {
+        rows.push((
+            "  not compared",
+            format!("{} source items that do not fit the target's key", thousands(v.skipped)),
+        ));
+    }
+    if !v.matched() && job.phase == Phase::Locating && !job.status.is_final() {
+        rows.push((
+            "  locating",
+            format!("{} of {} buckets differ", v.differing_buckets.len(), shared::checksum::BUCKETS),
+        ));
+    }
+    for m in v.samples.iter().take(10) {
+        rows.push(("  sample", format!("{} {}", m.kind.as_str(), m.key)));
+    }
+    rows
 }
 
 /// How much one slice of the job reads.
@@ -189,6 +239,7 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
     for r in job.rejected_samples.iter().take(5) {
         rows.push(("  sample", format!("{} — {}", r.key, r.reason)));
     }
+    rows.extend(verification_rows(job, cursors));
     rows.extend([
         ("Segments", segments(job)),
         ("Slices", slices(job)),

@@ -5,7 +5,7 @@ use crate::control::slice_message;
 use crate::error::HandlerError;
 use crate::messages::{encode, ChunkResult};
 use crate::metrics::Metrics;
-use crate::model::{Item, Job, OnItemError};
+use crate::model::{Item, Job, OnItemError, Pass};
 use crate::pacing::{self, Pace};
 use crate::queue::{Outbox, QueueKind};
 use crate::rules::committed_by;
@@ -62,6 +62,8 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
         at: Utc::now(),
         copy: msg.copy.clone(),
         rate: pace.as_ref().map(|p| p.rate),
+        pass: msg.next_pass(),
+        check: msg.check.clone(),
     };
     let outcome = store.commit_slice(&msg.job, &commit).await?;
     let metrics = Metrics::new("advance-checkpoint", msg.job.as_str());
@@ -78,7 +80,15 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
                 partial = msg.partial,
                 "checkpoint advanced"
             );
-            let next = Next { segment: msg.segment, seq: msg.seq + 1, done, start: commit.next_key, pace, delay };
+            let next = Next {
+                segment: msg.segment,
+                pass: commit.pass.unwrap_or(msg.pass),
+                seq: msg.seq + 1,
+                done,
+                start: if commit.pass.is_some() { None } else { commit.next_key },
+                pace,
+                delay,
+            };
             follow_up(deps, &job, next, msg.rejected_count).await?;
             control.refresh_progress(&job, false).await?;
             Ok(())
@@ -91,7 +101,8 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
             Some(c) if committed_by(&c, msg.seq, &msg.copy) && c.parked => parked(deps, &job, &commit).await,
             Some(c) if committed_by(&c, msg.seq, &msg.copy) => {
                 tracing::info!("this result's commit is already on the cursor; sending its follow-up again");
-                let next = Next { segment: c.segment, seq: c.seq, done: c.done, start: c.last_key, pace, delay };
+                let next =
+                    Next { segment: c.segment, pass: c.pass, seq: c.seq, done: c.done, start: c.last_key, pace, delay };
                 follow_up(deps, &job, next, msg.rejected_count).await
             }
             _ => {
@@ -124,6 +135,7 @@ async fn parked<S: ControlStore, Q: Outbox, T>(
 /// What a segment that goes on owes next.
 struct Next {
     segment: u32,
+    pass: Pass,
     seq: u64,
     done: bool,
     start: Option<Item>,
@@ -138,9 +150,10 @@ fn paced(job: &Job, msg: &ChunkResult, workers: u32) -> (Option<Pace>, u32) {
     let Some(pace) = &msg.pace else { return (None, 0) };
     let unfinished = job.spec.parallelism.saturating_sub(job.segments_done);
     let now = Utc::now();
-    let items = msg.items_written + msg.rejected_count;
+    let items = msg.items_written + msg.rejected_count + msg.items_read;
     let started = msg.started_at.unwrap_or(now);
-    let (next, delay) = pacing::next(pace, &job.spec, unfinished, workers, items, msg.throttles, started, now);
+    let spec = pacing::for_pass(&job.spec, msg.pass);
+    let (next, delay) = pacing::next(pace, &spec, unfinished, workers, items, msg.throttles, started, now);
     (Some(next), delay)
 }
 
@@ -163,7 +176,8 @@ async fn follow_up<S: ControlStore, Q: Outbox, T>(
         return Ok(());
     }
     if !next.done {
-        let msg = slice_message(job, next.segment, next.seq, next.start, deps.config.tuning.slice, next.pace);
+        let msg =
+            slice_message(job, next.segment, next.pass, next.seq, next.start, deps.config.tuning.slice, next.pace);
         if next.delay > 0 {
             deps.outbox.send_delayed(QueueKind::CopyChunk, encode(&msg), next.delay).await?;
         } else {

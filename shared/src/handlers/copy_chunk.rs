@@ -7,11 +7,12 @@ use crate::engine::{copy_slice, Proceed, SliceControl, SliceOutcome};
 use crate::error::{AwsError, HandlerError};
 use crate::messages::{encode, ChunkResult, CopyChunk, VERSION};
 use crate::metrics::Metrics;
-use crate::model::JobError;
+use crate::model::{JobError, SegmentCheck};
 use crate::queue::{Outbox, QueueKind};
 use crate::rules::{slice_rule, Guard};
 use crate::store::ControlStore;
 use crate::tables::Tables;
+use crate::verify::check_slice;
 
 /// Copy one slice, then report what was written and where the next slice starts to the
 /// checkpoint queue. It never moves the cursor itself.
@@ -42,13 +43,15 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
         + chrono::Duration::from_std(stop_at.saturating_duration_since(Instant::now()) + margin / 2)
             .unwrap_or_default();
     let guard = Segment { store, msg: &msg, copy: new_copy_token() };
-    let outcome = match guard.check(hold_until).await? {
+    let (proceed, check) = guard.check(hold_until).await?;
+    let outcome = match proceed {
         Proceed::Abandon => {
             tracing::info!("slice not expected (job final, segment done, parked, or moved on); nothing written");
             return Ok(());
         }
         Proceed::Stop => Ok(Some(SliceOutcome::default().ended_at(msg.start_key.clone().map(Into::into)))),
-        Proceed::Go => copy_slice(tables, &msg, tuning, &guard, stop_at).await,
+        Proceed::Go if msg.pass.is_copy() => copy_slice(tables, &msg, tuning, &guard, stop_at).await,
+        Proceed::Go => check_slice(tables, &msg, check.unwrap_or_default(), tuning, &guard, stop_at).await,
     };
     let (slice, fatal) = match outcome {
         Ok(Some(slice)) => {
@@ -56,6 +59,8 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
                 items = slice.items_written,
                 bytes = slice.bytes_written,
                 rejected = slice.rejected_count,
+                read = slice.items_read,
+                pass = msg.pass.as_str(),
                 partial = slice.partial,
                 segment_done = slice.next_key.is_none() && !slice.partial,
                 "slice copied"
@@ -80,6 +85,7 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
         .count("ItemsCopied", slice.items_written)
         .bytes("BytesCopied", slice.bytes_written)
         .count("ItemsRejected", slice.rejected_count)
+        .count("ItemsVerified", slice.items_read)
         .count("Throttles", slice.throttles)
         .millis("SliceDuration", started.elapsed().as_millis() as u64)
         .emit();
@@ -99,6 +105,9 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
         throttles: slice.throttles,
         pace: msg.pace.clone(),
         started_at: Some(started_at),
+        pass: msg.pass,
+        items_read: slice.items_read,
+        check: slice.check,
     };
     outbox.send(QueueKind::Checkpoint, vec![encode(&result)]).await?;
     Ok(())
@@ -119,18 +128,19 @@ struct Segment<'a, S: ?Sized> {
 impl<S: ControlStore + ?Sized> Segment<'_, S> {
     /// Before the first write: the job must not be final, and this copy takes the segment
     /// until `until` (by which it has stopped writing), so no other copy of the slice writes
-    /// meanwhile.
-    async fn check(&self, until: chrono::DateTime<Utc>) -> Result<Proceed, HandlerError> {
+    /// meanwhile. With the segment's verification state as the cursor holds it at this slice.
+    async fn check(&self, until: chrono::DateTime<Utc>) -> Result<(Proceed, Option<SegmentCheck>), HandlerError> {
         let (job, segment, seq) = (&self.msg.job, self.msg.segment, self.msg.seq);
         // A final move stops the cursors after it is written; a crash in between must not let
         // a late slice write.
         if self.store.get_job(job).await?.is_none_or(|j| j.status.is_final()) {
-            return Ok(Proceed::Abandon);
+            return Ok((Proceed::Abandon, None));
         }
         loop {
             let cursor = self.store.cursor(job, segment).await?;
+            let check = cursor.as_ref().and_then(|c| c.check.clone());
             let now = Utc::now();
-            return Ok(match slice_rule(cursor.as_ref(), seq, &self.copy, now) {
+            let proceed = match slice_rule(cursor.as_ref(), self.msg.pass, seq, &self.copy, now) {
                 Guard::Go => Proceed::Go,
                 Guard::Stop => Proceed::Stop,
                 Guard::Drop => Proceed::Abandon,
@@ -148,7 +158,8 @@ impl<S: ControlStore + ?Sized> Segment<'_, S> {
                         continue;
                     }
                 }
-            });
+            };
+            return Ok((proceed, check));
         }
     }
 }
@@ -160,7 +171,7 @@ impl<S: ControlStore + ?Sized> SliceControl for Segment<'_, S> {
     /// abandons the slice.
     async fn proceed(&self) -> Result<Proceed, AwsError> {
         let cursor = self.store.cursor(&self.msg.job, self.msg.segment).await?;
-        Ok(match slice_rule(cursor.as_ref(), self.msg.seq, &self.copy, Utc::now()) {
+        Ok(match slice_rule(cursor.as_ref(), self.msg.pass, self.msg.seq, &self.copy, Utc::now()) {
             Guard::Go => Proceed::Go,
             Guard::Stop => Proceed::Stop,
             Guard::Drop | Guard::Claim | Guard::Busy => Proceed::Abandon,

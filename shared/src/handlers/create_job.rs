@@ -5,8 +5,8 @@ use super::Deps;
 use crate::config::TableScope;
 use crate::error::RequestError;
 use crate::model::{
-    parallelism_for_size, InvalidInput, Job, JobName, JobSpec, JobStatus, OnItemError, StackOrigin, StatusChange,
-    TableName, MAX_PARALLELISM,
+    parallelism_for_size, InvalidInput, Job, JobName, JobSpec, JobStatus, OnItemError, Phase, StackOrigin,
+    StatusChange, TableName, VerifyMode, MAX_PARALLELISM,
 };
 use crate::pacing;
 use crate::queue::Outbox;
@@ -32,6 +32,9 @@ pub struct CreateJobRequest {
     /// Items per second the job may read from the source; no cap when absent.
     #[serde(default)]
     pub max_read_rate: Option<u32>,
+    /// Whether the job verifies the target before it completes (`full` when absent).
+    #[serde(default)]
+    pub verify: VerifyMode,
 }
 
 impl CreateJobRequest {
@@ -48,6 +51,7 @@ impl CreateJobRequest {
             && self.on_item_error == job.spec.on_item_error
             && self.max_write_rate == job.spec.max_write_rate
             && self.max_read_rate == job.spec.max_read_rate
+            && self.verify == job.spec.verify
     }
 }
 
@@ -153,6 +157,7 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
             max_read_rate: req.max_read_rate,
             slice: Some(deps.config.tuning.slice),
             source_ttl: source_info.ttl_attribute.clone(),
+            verify: req.verify,
         },
         status: JobStatus::Queued,
         write_region: region.clone(),
@@ -181,6 +186,9 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
         origin,
         target_empty_at_start: Some(target_empty),
         warnings,
+        phase: Phase::Copying,
+        verify_started_at: None,
+        verification: None,
     };
     for attempt in 1.. {
         let mut next = deps.store.scheduler().await?.next();

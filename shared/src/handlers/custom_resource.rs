@@ -28,7 +28,7 @@ use super::create_job::{create_job_from, CreateJobRequest};
 use super::requests::cancel_job;
 use super::Deps;
 use crate::error::{AwsError, RequestError};
-use crate::model::{InvalidInput, Job, JobName, JobStatus, OnItemError, StackOrigin};
+use crate::model::{InvalidInput, Job, JobName, JobStatus, OnItemError, StackOrigin, VerifyMode};
 use crate::queue::Outbox;
 use crate::store::ControlStore;
 use crate::tables::Tables;
@@ -47,10 +47,11 @@ pub struct JobProperties {
     pub on_item_error: OnItemError,
     pub max_write_rate: Option<u32>,
     pub max_read_rate: Option<u32>,
+    pub verify: VerifyMode,
     pub wait_for_completion: bool,
 }
 
-const PROPERTIES: [&str; 8] = [
+const PROPERTIES: [&str; 9] = [
     "JobName",
     "SourceTable",
     "TargetTable",
@@ -58,6 +59,7 @@ const PROPERTIES: [&str; 8] = [
     "OnItemError",
     "MaxWriteRate",
     "MaxReadRate",
+    "Verify",
     "WaitForCompletion",
 ];
 /// Set by CloudFormation itself.
@@ -104,6 +106,11 @@ impl JobProperties {
             Some("skip") => OnItemError::Skip,
             Some(o) => return Err(InvalidInput(format!("property OnItemError must be fail or skip, found {o:?}"))),
         };
+        let verify = match text("Verify")?.as_deref() {
+            None | Some("full") => VerifyMode::Full,
+            Some("none") => VerifyMode::None,
+            Some(o) => return Err(InvalidInput(format!("property Verify must be full or none, found {o:?}"))),
+        };
         let wait_for_completion = match text("WaitForCompletion")?.as_deref() {
             None | Some("false") => false,
             Some("true") => true,
@@ -119,6 +126,7 @@ impl JobProperties {
             on_item_error,
             max_write_rate: number("MaxWriteRate")?,
             max_read_rate: number("MaxReadRate")?,
+            verify,
             wait_for_completion,
         })
     }
@@ -131,6 +139,7 @@ impl JobProperties {
             && self.on_item_error == job.spec.on_item_error
             && self.max_write_rate == job.spec.max_write_rate
             && self.max_read_rate == job.spec.max_read_rate
+            && self.verify == job.spec.verify
     }
 }
 
@@ -273,6 +282,7 @@ async fn start<S: ControlStore, Q: Outbox, T: Tables>(
         on_item_error: props.on_item_error,
         max_write_rate: props.max_write_rate,
         max_read_rate: props.max_read_rate,
+        verify: props.verify,
     };
     match create_job_from(deps, request, Some(origin)).await {
         Ok(_) | Err(RequestError::Incomplete(_)) if wait => Outcome::Wait,

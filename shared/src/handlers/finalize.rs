@@ -2,7 +2,9 @@ use super::custom_resource::answer_waiting;
 use super::Deps;
 use crate::error::{AwsError, ErrorKind, HandlerError};
 use crate::messages::Finalize;
-use crate::model::{JobError, JobStatus, OnItemError, Progress};
+use crate::model::{
+    Cursor, Job, JobError, JobStatus, OnItemError, Phase, Progress, SegmentCheck, Verification, VerifyMode,
+};
 use crate::queue::Outbox;
 use crate::store::{conflict_pause, ControlStore};
 
@@ -33,12 +35,13 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
         let cursors = store.cursors(&job.name).await?;
         let progress = Progress::of(&cursors);
         let rejected = progress.rejected > 0 && job.spec.on_item_error == OnItemError::Fail;
-        let failure = msg.failure.clone().or_else(|| {
+        let mut failure = msg.failure.clone().or_else(|| {
             rejected.then(|| JobError {
                 code: "ItemsRejected".into(),
                 message: job.clone().with_progress(&progress).rejected_message(),
             })
         });
+        let mut verification = None;
         if failure.is_none() {
             if job.status != JobStatus::Running {
                 tracing::info!(status = %job.status, "job is not running; not completing it");
@@ -49,9 +52,35 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
                 tracing::info!(done, of = job.spec.parallelism, "segments still running; not final yet");
                 break;
             }
+            if job.spec.verify == VerifyMode::Full {
+                match verified(&job, &cursors) {
+                    Verdict::Begin(phase) => {
+                        if phase == Phase::Verifying {
+                            store.mark_verifying(&job.name, chrono::Utc::now()).await?;
+                        }
+                        control.begin_phase(&job, &cursors, phase).await?;
+                        break;
+                    }
+                    Verdict::Differs(v) => {
+                        // Recorded once (the keyed pass reads its buckets); a job that
+                        // changed meanwhile is read again.
+                        if store.set_verification(&job.name, &v).await? {
+                            tracing::warn!(summary = %v.summary(), buckets = v.differing_buckets.len(), "checksums differ; locating the items");
+                            control.begin_phase(&job, &cursors, Phase::Locating).await?;
+                            break;
+                        }
+                        conflict_pause(attempt).await;
+                        continue;
+                    }
+                    Verdict::Final(v, error) => {
+                        failure = error;
+                        verification = Some(v);
+                    }
+                }
+            }
         }
         let to = if failure.is_some() { JobStatus::Failed } else { JobStatus::Completed };
-        if control.move_job(&job, to, failure.clone(), None, Some(progress.clone())).await? {
+        if control.end_job(&job, to, failure.clone(), None, Some(progress.clone()), verification).await? {
             match &failure {
                 None => tracing::info!(items = progress.items, bytes = progress.bytes, "job completed"),
                 Some(e) => tracing::error!(code = %e.code, message = %e.message, "job failed"),
@@ -72,4 +101,81 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
     }
     control.schedule().await?;
     Ok(())
+}
+
+/// What a job whose segments are all done in their phase does next, when it verifies.
+enum Verdict {
+    /// Start this phase on its segments.
+    Begin(Phase),
+    /// The checksums differ: record this and locate the items that differ.
+    Differs(Verification),
+    /// The job ends: `Completed` with this verification, or `Failed` with the error.
+    Final(Verification, Option<JobError>),
+}
+
+fn verified(job: &Job, cursors: &[Cursor]) -> Verdict {
+    let phase = cursors.iter().map(|c| c.pass.phase()).min().unwrap_or_default();
+    let latest = cursors.iter().map(|c| c.pass.phase()).max().unwrap_or_default();
+    let sum = SegmentCheck::sum(cursors.iter().filter_map(|c| c.check.as_ref()));
+    match phase {
+        Phase::Copying => Verdict::Begin(Phase::Verifying),
+        // The keyed pass was decided (a finalize died while starting it): finish starting it.
+        Phase::Verifying if job.verification.is_some() || latest == Phase::Locating => Verdict::Begin(Phase::Locating),
+        Phase::Verifying => {
+            let v = Verification {
+                source: sum.source.total(),
+                target: sum.target.total(),
+                skipped: sum.skipped,
+                differing_buckets: sum.source.differing_buckets(&sum.target),
+                ..Default::default()
+            };
+            if v.matched() {
+                Verdict::Final(v, None)
+            } else {
+                Verdict::Differs(v)
+            }
+        }
+        Phase::Locating => {
+            let v = Verification {
+                missing: sum.missing,
+                different: sum.different,
+                extra: sum.extra,
+                samples: sum.samples.clone(),
+                ..job.verification.clone().unwrap_or_default()
+            };
+            // Items the target held before the job are not the copy's: reported, not failed.
+            let extra_allowed = job.target_empty_at_start == Some(false);
+            let failed = v.missing + v.different > 0
+                || (v.extra > 0 && !extra_allowed)
+                || v.missing + v.different + v.extra == 0;
+            let error =
+                failed.then(|| JobError { code: "VerificationFailed".into(), message: failed_message(job, &v) });
+            Verdict::Final(v, error)
+        }
+    }
+}
+
+fn failed_message(job: &Job, v: &Verification) -> String {
+    let counts = format!(
+        "verification failed: {} has {} items (hash {}), {} has {} items (hash {})",
+        job.spec.source,
+        v.source.items,
+        &v.source.hash.to_string()[..16],
+        job.spec.target,
+        v.target.items,
+        &v.target.hash.to_string()[..16],
+    );
+    if v.missing + v.different + v.extra == 0 {
+        return format!(
+            "{counts}, but a second, keyed look found no item that differs: a table changed while the job verified it. Stop every write to both tables and re-create the job"
+        );
+    }
+    let samples: Vec<String> = v.samples.iter().map(|m| format!("{} {}", m.kind.as_str(), m.key)).collect();
+    format!(
+        "{counts}; {} missing, {} different, {} extra in the target; samples: {}. The target does not equal the source: find what wrote to either table during the copy, then empty the target and re-create the job",
+        v.missing,
+        v.different,
+        v.extra,
+        samples.join("; ")
+    )
 }

@@ -344,6 +344,9 @@ async fn a_fatal_slice_error_fails_the_job_with_its_reason() {
         throttles: 0,
         pace: None,
         started_at: None,
+        pass: Default::default(),
+        items_read: 0,
+        check: None,
     };
     deliver(&d, QueueKind::Checkpoint, &encode(&result)).await;
     drain(&d, 0, true).await;
@@ -1587,7 +1590,12 @@ async fn a_refused_request_from_the_queue_is_published_as_rejected() {
 async fn a_budgeted_job_paces_each_segment_with_delays_and_halves_its_rate_when_throttled() {
     let mut d = world(300, &[]);
     d.config.tuning.slice.max_items = 1_000;
-    let req = CreateJobRequest { max_write_rate: Some(40), ..request("paced", 2, OnItemError::Fail) };
+    // Without verification: its launch would start the segments' pace afresh.
+    let req = CreateJobRequest {
+        max_write_rate: Some(40),
+        verify: crate::model::VerifyMode::None,
+        ..request("paced", 2, OnItemError::Fail)
+    };
     create_job(&d, req).await.unwrap();
     let first: Vec<crate::messages::CopyChunk> = take_slices(&d).iter().map(|b| decode(b).unwrap()).collect();
     // 40 items/s shared by 2 segments: 20/s each, slices of 2 s worth (at least 25 items).
@@ -1819,4 +1827,138 @@ async fn a_resumed_job_keeps_the_slice_size_it_was_created_with_whoever_resumes_
     assert!(follow_ups >= 6, "{follow_ups} follow-up slices");
     let j = job(&d, "fixed");
     assert_eq!((j.status, j.items_copied), (JobStatus::Completed, 60));
+}
+
+/// Deliver every message, as `drain` does without duplicates, and call `before_verifying` once,
+/// when the first slice of the verification is about to run (the copy is done).
+async fn drain_tampering(d: &FakeDeps, before_verifying: impl FnOnce(&FakeDeps)) {
+    let mut tamper = Some(before_verifying);
+    for _round in 0..10_000 {
+        let batch = d.outbox.take();
+        if batch.is_empty() {
+            return;
+        }
+        for (kind, body) in batch {
+            if kind == QueueKind::CopyChunk {
+                let msg: crate::messages::CopyChunk = decode(&body).unwrap();
+                if msg.pass != crate::model::Pass::Copy {
+                    if let Some(f) = tamper.take() {
+                        f(d);
+                    }
+                }
+            }
+            deliver(d, kind, &body).await;
+        }
+    }
+    panic!("messages kept coming");
+}
+
+fn target_items(d: &FakeDeps) -> std::sync::MutexGuard<'_, HashMap<crate::model::TableName, crate::fakes::FakeTable>> {
+    d.tables.tables.lock().unwrap()
+}
+
+fn dst() -> crate::model::TableName {
+    crate::model::TableName::parse("dst").unwrap()
+}
+
+#[tokio::test]
+async fn a_job_verifies_every_item_of_its_copy_before_it_completes() {
+    let d = world(60, &[5]);
+    create_job(&d, request("checked", 3, OnItemError::Skip)).await.unwrap();
+    drain(&d, 7, true).await;
+    let j = job(&d, "checked");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    let v = j.verification.expect("verification recorded");
+    assert!(v.matched(), "{v:?}");
+    // The item that does not fit the target's key is not a difference.
+    assert_eq!((v.source.items, v.target.items, v.skipped), (59, 59, 1));
+    assert_eq!(v.source.hash, v.target.hash);
+    assert!(v.summary().starts_with("verified: 59 items, hash "), "{}", v.summary());
+    assert_eq!(sorted_canonical(d.tables.items("dst")).len(), 59);
+}
+
+#[tokio::test]
+async fn a_target_tampered_with_during_the_copy_fails_verification_naming_the_items() {
+    let d = world(60, &[]);
+    create_job(&d, request("tampered", 3, OnItemError::Fail)).await.unwrap();
+    drain_tampering(&d, |d| {
+        let mut tables = target_items(d);
+        let t = tables.get_mut(&dst()).unwrap();
+        let keys: Vec<String> = t.items.keys().cloned().collect();
+        // One item changed, one deleted, one that no source item maps to.
+        t.items.get_mut(&keys[0]).unwrap().insert("v".into(), AttributeValue::S("changed".into()));
+        t.items.remove(&keys[1]);
+        let mut extra = item(999);
+        extra.insert("customer".into(), AttributeValue::S("nobody".into()));
+        t.items.insert("extra".into(), extra);
+    })
+    .await;
+    let j = job(&d, "tampered");
+    assert_eq!(j.status, JobStatus::Failed);
+    let e = j.error.clone().unwrap();
+    assert_eq!(e.code, "VerificationFailed");
+    let v = j.verification.clone().expect("verification recorded");
+    assert_eq!((v.missing, v.different, v.extra), (1, 1, 1), "{v:?}");
+    assert_eq!((v.source.items, v.target.items), (60, 60));
+    assert!(e.message.contains("1 missing, 1 different, 1 extra"), "{}", e.message);
+    assert!(e.message.contains(r#"extra {"pk":{"S":"o-0999"}}"#), "{}", e.message);
+    assert!(!v.differing_buckets.is_empty() && v.differing_buckets.len() <= 3, "{v:?}");
+}
+
+#[tokio::test]
+async fn items_a_target_held_before_the_job_are_reported_not_failed() {
+    let d = world(40, &[]);
+    let mut old = item(500);
+    old.insert("customer".into(), AttributeValue::S("from before".into()));
+    {
+        let mut tables = target_items(&d);
+        tables.get_mut(&dst()).unwrap().items.insert("old".into(), old);
+    }
+    create_job(&d, request("prefilled", 2, OnItemError::Fail)).await.unwrap();
+    drain(&d, 3, false).await;
+    let j = job(&d, "prefilled");
+    assert_eq!(j.target_empty_at_start, Some(false));
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    let v = j.verification.unwrap();
+    assert_eq!((v.missing, v.different, v.extra, v.target.items), (0, 0, 1, 41), "{v:?}");
+}
+
+#[tokio::test]
+async fn a_job_paused_while_it_verifies_resumes_its_verification_where_it_stopped() {
+    let d = world(80, &[]);
+    create_job(&d, request("paused-check", 2, OnItemError::Fail)).await.unwrap();
+    let mut paused = false;
+    for _ in 0..10_000 {
+        let batch = d.outbox.take();
+        if batch.is_empty() {
+            break;
+        }
+        for (kind, body) in batch {
+            let verifying = kind == QueueKind::CopyChunk
+                && decode::<crate::messages::CopyChunk>(&body).unwrap().pass == crate::model::Pass::VerifyTarget;
+            if verifying && !paused {
+                paused = true;
+                pause_job(&d, &name("paused-check")).await.unwrap();
+            }
+            deliver(&d, kind, &body).await;
+        }
+    }
+    let j = job(&d, "paused-check");
+    assert_eq!((j.status, j.phase), (JobStatus::Paused, crate::model::Phase::Verifying));
+    resume_job(&d, &name("paused-check")).await.unwrap();
+    drain(&d, 5, true).await;
+    let j = job(&d, "paused-check");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    let v = j.verification.unwrap();
+    assert_eq!((v.source.items, v.target.items), (80, 80), "read once each, however often it paused");
+}
+
+#[tokio::test]
+async fn a_job_without_verification_completes_when_copied() {
+    let d = world(20, &[]);
+    let req = CreateJobRequest { verify: crate::model::VerifyMode::None, ..request("unchecked", 2, OnItemError::Fail) };
+    create_job(&d, req).await.unwrap();
+    drain(&d, 1, false).await;
+    let j = job(&d, "unchecked");
+    assert_eq!((j.status, j.verification), (JobStatus::Completed, None));
 }

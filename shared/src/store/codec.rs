@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
 use crate::error::{AwsError, ErrorKind};
-use crate::model::{Cursor, Item, Job, JobName, JobSummary, RejectedItem};
+use crate::model::{Cursor, Item, Job, JobName, JobSummary, Pass, RejectedItem, SegmentCheck};
 use crate::scheduler::Scheduler;
 
 pub fn job_pk(name: &JobName) -> String {
@@ -47,6 +47,11 @@ pub fn samples(list: &[RejectedItem]) -> AttributeValue {
     AttributeValue::L(list.iter().map(|r| serde_dynamo::to_attribute_value(r).expect("samples serialize")).collect())
 }
 
+/// A segment's verification state, as JSON text (one attribute, read and written whole).
+pub fn check_value(check: &SegmentCheck) -> AttributeValue {
+    s(serde_json::to_string(check).expect("checks serialize"))
+}
+
 pub fn cursor_to_item(name: &JobName, c: &Cursor) -> Item {
     let mut item = cursor_key(name, c.segment);
     item.insert("segment".into(), n(c.segment));
@@ -63,6 +68,10 @@ pub fn cursor_to_item(name: &JobName, c: &Cursor) -> Item {
         item.insert("rate".into(), n(r));
     }
     item.insert("samples".into(), samples(&c.samples));
+    item.insert("pass".into(), s(c.pass.as_str()));
+    if let Some(check) = &c.check {
+        item.insert("check".into(), check_value(check));
+    }
     if let Some(k) = &c.last_key {
         item.insert("last_key".into(), AttributeValue::M(k.clone()));
     }
@@ -106,6 +115,9 @@ pub fn cursor_from_item(item: &Item) -> Option<Cursor> {
             .and_then(|v| v.as_l().ok())
             .map(|l| l.iter().filter_map(|v| serde_dynamo::from_attribute_value(v.clone()).ok()).collect())
             .unwrap_or_default(),
+        // A cursor written before passes existed is in the copy pass.
+        pass: text("pass").map(|p| Pass::parse(&p)).unwrap_or(Some(Pass::Copy))?,
+        check: text("check").and_then(|c| serde_json::from_str(&c).ok()),
         updated_at: at("updated_at"),
         owner: text("owner"),
         lease_until: at("lease_until"),
@@ -177,6 +189,10 @@ mod tests {
         c.owner = Some("copy-1".into());
         c.lease_until = Some(DateTime::parse_from_rfc3339("2026-11-25T10:10:00Z").unwrap().with_timezone(&Utc));
         c.committed_by = Some("copy-0".into());
+        c.pass = Pass::VerifyTarget;
+        let mut check = SegmentCheck::default();
+        check.found(crate::model::MismatchKind::Extra, "{}".into());
+        c.check = Some(check);
         assert_eq!(cursor_from_item(&cursor_to_item(&name, &c)), Some(c));
     }
 

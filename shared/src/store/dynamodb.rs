@@ -19,7 +19,10 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use super::codec::*;
 use super::{conflict_pause, Applied, CursorStore, InsertError, JobPage, JobStore, ListQuery, SliceCommit, Transition};
 use crate::error::{classify, AwsError, ErrorKind};
-use crate::model::{Cursor, Item, Job, JobName, JobStatus, Progress, StatusChange, MAX_REJECTED_SAMPLES};
+use crate::model::{
+    Cursor, Item, Job, JobName, JobStatus, Pass, Progress, SegmentCheck, StatusChange, Verification,
+    MAX_REJECTED_SAMPLES,
+};
 use crate::rules::{commit_rule, Commit};
 use crate::scheduler::Scheduler;
 
@@ -234,6 +237,18 @@ impl DynamoStore {
             .expression_attribute_values(":bytes", n(c.bytes))
             .expression_attribute_values(":rejected", n(c.rejected))
             .expression_attribute_values(":throttles", n(c.throttles));
+        if let Some(pass) = c.pass {
+            set.push("#pass = :pass");
+            update = update
+                .expression_attribute_names("#pass", "pass")
+                .expression_attribute_values(":pass", s(pass.as_str()));
+        }
+        if let Some(check) = &c.check {
+            set.push("#check = :check");
+            update = update
+                .expression_attribute_names("#check", "check")
+                .expression_attribute_values(":check", check_value(check));
+        }
         if let Some(rate) = c.rate {
             set.push("#rate = :rate");
             update = update.expression_attribute_names("#rate", "rate").expression_attribute_values(":rate", n(rate));
@@ -250,7 +265,7 @@ impl DynamoStore {
                 .expression_attribute_values(":samples", samples(&c.samples));
         }
         let remove = match (&c.next_key, c.done) {
-            (Some(k), false) => {
+            (Some(k), false) if c.pass.is_none() => {
                 set.push("#key = :key");
                 update = update.expression_attribute_values(":key", AttributeValue::M(k.clone()));
                 ""
@@ -436,6 +451,43 @@ impl CursorStore for DynamoStore {
         let what = format!("taking slice {seq} of segment {segment} of job {name}");
         Ok(matches!(self.run(update, &what).await?, Updated::Yes(_)))
     }
+
+    async fn begin_pass(
+        &self,
+        name: &JobName,
+        segment: u32,
+        from: Pass,
+        to: Pass,
+        check: &SegmentCheck,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError> {
+        // A cursor written before passes existed has none: it is in the copy pass.
+        let pass = if from.is_copy() { "(attribute_not_exists(#pass) OR #pass = :from)" } else { "#pass = :from" };
+        let update = self
+            .update_item(cursor_key(name, segment))
+            .condition_expression(format!("#done = :true AND {pass}"))
+            .update_expression(
+                "SET #pass = :to, #done = :false, #parked = :true, #check = :check, #at = :at ADD #seq :one REMOVE #key, #owner, #lease",
+            )
+            .expression_attribute_names("#pass", "pass")
+            .expression_attribute_names("#done", "done")
+            .expression_attribute_names("#parked", "parked")
+            .expression_attribute_names("#check", "check")
+            .expression_attribute_names("#at", "updated_at")
+            .expression_attribute_names("#seq", "seq")
+            .expression_attribute_names("#key", "last_key")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#lease", "lease_until")
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":from", s(from.as_str()))
+            .expression_attribute_values(":to", s(to.as_str()))
+            .expression_attribute_values(":check", check_value(check))
+            .expression_attribute_values(":at", time(at))
+            .expression_attribute_values(":one", n(1));
+        let what = format!("starting the {} pass of segment {segment} of job {name}", to.as_str());
+        Ok(matches!(self.run(update, &what).await?, Updated::Yes(_)))
+    }
 }
 
 #[async_trait]
@@ -565,6 +617,10 @@ impl JobStore for DynamoStore {
                 .expression_attribute_names("#e", "error")
                 .expression_attribute_values(":e", serde_dynamo::to_attribute_value(e).expect("serializes"));
         }
+        if let Some(v) = &t.verification {
+            set.push("verification = :v");
+            job = job.expression_attribute_values(":v", serde_dynamo::to_attribute_value(v).expect("serializes"));
+        }
         if let Some(p) = &t.progress {
             set.extend(PROGRESS_SET);
             set.push("progress_at = :at");
@@ -679,6 +735,28 @@ impl JobStore for DynamoStore {
         Ok(())
     }
 
+    async fn mark_verifying(&self, name: &JobName, at: DateTime<Utc>) -> Result<bool, AwsError> {
+        let update = self
+            .update_item(key(job_pk(name), JOB_SK))
+            .condition_expression("#s = :running AND attribute_not_exists(verify_started_at)")
+            .update_expression("SET verify_started_at = :at")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":running", s(JobStatus::Running.as_str()))
+            .expression_attribute_values(":at", job_time(at));
+        Ok(matches!(self.run(update, &format!("recording job {name}'s verification start")).await?, Updated::Yes(_)))
+    }
+
+    async fn set_verification(&self, name: &JobName, v: &Verification) -> Result<bool, AwsError> {
+        let update = self
+            .update_item(key(job_pk(name), JOB_SK))
+            .condition_expression("#s = :running AND attribute_not_exists(verification)")
+            .update_expression("SET verification = :v")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":running", s(JobStatus::Running.as_str()))
+            .expression_attribute_values(":v", serde_dynamo::to_attribute_value(v).expect("serializes"));
+        Ok(matches!(self.run(update, &format!("recording the verification of job {name}")).await?, Updated::Yes(_)))
+    }
+
     async fn set_stalled(&self, name: &JobName, stalled: u32) -> Result<(), AwsError> {
         let update = self
             .update_item(key(job_pk(name), JOB_SK))
@@ -749,7 +827,8 @@ impl JobStore for DynamoStore {
 }
 
 /// The job item's counters, set from a [`Progress`] by [`progress_values`].
-const PROGRESS_SET: [&str; 6] = [
+const PROGRESS_SET: [&str; 7] = [
+    "phase = :phase",
     "items_copied = :items",
     "bytes_copied = :bytes",
     "items_rejected = :rejected",
@@ -758,8 +837,9 @@ const PROGRESS_SET: [&str; 6] = [
     "segments_done = :done",
 ];
 
-fn progress_values(p: &Progress) -> [(&'static str, AttributeValue); 6] {
+fn progress_values(p: &Progress) -> [(&'static str, AttributeValue); 7] {
     [
+        (":phase", serde_dynamo::to_attribute_value(p.phase).expect("serializes")),
         (":items", n(p.items)),
         (":bytes", n(p.bytes)),
         (":rejected", n(p.rejected)),

@@ -12,7 +12,10 @@ use chrono::{DateTime, Utc};
 
 use super::{Applied, CursorStore, InsertError, JobPage, JobStore, ListQuery, SliceCommit, Transition};
 use crate::error::{AwsError, ErrorKind};
-use crate::model::{Cursor, Job, JobName, JobStatus, JobSummary, Progress, StatusChange, MAX_REJECTED_SAMPLES};
+use crate::model::{
+    Cursor, Job, JobName, JobStatus, JobSummary, Pass, Progress, SegmentCheck, StatusChange, Verification,
+    MAX_REJECTED_SAMPLES,
+};
 use crate::rules::{claim_applies, commit_rule, sync_applies, unpark_applies, Commit};
 use crate::scheduler::Scheduler;
 
@@ -53,7 +56,13 @@ impl StoreState {
             return Commit::Stale;
         }
         cursor.seq += 1;
-        cursor.last_key = if c.done { None } else { c.next_key.clone() };
+        cursor.last_key = if c.done || c.pass.is_some() { None } else { c.next_key.clone() };
+        if let Some(pass) = c.pass {
+            cursor.pass = pass;
+        }
+        if c.check.is_some() {
+            cursor.check = c.check.clone();
+        }
         cursor.done = c.done;
         cursor.parked = decision == Commit::Parked;
         cursor.items += c.items;
@@ -199,6 +208,34 @@ impl CursorStore for MemoryStore {
         s.writes += 1;
         Ok(true)
     }
+
+    async fn begin_pass(
+        &self,
+        name: &JobName,
+        segment: u32,
+        from: Pass,
+        to: Pass,
+        check: &SegmentCheck,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError> {
+        self.fault("begin_pass")?;
+        let mut s = self.state.lock().unwrap();
+        let Some(cursor) = s.cursors.get_mut(&(name.clone(), segment)) else { return Ok(false) };
+        if !(cursor.done && cursor.pass == from) {
+            return Ok(false);
+        }
+        cursor.pass = to;
+        cursor.done = false;
+        cursor.parked = true;
+        cursor.check = Some(check.clone());
+        cursor.updated_at = Some(at);
+        cursor.seq += 1;
+        cursor.last_key = None;
+        cursor.owner = None;
+        cursor.lease_until = None;
+        s.writes += 1;
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -248,6 +285,9 @@ impl JobStore for MemoryStore {
             }
         }
         let mut job = s.jobs.remove(name).expect("checked above");
+        if let Some(v) = &t.verification {
+            job.verification = Some(v.clone());
+        }
         if let Some(p) = &t.progress {
             job = job.with_progress(p);
             job.progress_at = Some(t.at);
@@ -350,6 +390,31 @@ impl JobStore for MemoryStore {
             s.writes += 1;
         }
         Ok(())
+    }
+
+    async fn mark_verifying(&self, name: &JobName, at: DateTime<Utc>) -> Result<bool, AwsError> {
+        self.fault("mark_verifying")?;
+        let mut s = self.state.lock().unwrap();
+        let Some(job) =
+            s.jobs.get_mut(name).filter(|j| j.status == JobStatus::Running && j.verify_started_at.is_none())
+        else {
+            return Ok(false);
+        };
+        job.verify_started_at = Some(at);
+        s.writes += 1;
+        Ok(true)
+    }
+
+    async fn set_verification(&self, name: &JobName, v: &Verification) -> Result<bool, AwsError> {
+        self.fault("set_verification")?;
+        let mut s = self.state.lock().unwrap();
+        let Some(job) = s.jobs.get_mut(name).filter(|j| j.status == JobStatus::Running && j.verification.is_none())
+        else {
+            return Ok(false);
+        };
+        job.verification = Some(v.clone());
+        s.writes += 1;
+        Ok(true)
     }
 
     async fn set_stalled(&self, name: &JobName, stalled: u32) -> Result<(), AwsError> {

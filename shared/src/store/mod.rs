@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::error::AwsError;
-use crate::model::{Cursor, Item, Job, JobError, JobName, JobStatus, JobSummary, Progress, RejectedItem};
+use crate::model::{
+    Cursor, Item, Job, JobError, JobName, JobStatus, JobSummary, Pass, Progress, RejectedItem, SegmentCheck,
+    Verification,
+};
 pub use crate::rules::Commit;
 use crate::scheduler::Scheduler;
 
@@ -42,6 +45,11 @@ pub struct SliceCommit {
     pub copy: String,
     /// The segment's rate under the job's budget from now on (items per second), if paced.
     pub rate: Option<f64>,
+    /// The slice reached the end of its pass's scan and the segment goes on with this pass,
+    /// from the segment's start.
+    pub pass: Option<Pass>,
+    /// The segment's verification state after the slice (verifying and locating passes).
+    pub check: Option<SegmentCheck>,
 }
 
 /// A status change, applied only if the job is still in `from` at control epoch `epoch`
@@ -61,6 +69,8 @@ pub struct Transition {
     pub pending: Option<JobStatus>,
     /// The job's counters, summed from its cursors, recorded with the move.
     pub progress: Option<Progress>,
+    /// The verification's outcome, recorded with the move.
+    pub verification: Option<Verification>,
     /// The scheduler's new state; written only if its version is still `version - 1`.
     pub scheduler: Option<Scheduler>,
 }
@@ -135,6 +145,18 @@ pub trait CursorStore: Send + Sync {
         epoch: u64,
         at: DateTime<Utc>,
     ) -> Result<bool, AwsError>;
+    /// Start pass `to` (from the segment's start, parked until its launch, the slice sequence
+    /// moved on so no message of an earlier pass is expected) on a segment done with pass
+    /// `from`, its verification state becoming `check`; `false` if it was not done with `from`.
+    async fn begin_pass(
+        &self,
+        name: &JobName,
+        segment: u32,
+        from: Pass,
+        to: Pass,
+        check: &SegmentCheck,
+        at: DateTime<Utc>,
+    ) -> Result<bool, AwsError>;
     /// Let copy `copy` take the cursor for slice `seq` until `until` (marking it in flight),
     /// if [`crate::rules::claim_applies`] at `at`; `false` if it did not.
     async fn claim(
@@ -190,6 +212,12 @@ pub trait JobStore: Send + Sync {
     /// Record that the first `n` entries of the job's history were published as events, if
     /// fewer were recorded so far.
     async fn mark_announced(&self, name: &JobName, n: u64) -> Result<(), AwsError>;
+    /// Record when a running job's verification began, once; `false` if it was recorded
+    /// already or the job is not running.
+    async fn mark_verifying(&self, name: &JobName, at: DateTime<Utc>) -> Result<bool, AwsError>;
+    /// Record a running job's verification outcome once (the keyed pass reads its buckets);
+    /// `false` if one was recorded already or the job is not running.
+    async fn set_verification(&self, name: &JobName, v: &Verification) -> Result<bool, AwsError>;
     /// Record how many segments the reconciler found stalled.
     async fn set_stalled(&self, name: &JobName, stalled: u32) -> Result<(), AwsError>;
     async fn scheduler(&self) -> Result<Scheduler, AwsError>;

@@ -1,0 +1,162 @@
+//! Verification slices: read one bounded slice of a segment of the source or of the target,
+//! strongly consistent, and add it to the segment's checksums (the verifying passes), or look
+//! up the other side of every item of a bucket whose checksums differ (the locating passes).
+//! They write nothing to the user's tables. Like a copy slice, a slice keeps only whole pages:
+//! a page cut at the deadline or by a stop leaves no trace, and the next slice reads it again.
+
+use std::collections::{HashMap, HashSet};
+
+use tokio::time::{timeout_at, Instant};
+
+use crate::checksum::{bucket_of, item_hash};
+use crate::config::Tuning;
+use crate::engine::{backoff, Proceed, SliceControl, SliceOutcome, PAGE_LIMIT};
+use crate::error::{AwsError, ErrorKind};
+use crate::messages::CopyChunk;
+use crate::model::{item_size, render_key, Item, KeySchema, MismatchKind, Pass, SegmentCheck, TableName};
+use crate::tables::Tables;
+
+/// BatchGetItem's limit.
+const GET_BATCH: usize = 100;
+
+/// Read the slice `msg` describes, starting from the segment's verification state `check`,
+/// until its limits, its segment's end, a stop from `control`, or `stop_at`. `None` when the
+/// slice was abandoned.
+pub async fn check_slice<T: Tables + ?Sized, C: SliceControl + ?Sized>(
+    tables: &T,
+    msg: &CopyChunk,
+    check: SegmentCheck,
+    tuning: &Tuning,
+    control: &C,
+    stop_at: Instant,
+) -> Result<Option<SliceOutcome>, AwsError> {
+    let table = if msg.pass.scans_target() { &msg.target } else { &msg.source };
+    let mut position: Option<Item> = msg.start_key.clone().map(Into::into);
+    let mut out = SliceOutcome { check: Some(check), ..Default::default() };
+    let (mut read, mut read_bytes) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        if !first {
+            if Instant::now() >= stop_at {
+                return Ok(Some(out.ended_at(position)));
+            }
+            match control.proceed().await? {
+                Proceed::Go => {}
+                Proceed::Stop => return Ok(Some(out.ended_at(position))),
+                Proceed::Abandon => return Ok(None),
+            }
+        }
+        first = false;
+        let limit = PAGE_LIMIT.min(msg.limits.max_items.saturating_sub(read as u32)).max(1);
+        let scan = tables.scan_page(table, msg.segment, msg.total_segments, position.clone(), limit);
+        let page = match timeout_at(stop_at, scan).await {
+            Ok(page) => page?,
+            Err(_) => return Ok(Some(out.ended_at(position))),
+        };
+        let mut next = out.check.clone().unwrap_or_default();
+        match timeout_at(stop_at, add_page(tables, msg, &page.items, &mut next, tuning)).await {
+            Ok(done) => done?,
+            Err(_) => return Ok(Some(out.ended_at(position))),
+        }
+        out.check = Some(next);
+        read += page.items.len() as u64;
+        read_bytes += page.items.iter().map(item_size).sum::<u64>();
+        out.items_read = read;
+        position = page.last_key;
+        if position.is_none() || read >= u64::from(msg.limits.max_items) || read_bytes >= msg.limits.max_bytes {
+            out.next_key = position;
+            return Ok(Some(out));
+        }
+    }
+}
+
+/// Add one page of the slice's table to the segment's verification state.
+async fn add_page<T: Tables + ?Sized>(
+    tables: &T,
+    msg: &CopyChunk,
+    items: &[Item],
+    check: &mut SegmentCheck,
+    tuning: &Tuning,
+) -> Result<(), AwsError> {
+    let in_buckets = |item: &Item| msg.buckets.contains(&(bucket_of(item, &msg.source_key) as u16));
+    match msg.pass {
+        Pass::Copy => unreachable!("copy slices are the copy engine's"),
+        Pass::VerifySource => {
+            for item in items {
+                // The copy does not write what does not fit the target's key: not a difference.
+                if msg.target_key.rejection(item).is_some() {
+                    check.skipped += 1;
+                } else {
+                    check.source.add_item(item, &msg.source_key);
+                }
+            }
+        }
+        Pass::VerifyTarget => items.iter().for_each(|item| check.target.add_item(item, &msg.source_key)),
+        Pass::LocateSource => {
+            let wanted: Vec<&Item> =
+                items.iter().filter(|i| in_buckets(i) && msg.target_key.rejection(i).is_none()).collect();
+            let found = get_all(tables, &msg.target, &msg.target_key, &wanted, tuning).await?;
+            for item in wanted {
+                let kind = match found.get(&render_key(&msg.target_key.key_of(item))) {
+                    None => MismatchKind::Missing,
+                    Some(t) if item_hash(t) != item_hash(item) => MismatchKind::Different,
+                    Some(_) => continue,
+                };
+                check.found(kind, render_key(&msg.source_key.key_of(item)));
+            }
+        }
+        Pass::LocateTarget => {
+            let wanted: Vec<&Item> = items.iter().filter(|i| in_buckets(i)).collect();
+            let keyed: Vec<&Item> = wanted.iter().copied().filter(|t| msg.source_key.rejection(t).is_none()).collect();
+            let found = get_all(tables, &msg.source, &msg.source_key, &keyed, tuning).await?;
+            for t in wanted {
+                // Extra: no source item has its source key, or that source item maps to
+                // another target item.
+                let source = found.get(&render_key(&msg.source_key.key_of(t)));
+                let belongs = source.is_some_and(|s| {
+                    msg.source_key.rejection(t).is_none()
+                        && render_key(&msg.target_key.key_of(s)) == render_key(&msg.target_key.key_of(t))
+                });
+                if !belongs {
+                    check.found(MismatchKind::Extra, render_key(&msg.source_key.key_of(t)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The items of `table` (keyed `key`) with the keys of `items`, strongly consistent, by their
+/// rendered key; unprocessed keys are asked again with backoff.
+async fn get_all<T: Tables + ?Sized>(
+    tables: &T,
+    table: &TableName,
+    key: &KeySchema,
+    items: &[&Item],
+    tuning: &Tuning,
+) -> Result<HashMap<String, Item>, AwsError> {
+    let mut seen = HashSet::new();
+    let keys: Vec<Item> = items.iter().map(|i| key.key_of(i)).filter(|k| seen.insert(render_key(k))).collect();
+    let mut found = HashMap::new();
+    for chunk in keys.chunks(GET_BATCH) {
+        let mut pending = chunk.to_vec();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let (items, unprocessed) = tables.batch_get(table, pending).await?;
+            found.extend(items.into_iter().map(|i| (render_key(&key.key_of(&i)), i)));
+            pending = unprocessed;
+            if !pending.is_empty() {
+                attempt += 1;
+                if attempt >= tuning.max_write_attempts {
+                    return Err(AwsError::new(
+                        ErrorKind::Throttled,
+                        format!("BatchGetItem {table}"),
+                        format!("{} key(s) still unprocessed after {attempt} attempts", pending.len()),
+                    ));
+                }
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        }
+    }
+    Ok(found)
+}
