@@ -380,15 +380,17 @@ async fn wait_for_completion_answers_when_the_job_completes_or_fails() -> Result
     assert_eq!(r["Reason"], format!("copy job {job} is Completed: 700 items copied"));
     assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 700);
 
-    // A job that fails (items lacking the target's key): FAILED, with the job's reason.
+    // A job that would fail (items lacking the target's key, found by create's sample of the
+    // source): FAILED at once with the reason, and no job recorded.
     let (src2, dst2) = tests::rekey_tables(&w, "waitf", 300, &[5, 50]).await?;
     let job2 = unique("wait-fail");
     let props = json!({"JobName": job2, "SourceTable": src2, "TargetTable": dst2, "WaitForCompletion": true});
     invoke(&w, bucket.request("Create", "w2", props, None, None)?).await?;
-    assert_eq!(wait_final(&w, &job2).await?.status, JobStatus::Failed);
     let r = poll_response(&bucket, "w2").await?;
-    check(&r, "w2", "FAILED", &job2);
-    assert!(r["Reason"].as_str().unwrap().contains("ItemsRejected"), "{r}");
+    assert_eq!(r["Status"], "FAILED", "{r}");
+    let reason = r["Reason"].as_str().unwrap();
+    assert!(reason.contains("2 do not fit the key of") && reason.contains("--on-item-error skip"), "{r}");
+    assert!(w.deps.store.get_job(&shared::model::JobName::parse(&job2)?).await?.is_none());
     runner.stop().await;
     w.cleanup(&[&src, &dst, &src2, &dst2]).await;
     Ok(())

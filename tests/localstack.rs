@@ -8,7 +8,7 @@ use anyhow::Result;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::types::ScalarAttributeType as T;
 use shared::handlers::{create_job, CreateJobRequest};
-use shared::model::{JobName, JobStatus, OnItemError, Pass};
+use shared::model::{Job, JobName, JobStatus, OnItemError, Pass};
 use shared::runner::RunnerOptions;
 use shared::store::{CursorStore, JobStore};
 use tests::{
@@ -47,21 +47,24 @@ async fn full_copy_of_every_attribute_type_is_identical() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn verification_fails_on_a_target_tampered_with_during_the_job_and_names_the_items() -> Result<()> {
-    let w = World::new("tamper").await?;
-    let (src, dst) = rekey_tables(&w, "tamper", 800, &[]).await?;
+/// Copy 800 items re-keyed, paced by a read budget, and as soon as the verification begins
+/// change one target item, delete another and add one no source item maps to. The job as it
+/// ended.
+async fn tampered_job(w: &World, tag: &str, repair: bool) -> Result<(Job, String, String)> {
+    let (src, dst) = rekey_tables(w, tag, 800, &[]).await?;
     let runner = w.start_runner(runner_opts());
     // A read budget paces the verification too: its scans of the source take seconds.
-    let req = CreateJobRequest { max_read_rate: Some(200), ..request("tamper", &src, &dst) };
+    let req = CreateJobRequest { max_read_rate: Some(200), repair, ..request(tag, &src, &dst) };
     create_job(&w.deps, req).await?;
-    let name = JobName::parse("tamper")?;
-    // As soon as the verification begins (every segment copied), someone writes to the target.
+    let name = JobName::parse(tag)?;
     let mut verifying = false;
     for _ in 0..1_200 {
         let cursors = w.deps.store.cursors(&name).await?;
         if cursors.iter().any(|c| c.pass != Pass::Copy) {
-            assert!(cursors.iter().all(|c| c.pass != Pass::VerifyTarget), "caught early enough: {cursors:?}");
+            assert!(
+                cursors.iter().all(|c| c.pass == Pass::VerifySource || c.pass == Pass::Copy),
+                "caught early enough: {cursors:?}"
+            );
             verifying = true;
             break;
         }
@@ -86,9 +89,15 @@ async fn verification_fails_on_a_target_tampered_with_during_the_job_and_names_t
     let mut extra = key("nobody", 7);
     extra.insert("pk".into(), AttributeValue::S("order-99999999".into()));
     w.ddb.put_item().table_name(&dst).set_item(Some(extra)).send().await?;
-
-    let job = wait_final(&w, "tamper").await?;
+    let job = wait_final(w, tag).await?;
     runner.stop().await;
+    Ok((job, src, dst))
+}
+
+#[tokio::test]
+async fn verification_fails_on_a_target_tampered_with_during_the_job_and_names_the_items() -> Result<()> {
+    let w = World::new("tamper").await?;
+    let (job, src, dst) = tampered_job(&w, "tamper", false).await?;
     assert_eq!(job.status, JobStatus::Failed);
     let e = job.error.clone().expect("an error");
     assert_eq!(e.code, "VerificationFailed");
@@ -103,6 +112,94 @@ async fn verification_fails_on_a_target_tampered_with_during_the_job_and_names_t
         assert!(e.message.contains(sample), "{sample} in {}", e.message);
     }
     assert!(e.message.contains("800 items"), "{}", e.message);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_repair_makes_a_target_tampered_with_during_the_job_equal_to_the_source() -> Result<()> {
+    let w = World::new("repair").await?;
+    let (job, src, dst) = tampered_job(&w, "repair", true).await?;
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    let v = job.verification.clone().expect("verification recorded");
+    assert_eq!((v.repaired_put, v.repaired_deleted), (2, 1), "{v:?}");
+    assert_eq!((v.missing, v.different, v.extra), (0, 0, 0), "checked again: {v:?}");
+    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 800);
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn colliding_source_items_are_refused_at_create_or_fail_the_job_naming_both() -> Result<()> {
+    let w = World::new("collide").await?;
+    let twin = || {
+        let mut t = sample_item(7, None);
+        t.insert("pk".into(), AttributeValue::S("order-twin".into()));
+        t
+    };
+    // In create's sample: refused, nothing written.
+    let (src, dst) = rekey_tables(&w, "collide", 300, &[]).await?;
+    w.ddb.put_item().table_name(&src).set_item(Some(twin())).send().await?;
+    let before = w.control_items().await?.len();
+    let err = create_job(&w.deps, request("collide", &src, &dst)).await.unwrap_err().to_string();
+    assert!(err.contains("1 share a target key with another source item"), "{err}");
+    assert!(err.contains(r#"{"pk":{"S":"order-twin"}}"#) && err.contains(r#"{"pk":{"S":"order-00000007"}}"#), "{err}");
+    assert_eq!(w.control_items().await?.len(), before, "nothing written");
+
+    // Written after create sampled the source: the verification finds it and the job fails.
+    let (src2, dst2) = rekey_tables(&w, "collide2", 300, &[]).await?;
+    create_job(&w.deps, request("collide2", &src2, &dst2)).await?;
+    w.ddb.put_item().table_name(&src2).set_item(Some(twin())).send().await?;
+    let runner = w.start_runner(runner_opts());
+    let job = wait_final(&w, "collide2").await?;
+    runner.stop().await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let e = job.error.clone().expect("an error");
+    assert_eq!(e.code, "TargetKeyCollision", "{}", e.message);
+    assert!(
+        e.message.contains(r#"{"pk":{"S":"order-twin"}}"#) && e.message.contains(r#"{"pk":{"S":"order-00000007"}}"#),
+        "{}",
+        e.message
+    );
+    assert_eq!(job.verification.map(|v| v.collisions), Some(1));
+    w.cleanup(&[&src, &dst, &src2, &dst2]).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn skip_expired_leaves_out_items_whose_ttl_passed_and_counts_them() -> Result<()> {
+    let w = World::new("ttl").await?;
+    let (src, dst) = (unique("ttl-src"), unique("ttl-dst"));
+    create_table(&w.ddb, &src, ("pk", T::S), None).await?;
+    create_table(&w.ddb, &dst, ("pk", T::S), None).await?;
+    let ttl = aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name("expires_at")
+        .build()?;
+    w.ddb.update_time_to_live().table_name(&src).time_to_live_specification(ttl).send().await?;
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).timestamp();
+    let items = (0..300)
+        .map(|i| {
+            let mut it = sample_item(i, None);
+            let at = if i % 3 == 0 { 1_000 } else { tomorrow };
+            it.insert("expires_at".into(), AttributeValue::N(at.to_string()));
+            it
+        })
+        .collect();
+    put_items(&w.ddb, &src, items, 8).await?;
+
+    let runner = w.start_runner(runner_opts());
+    let created = create_job(&w.deps, CreateJobRequest { skip_expired: true, ..request("ttl", &src, &dst) }).await?;
+    assert_eq!(created.spec.source_ttl.as_deref(), Some("expires_at"));
+    let job = wait_final(&w, "ttl").await?;
+    runner.stop().await;
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    assert_eq!((job.items_copied, job.items_expired), (200, 100));
+    let v = job.verification.clone().expect("verified");
+    assert!(v.matched() && v.skipped == 100, "{v:?}");
+    let copied = scan_all(&w.ddb, &dst).await?;
+    assert_eq!(copied.len(), 200);
+    assert!(copied.iter().all(|i| i["expires_at"] == AttributeValue::N(tomorrow.to_string())));
     w.cleanup(&[&src, &dst]).await;
     Ok(())
 }
@@ -125,12 +222,26 @@ async fn copy_into_a_target_with_another_key_schema() -> Result<()> {
 }
 
 #[tokio::test]
-async fn an_item_lacking_the_new_key_fails_the_job_by_default() -> Result<()> {
+async fn an_item_lacking_the_new_key_is_refused_at_create_or_fails_the_job() -> Result<()> {
     let w = World::new("reject").await?;
+    // In create's sample of the source: refused, nothing written.
     let (src, dst) = rekey_tables(&w, "reject", 500, &[42]).await?;
+    let before = w.control_items().await?.len();
+    let err = create_job(&w.deps, request("reject", &src, &dst)).await.unwrap_err().to_string();
+    assert!(err.starts_with(&format!("of the first 500 items of {src}, 1 do not fit the key of {dst}")), "{err}");
+    assert!(err.contains(r#"{"pk":{"S":"order-00000042"}}"#), "{err}");
+    assert!(err.contains("missing key attribute \"order_no\""), "{err}");
+    assert!(err.contains("--on-item-error skip"), "{err}");
+    assert_eq!(w.control_items().await?.len(), before, "nothing written");
+
+    // Written after create sampled the source: the copy rejects it and the job fails.
+    let (src2, dst2) = rekey_tables(&w, "reject2", 500, &[]).await?;
+    create_job(&w.deps, request("reject2", &src2, &dst2)).await?;
+    let mut lacking = sample_item(42, None);
+    lacking.remove("order_no");
+    w.ddb.put_item().table_name(&src2).set_item(Some(lacking)).send().await?;
     let runner = w.start_runner(runner_opts());
-    create_job(&w.deps, request("reject", &src, &dst)).await?;
-    let job = wait_final(&w, "reject").await?;
+    let job = wait_final(&w, "reject2").await?;
     runner.stop().await;
 
     assert_eq!(job.status, JobStatus::Failed);
@@ -140,7 +251,7 @@ async fn an_item_lacking_the_new_key_fails_the_job_by_default() -> Result<()> {
     assert!(err.message.contains(r#"{"pk":{"S":"order-00000042"}}"#), "{}", err.message);
     assert!(err.message.contains("missing key attribute \"order_no\""), "{}", err.message);
     assert!(err.message.contains("--on-item-error skip"), "{}", err.message);
-    w.cleanup(&[&src, &dst]).await;
+    w.cleanup(&[&src, &dst, &src2, &dst2]).await;
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use crate::config::Config;
 use crate::error::AwsError;
 use crate::events::{EventBus, JobStateChange};
-use crate::messages::{encode, CopyChunk, Finalize, SliceLimits, VERSION};
+use crate::messages::{encode, CopyChunk, ExpiryCut, Finalize, SliceLimits, VERSION};
 use crate::model::{
     Cursor, Item, Job, JobError, JobName, JobStatus, Pass, Phase, Progress, SegmentCheck, StackOrigin, Verification,
 };
@@ -254,9 +254,10 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
             .iter()
             .filter(|c| c.done && c.pass.phase() < to)
             .map(|c| {
-                // The keyed pass keeps what the checksums read; a new verification starts afresh.
+                // The keyed passes keep what the checksums read (and what a repair wrote); a
+                // new verification starts afresh.
                 let check = match to {
-                    Phase::Locating => SegmentCheck {
+                    Phase::Repairing | Phase::Locating => SegmentCheck {
                         missing: 0,
                         different: 0,
                         extra: 0,
@@ -488,8 +489,18 @@ pub fn slice_message(
         pace,
         pass,
         buckets: match pass.phase() {
-            Phase::Locating => job.verification.as_ref().map(|v| v.differing_buckets.clone()).unwrap_or_default(),
-            _ => vec![],
+            Phase::Repairing | Phase::Locating => {
+                job.verification.as_ref().map(|v| v.differing_buckets.clone()).unwrap_or_default()
+            }
+            Phase::Copying | Phase::Verifying => vec![],
         },
+        delete_extra: pass == Pass::RepairTarget && job.target_empty_at_start == Some(true),
+        // The cut is the job's start: the copy and the verification leave out the same items.
+        skip_expired: job
+            .spec
+            .source_ttl
+            .clone()
+            .filter(|_| job.spec.skip_expired)
+            .map(|attribute| ExpiryCut { attribute, before: job.started_at.unwrap_or_else(Utc::now).timestamp() }),
     }
 }

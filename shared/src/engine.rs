@@ -38,6 +38,8 @@ pub struct SliceOutcome {
     pub throttles: u64,
     /// Items a verifying or locating slice read (it writes none).
     pub items_read: u64,
+    /// Expired items left out (`--skip-expired`).
+    pub expired: u64,
     /// The segment's verification state after a verifying or locating slice (`None`: as it was).
     pub check: Option<SegmentCheck>,
 }
@@ -47,6 +49,7 @@ impl SliceOutcome {
         self.items_written += page.items_written;
         self.bytes_written += page.bytes_written;
         self.rejected_count += page.rejected_count;
+        self.expired += page.expired;
         let room = MAX_REJECTED_SAMPLES.saturating_sub(self.rejected_samples.len());
         self.rejected_samples.extend(page.rejected_samples.into_iter().take(room));
     }
@@ -175,7 +178,7 @@ async fn copy_pages<T: Tables + ?Sized, C: SliceControl + ?Sized>(
 
 /// Write one page: reject what cannot fit the target's key, write the rest in batches of 25
 /// with distinct target keys, `tuning.write_concurrency` batches at a time.
-async fn write_page<T: Tables + ?Sized>(
+pub(crate) async fn write_page<T: Tables + ?Sized>(
     tables: &T,
     msg: &CopyChunk,
     items: Vec<Item>,
@@ -186,6 +189,10 @@ async fn write_page<T: Tables + ?Sized>(
     let mut batches: Vec<Vec<Item>> = Vec::new();
     let mut keys_in_batch: HashSet<String> = HashSet::new();
     for item in items {
+        if msg.skip_expired.as_ref().is_some_and(|cut| cut.expired(&item)) {
+            out.expired += 1;
+            continue;
+        }
         if let Some(reason) = msg.target_key.rejection(&item) {
             out.add(rejected(msg, &item, reason));
             continue;

@@ -71,6 +71,8 @@ impl Responder for FakeResponder {
 
 pub struct FakeTable {
     pub key: KeySchema,
+    /// The attribute its TTL expires items by (TTL enabled).
+    pub ttl_attribute: Option<String>,
     /// Items by rendered key.
     pub items: BTreeMap<String, Item>,
 }
@@ -96,7 +98,10 @@ pub struct FakeTables {
 impl FakeTables {
     pub fn add(&self, name: &str, key: KeySchema, items: Vec<Item>) {
         let items = items.into_iter().map(|i| (render_key(&key.key_of(&i)), i)).collect();
-        self.tables.lock().unwrap().insert(TableName::parse(name).unwrap(), FakeTable { key, items });
+        self.tables
+            .lock()
+            .unwrap()
+            .insert(TableName::parse(name).unwrap(), FakeTable { key, ttl_attribute: None, items });
     }
 
     pub fn items(&self, name: &str) -> Vec<Item> {
@@ -117,7 +122,8 @@ impl Tables for FakeTables {
             key: t.key.clone(),
             item_count: t.items.len() as u64,
             size_bytes: t.items.values().map(crate::model::item_size).sum(),
-            ttl_attribute: None,
+            ttl_attribute: t.ttl_attribute.clone(),
+            provisioned: None,
         }))
     }
 
@@ -202,6 +208,12 @@ impl Tables for FakeTables {
             t.items.insert(render_key(&t.key.key_of(&i)), i);
         }
         Ok(unprocessed)
+    }
+
+    async fn delete(&self, table: &TableName, key: Item) -> Result<(), AwsError> {
+        let mut tables = self.tables.lock().unwrap();
+        tables.get_mut(table).expect("table exists").items.remove(&render_key(&key));
+        Ok(())
     }
 
     async fn put(&self, table: &TableName, item: Item) -> Result<(), WriteError> {

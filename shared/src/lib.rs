@@ -19,6 +19,8 @@ pub mod messages;
 pub mod metrics;
 pub mod model;
 pub mod pacing;
+pub mod plan;
+pub mod preflight;
 pub mod queue;
 pub mod responder;
 pub mod rules;

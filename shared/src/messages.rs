@@ -60,6 +60,33 @@ pub struct CopyChunk {
     /// The checksum buckets that differ: the only items a locating pass looks at.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buckets: Vec<u16>,
+    /// A repairing slice may delete target items no source item maps to (the target was
+    /// empty when the job was created).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_extra: bool,
+    /// `--skip-expired`: source items whose TTL attribute is before this cut are not copied
+    /// (nor compared), and are counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_expired: Option<ExpiryCut>,
+}
+
+/// Items whose TTL attribute (a number of seconds since the epoch, as DynamoDB TTL reads it)
+/// is before `before` count as expired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryCut {
+    pub attribute: String,
+    pub before: i64,
+}
+
+impl ExpiryCut {
+    /// Whether DynamoDB TTL would take `item` as expired at the cut (an attribute that is not
+    /// a number, as TTL ignores it, never expires).
+    pub fn expired(&self, item: &Item) -> bool {
+        item.get(&self.attribute)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<f64>().ok())
+            .is_some_and(|t| t < self.before as f64)
+    }
 }
 
 /// checkpoint queue: what a slice wrote, and where the next one starts.
@@ -99,6 +126,9 @@ pub struct ChunkResult {
     /// Items a verifying or locating slice read (it writes none).
     #[serde(default)]
     pub items_read: u64,
+    /// Expired items the slice left out (`--skip-expired`).
+    #[serde(default)]
+    pub expired: u64,
     /// The segment's verification state after this slice (verifying and locating passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<SegmentCheck>,
@@ -202,6 +232,7 @@ mod tests {
             started_at: None,
             pass: Pass::Copy,
             items_read: 0,
+            expired: 0,
             check: None,
         };
         let body = encode(&r);

@@ -198,6 +198,8 @@ pub enum Pass {
     Copy,
     VerifySource,
     VerifyTarget,
+    RepairSource,
+    RepairTarget,
     LocateSource,
     LocateTarget,
 }
@@ -212,6 +214,7 @@ impl Pass {
     pub fn then(self) -> Option<Pass> {
         match self {
             Pass::VerifySource => Some(Pass::VerifyTarget),
+            Pass::RepairSource => Some(Pass::RepairTarget),
             Pass::LocateSource => Some(Pass::LocateTarget),
             _ => None,
         }
@@ -221,13 +224,14 @@ impl Pass {
         match self {
             Pass::Copy => Phase::Copying,
             Pass::VerifySource | Pass::VerifyTarget => Phase::Verifying,
+            Pass::RepairSource | Pass::RepairTarget => Phase::Repairing,
             Pass::LocateSource | Pass::LocateTarget => Phase::Locating,
         }
     }
 
     /// Whether its slices scan the target (else the source).
     pub fn scans_target(self) -> bool {
-        matches!(self, Pass::VerifyTarget | Pass::LocateTarget)
+        matches!(self, Pass::VerifyTarget | Pass::RepairTarget | Pass::LocateTarget)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -235,15 +239,25 @@ impl Pass {
             Pass::Copy => "copy",
             Pass::VerifySource => "verifySource",
             Pass::VerifyTarget => "verifyTarget",
+            Pass::RepairSource => "repairSource",
+            Pass::RepairTarget => "repairTarget",
             Pass::LocateSource => "locateSource",
             Pass::LocateTarget => "locateTarget",
         }
     }
 
     pub fn parse(s: &str) -> Option<Pass> {
-        [Pass::Copy, Pass::VerifySource, Pass::VerifyTarget, Pass::LocateSource, Pass::LocateTarget]
-            .into_iter()
-            .find(|p| p.as_str() == s)
+        [
+            Pass::Copy,
+            Pass::VerifySource,
+            Pass::VerifyTarget,
+            Pass::RepairSource,
+            Pass::RepairTarget,
+            Pass::LocateSource,
+            Pass::LocateTarget,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
     }
 }
 
@@ -254,6 +268,8 @@ pub enum Phase {
     #[default]
     Copying,
     Verifying,
+    /// Writing what differs from the source (and deleting extras), bucket by bucket.
+    Repairing,
     Locating,
 }
 
@@ -263,6 +279,7 @@ impl Phase {
         match self {
             Phase::Copying => Pass::Copy,
             Phase::Verifying => Pass::VerifySource,
+            Phase::Repairing => Pass::RepairSource,
             Phase::Locating => Pass::LocateSource,
         }
     }
@@ -282,6 +299,9 @@ pub enum MismatchKind {
     Different,
     /// A target item that no source item maps to.
     Extra,
+    /// A source item whose target key another source item maps to as well (after a change
+    /// of key schema): the target holds only one of them.
+    Collision,
 }
 
 impl MismatchKind {
@@ -290,6 +310,7 @@ impl MismatchKind {
             MismatchKind::Missing => "missing",
             MismatchKind::Different => "different",
             MismatchKind::Extra => "extra",
+            MismatchKind::Collision => "collision",
         }
     }
 }
@@ -299,6 +320,19 @@ impl MismatchKind {
 pub struct Mismatch {
     pub kind: MismatchKind,
     pub key: String,
+    /// For a collision: the source key of the item the target holds under that target key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other: Option<String>,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.key)?;
+        if let Some(other) = &self.other {
+            write!(f, " (its target key holds {other})")?;
+        }
+        Ok(())
+    }
 }
 
 /// What a segment's verification read and found so far (kept on its cursor).
@@ -316,20 +350,33 @@ pub struct SegmentCheck {
     pub different: u64,
     #[serde(default)]
     pub extra: u64,
+    #[serde(default)]
+    pub collisions: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Mismatch>,
+    /// Items the repair wrote to the target, and target items it deleted.
+    #[serde(default)]
+    pub put: u64,
+    #[serde(default)]
+    pub deleted: u64,
 }
 
 impl SegmentCheck {
     /// Record a mismatch, keeping at most [`MAX_REJECTED_SAMPLES`] samples.
     pub fn found(&mut self, kind: MismatchKind, key: String) {
+        self.found_with(kind, key, None)
+    }
+
+    /// [`Self::found`], with the other item's source key of a collision.
+    pub fn found_with(&mut self, kind: MismatchKind, key: String, other: Option<String>) {
         match kind {
             MismatchKind::Missing => self.missing += 1,
             MismatchKind::Different => self.different += 1,
             MismatchKind::Extra => self.extra += 1,
+            MismatchKind::Collision => self.collisions += 1,
         }
         if self.samples.len() < MAX_REJECTED_SAMPLES {
-            self.samples.push(Mismatch { kind, key });
+            self.samples.push(Mismatch { kind, key, other });
         }
     }
 
@@ -343,6 +390,9 @@ impl SegmentCheck {
             all.missing += c.missing;
             all.different += c.different;
             all.extra += c.extra;
+            all.collisions += c.collisions;
+            all.put += c.put;
+            all.deleted += c.deleted;
             let room = MAX_REJECTED_SAMPLES.saturating_sub(all.samples.len());
             all.samples.extend(c.samples.iter().take(room).cloned());
         }
@@ -370,8 +420,20 @@ pub struct Verification {
     pub different: u64,
     #[serde(default)]
     pub extra: u64,
+    /// Source items whose target key another source item maps to as well.
+    #[serde(default)]
+    pub collisions: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Mismatch>,
+    /// What the repair wrote and deleted (with `--repair`), before the keyed pass checked
+    /// the differing buckets again.
+    #[serde(default)]
+    pub repaired_put: u64,
+    /// The verification found the target equal to the source (the job completed).
+    #[serde(default)]
+    pub passed: bool,
+    #[serde(default)]
+    pub repaired_deleted: u64,
 }
 
 impl Verification {
@@ -382,20 +444,43 @@ impl Verification {
 
     /// `verified: N items, hash 1a2b…` (or what differs).
     pub fn summary(&self) -> String {
+        let repaired = self.repaired_put + self.repaired_deleted > 0;
+        let mut extra = match self.extra {
+            0 => String::new(),
+            n => format!(", {n} extra target item(s) from before the job left"),
+        };
+        if self.collisions > 0 {
+            extra.push_str(&format!(
+                ", {} source item(s) not in the target because another source item has the same target key (--on-item-error skip)",
+                self.collisions
+            ));
+        }
         if self.matched() {
             format!("verified: {} items, hash {}", self.source.items, short_hash(&self.source))
-        } else {
+        } else if !self.passed {
+            self.differences()
+        } else if repaired {
             format!(
-                "source {} items (hash {}), target {} items (hash {}): {} missing, {} different, {} extra",
-                self.source.items,
-                short_hash(&self.source),
-                self.target.items,
-                short_hash(&self.target),
-                self.missing,
-                self.different,
-                self.extra
+                "verified after repair: {} items, {} put and {} deleted in the target, then checked again{extra}",
+                self.source.items, self.repaired_put, self.repaired_deleted
             )
+        } else {
+            format!("verified: {} items, the buckets that differed checked item by item{extra}", self.source.items)
         }
+    }
+
+    fn differences(&self) -> String {
+        format!(
+            "source {} items (hash {}), target {} items (hash {}): {} missing, {} different, {} extra, {} colliding",
+            self.source.items,
+            short_hash(&self.source),
+            self.target.items,
+            short_hash(&self.target),
+            self.missing,
+            self.different,
+            self.extra,
+            self.collisions
+        )
     }
 }
 
@@ -581,6 +666,12 @@ pub struct JobSpec {
     /// verification existed do not).
     #[serde(default = "VerifyMode::legacy")]
     pub verify: VerifyMode,
+    /// A verification that finds differences repairs them before the job's final move.
+    #[serde(default)]
+    pub repair: bool,
+    /// Items whose TTL attribute (`source_ttl`) is before the job's start are left out.
+    #[serde(default)]
+    pub skip_expired: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -612,6 +703,9 @@ pub struct Job {
     pub bytes_copied: u64,
     #[serde(default)]
     pub items_rejected: u64,
+    /// Source items left out as expired (`--skip-expired`).
+    #[serde(default)]
+    pub items_expired: u64,
     /// Writes the target throttled (each retried with backoff).
     #[serde(default)]
     pub throttles: u64,
@@ -730,6 +824,7 @@ impl Job {
             (label, Phase::Copying) => label,
             (label, _) if self.status != JobStatus::Running || self.pending.is_some() => label,
             (_, Phase::Verifying) => "Running (verifying)".into(),
+            (_, Phase::Repairing) => "Running (repairing)".into(),
             (_, Phase::Locating) => "Running (verifying: locating differences)".into(),
         }
     }
@@ -754,6 +849,7 @@ impl Job {
         self.items_copied = p.items;
         self.bytes_copied = p.bytes;
         self.items_rejected = p.rejected;
+        self.items_expired = p.expired;
         self.throttles = p.throttles;
         self.rejected_samples = p.samples.clone();
         self.segments_done = p.segments_done;
@@ -833,6 +929,8 @@ pub struct Cursor {
     pub items: u64,
     pub bytes: u64,
     pub rejected: u64,
+    /// Expired items it left out (`--skip-expired`).
+    pub expired: u64,
     /// Writes the target throttled during this segment's slices.
     pub throttles: u64,
     /// The segment's rate under the job's budget (items per second) as of its last commit.
@@ -869,6 +967,7 @@ impl Cursor {
             items: 0,
             bytes: 0,
             rejected: 0,
+            expired: 0,
             throttles: 0,
             rate: None,
             samples: vec![],
@@ -959,6 +1058,7 @@ pub struct Progress {
     pub items: u64,
     pub bytes: u64,
     pub rejected: u64,
+    pub expired: u64,
     pub throttles: u64,
     /// Up to [`MAX_REJECTED_SAMPLES`], in segment order.
     pub samples: Vec<RejectedItem>,
@@ -974,6 +1074,7 @@ impl Progress {
             p.items += c.items;
             p.bytes += c.bytes;
             p.rejected += c.rejected;
+            p.expired += c.expired;
             p.throttles += c.throttles;
             p.segments_done += u32::from(c.done);
             let room = MAX_REJECTED_SAMPLES.saturating_sub(p.samples.len());

@@ -137,6 +137,8 @@ mod tests {
             slice: None,
             source_ttl: None,
             verify: crate::model::VerifyMode::Full,
+            repair: false,
+            skip_expired: false,
         }
     }
 

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    KeyType as DdbKeyType, KeysAndAttributes, PutRequest, ScalarAttributeType, TimeToLiveStatus, WriteRequest,
+    BillingMode, KeyType as DdbKeyType, KeysAndAttributes, PutRequest, ScalarAttributeType, TimeToLiveStatus,
+    WriteRequest,
 };
 
 use crate::error::{classify, AwsError, ErrorKind};
@@ -17,6 +18,8 @@ pub struct TableInfo {
     pub size_bytes: u64,
     /// The attribute its TTL expires items by, when TTL is enabled (or being enabled).
     pub ttl_attribute: Option<String>,
+    /// Read and write capacity units of a provisioned table (`None`: on demand).
+    pub provisioned: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +74,8 @@ pub trait Tables: Send + Sync {
     async fn batch_put(&self, table: &TableName, items: Vec<Item>) -> Result<Vec<Item>, WriteError>;
     /// PutItem of one item.
     async fn put(&self, table: &TableName, item: Item) -> Result<(), WriteError>;
+    /// DeleteItem of the item with this key (nothing if there is none).
+    async fn delete(&self, table: &TableName, key: Item) -> Result<(), AwsError>;
 }
 
 /// The DynamoDB adapter.
@@ -130,6 +135,16 @@ impl Tables for DynamoTables {
             item_count: desc.item_count().unwrap_or(0).max(0) as u64,
             size_bytes: desc.table_size_bytes().unwrap_or(0).max(0) as u64,
             ttl_attribute,
+            provisioned: match desc.billing_mode_summary().and_then(|b| b.billing_mode()) {
+                Some(BillingMode::PayPerRequest) => None,
+                _ => desc.provisioned_throughput().map(|p| {
+                    (
+                        p.read_capacity_units().unwrap_or(0).max(0) as u64,
+                        p.write_capacity_units().unwrap_or(0).max(0) as u64,
+                    )
+                }),
+            }
+            .filter(|(r, w)| r + w > 0),
         }))
     }
 
@@ -208,5 +223,16 @@ impl Tables for DynamoTables {
             .await
             .map(|_| ())
             .map_err(|e| write_error(classify(format!("PutItem {table}"), e)))
+    }
+
+    async fn delete(&self, table: &TableName, key: Item) -> Result<(), AwsError> {
+        self.client
+            .delete_item()
+            .table_name(table.as_str())
+            .set_key(Some(key))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(format!("DeleteItem {table}"), e))
     }
 }

@@ -1,16 +1,19 @@
 //! Verification slices: read one bounded slice of a segment of the source or of the target,
 //! strongly consistent, and add it to the segment's checksums (the verifying passes), or look
 //! up the other side of every item of a bucket whose checksums differ (the locating passes).
-//! They write nothing to the user's tables. Like a copy slice, a slice keeps only whole pages:
+//! The repairing passes look up the same way and write what differs: the source item as the
+//! Scan read it, and (only for a target that was empty at start) deletes of target items no
+//! source item maps to. Nothing else writes to the user's tables. Like a copy slice, a slice keeps only whole pages:
 //! a page cut at the deadline or by a stop leaves no trace, and the next slice reads it again.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
 
 use tokio::time::{timeout_at, Instant};
 
 use crate::checksum::{bucket_of, item_hash};
 use crate::config::Tuning;
-use crate::engine::{backoff, Proceed, SliceControl, SliceOutcome, PAGE_LIMIT};
+use crate::engine::{backoff, write_page, Proceed, SliceControl, SliceOutcome, PAGE_LIMIT};
 use crate::error::{AwsError, ErrorKind};
 use crate::messages::CopyChunk;
 use crate::model::{item_size, render_key, Item, KeySchema, MismatchKind, Pass, SegmentCheck, TableName};
@@ -18,6 +21,20 @@ use crate::tables::Tables;
 
 /// BatchGetItem's limit.
 const GET_BATCH: usize = 100;
+
+/// Delete one item, retrying throttling with backoff.
+async fn delete<T: Tables + ?Sized>(tables: &T, table: &TableName, key: Item, tuning: &Tuning) -> Result<(), AwsError> {
+    let mut attempt = 0;
+    loop {
+        match tables.delete(table, key.clone()).await {
+            Err(e) if e.is_retryable() && attempt + 1 < tuning.max_write_attempts => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Read the slice `msg` describes, starting from the segment's verification state `check`,
 /// until its limits, its segment's end, a stop from `control`, or `stop_at`. `None` when the
@@ -83,8 +100,10 @@ async fn add_page<T: Tables + ?Sized>(
         Pass::Copy => unreachable!("copy slices are the copy engine's"),
         Pass::VerifySource => {
             for item in items {
-                // The copy does not write what does not fit the target's key: not a difference.
-                if msg.target_key.rejection(item).is_some() {
+                // The copy does not write what does not fit the target's key, nor what it left
+                // out as expired: not differences.
+                let expired = msg.skip_expired.as_ref().is_some_and(|cut| cut.expired(item));
+                if expired || msg.target_key.rejection(item).is_some() {
                     check.skipped += 1;
                 } else {
                     check.source.add_item(item, &msg.source_key);
@@ -92,20 +111,41 @@ async fn add_page<T: Tables + ?Sized>(
             }
         }
         Pass::VerifyTarget => items.iter().for_each(|item| check.target.add_item(item, &msg.source_key)),
-        Pass::LocateSource => {
-            let wanted: Vec<&Item> =
-                items.iter().filter(|i| in_buckets(i) && msg.target_key.rejection(i).is_none()).collect();
+        Pass::LocateSource | Pass::RepairSource => {
+            let copied = |i: &Item| {
+                msg.target_key.rejection(i).is_none() && !msg.skip_expired.as_ref().is_some_and(|cut| cut.expired(i))
+            };
+            let wanted: Vec<&Item> = items.iter().filter(|i| in_buckets(i) && copied(i)).collect();
             let found = get_all(tables, &msg.target, &msg.target_key, &wanted, tuning).await?;
+            let mut repairs = vec![];
             for item in wanted {
-                let kind = match found.get(&render_key(&msg.target_key.key_of(item))) {
-                    None => MismatchKind::Missing,
-                    Some(t) if item_hash(t) != item_hash(item) => MismatchKind::Different,
+                let source_key = render_key(&msg.source_key.key_of(item));
+                let (kind, other) = match found.get(&render_key(&msg.target_key.key_of(item))) {
+                    None => (MismatchKind::Missing, None),
+                    Some(t) if item_hash(t) != item_hash(item) => {
+                        // The target item under this key is another source item's copy.
+                        let holder = render_key(&msg.source_key.key_of(t));
+                        match msg.source_key.rejection(t) {
+                            None if holder != source_key => (MismatchKind::Collision, Some(holder)),
+                            _ => (MismatchKind::Different, None),
+                        }
+                    }
                     Some(_) => continue,
                 };
-                check.found(kind, render_key(&msg.source_key.key_of(item)));
+                check.found_with(kind, source_key, other);
+                // Writing one of two colliding items over the other would only swap them.
+                if kind != MismatchKind::Collision {
+                    repairs.push(item.clone());
+                }
+            }
+            if msg.pass == Pass::RepairSource && !repairs.is_empty() {
+                // The source item as this strongly consistent Scan read it, written whole.
+                let throttles = AtomicU64::new(0);
+                let written = write_page(tables, msg, repairs, tuning, &throttles).await?;
+                check.put += written.items_written;
             }
         }
-        Pass::LocateTarget => {
+        Pass::LocateTarget | Pass::RepairTarget => {
             let wanted: Vec<&Item> = items.iter().filter(|i| in_buckets(i)).collect();
             let keyed: Vec<&Item> = wanted.iter().copied().filter(|t| msg.source_key.rejection(t).is_none()).collect();
             let found = get_all(tables, &msg.source, &msg.source_key, &keyed, tuning).await?;
@@ -115,10 +155,15 @@ async fn add_page<T: Tables + ?Sized>(
                 let source = found.get(&render_key(&msg.source_key.key_of(t)));
                 let belongs = source.is_some_and(|s| {
                     msg.source_key.rejection(t).is_none()
+                        && !msg.skip_expired.as_ref().is_some_and(|cut| cut.expired(s))
                         && render_key(&msg.target_key.key_of(s)) == render_key(&msg.target_key.key_of(t))
                 });
                 if !belongs {
                     check.found(MismatchKind::Extra, render_key(&msg.source_key.key_of(t)));
+                    if msg.pass == Pass::RepairTarget && msg.delete_extra {
+                        delete(tables, &msg.target, msg.target_key.key_of(t), tuning).await?;
+                        check.deleted += 1;
+                    }
                 }
             }
         }

@@ -44,6 +44,9 @@ pub enum Output {
 pub enum Command {
     /// Create a copy job (it starts at once, or waits Queued while another job runs).
     Create(CreateArgs),
+    /// What a copy job would read, write, cost and take, after every check `create` makes;
+    /// writes nothing.
+    Plan(CopyArgs),
     /// Show a job: status, progress, rate, bytes, rejected items, times, error, history, and
     /// the depth of any dead-letter queue that is not empty.
     Show(ShowArgs),
@@ -71,6 +74,16 @@ pub enum Command {
 pub struct CreateArgs {
     #[arg(long)]
     pub job_name: String,
+    #[command(flatten)]
+    pub copy: CopyArgs,
+    /// Check everything and print the plan (as `plan` does), writing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What to copy and how: the arguments `create` and `plan` share.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
     #[arg(long)]
     pub source_table: String,
     #[arg(long)]
@@ -94,6 +107,16 @@ pub struct CreateArgs {
     /// job completes: `full`, or `none` to complete as soon as every segment is copied.
     #[arg(long, value_enum, default_value_t = VerifyArg::Full)]
     pub verify: VerifyArg,
+    /// When the verification finds differences, write the source's items that are missing or
+    /// different in the target, delete target items no source item maps to (only if the
+    /// target was empty at creation), and check those items again before completing.
+    #[arg(long)]
+    pub repair: bool,
+    /// Leave out items the source's TTL has already expired but DynamoDB has not deleted yet
+    /// (TTL attribute before the job's start), and count them. By default they are copied as
+    /// they are (DynamoDB TTL is an absolute time: they expire in the target too).
+    #[arg(long)]
+    pub skip_expired: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -21,7 +21,7 @@ use shared::runner::{run, RunnerOptions};
 use shared::store::{live_job, JobStore, ListQuery};
 use tokio_util::sync::CancellationToken;
 
-use cli::{Cli, Command, Global, LocalCommand, Output, RegionCommand};
+use cli::{Cli, Command, CopyArgs, Global, LocalCommand, Output, RegionCommand};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -150,6 +150,31 @@ fn print_job(output: Output, job: &shared::model::Job) -> Result<()> {
     }
 }
 
+fn create_request(job_name: String, a: CopyArgs) -> CreateJobRequest {
+    CreateJobRequest {
+        job_name,
+        source_table: a.source_table,
+        target_table: a.target_table,
+        parallelism: a.parallelism,
+        on_item_error: a.on_item_error.into(),
+        max_write_rate: a.max_write_rate,
+        max_read_rate: a.max_read_rate,
+        verify: a.verify.into(),
+        repair: a.repair,
+        skip_expired: a.skip_expired,
+    }
+}
+
+/// The plan of a job, after every check `create` makes; nothing is written.
+async fn print_plan(output: Output, deps: &AwsDeps, req: &CreateJobRequest) -> Result<()> {
+    let checked = shared::handlers::check_create(deps, req).await?;
+    let plan = shared::plan::plan(&checked, req, deps.config.tuning.workers);
+    match output {
+        Output::Json => print_json(&plan),
+        Output::Table => out(render::plan_table(&plan)),
+    }
+}
+
 /// Pause, resume or cancel, through the same handler create-job's entry point runs.
 async fn job_request(g: &Global, req: JobRequest) -> Result<()> {
     let (_, deps) = deps(g).await?;
@@ -161,17 +186,20 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.command {
         Command::Create(a) => {
             let (_, deps) = deps(g).await?;
-            let req = CreateJobRequest {
-                job_name: a.job_name,
-                source_table: a.source_table,
-                target_table: a.target_table,
-                parallelism: a.parallelism,
-                on_item_error: a.on_item_error.into(),
-                max_write_rate: a.max_write_rate,
-                max_read_rate: a.max_read_rate,
-                verify: a.verify.into(),
-            };
-            print_job(g.output, &request(&deps, JobRequest::Create(req)).await?)?;
+            let req = create_request(a.job_name, a.copy);
+            if a.dry_run {
+                let name = JobName::parse(req.job_name.clone())?;
+                if deps.store.get_job(&name).await?.is_some() {
+                    bail!(RequestError::JobExists(name.to_string()));
+                }
+                print_plan(g.output, &deps, &req).await?;
+            } else {
+                print_job(g.output, &request(&deps, JobRequest::Create(req)).await?)?;
+            }
+        }
+        Command::Plan(a) => {
+            let (_, deps) = deps(g).await?;
+            print_plan(g.output, &deps, &create_request("plan".into(), a)).await?;
         }
         Command::Pause(a) => job_request(g, JobRequest::Pause(JobRef { job_name: a.job_name })).await?,
         Command::Resume(a) => job_request(g, JobRequest::Resume(JobRef { job_name: a.job_name })).await?,

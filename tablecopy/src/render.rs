@@ -132,6 +132,7 @@ fn segments(job: &Job) -> String {
     let phase = match job.phase {
         Phase::Copying => "",
         Phase::Verifying => " verifying",
+        Phase::Repairing => " repairing",
         Phase::Locating => " locating differences",
     };
     format!("{} done{phase} of {}{chosen}", job.segments_done, job.spec.parallelism)
@@ -164,20 +165,32 @@ fn verification_rows(job: &Job, cursors: Option<&[Cursor]>) -> Vec<(&'static str
         };
     };
     let mut rows = vec![("Verification", v.summary()), ("Verification read", read("read", v))];
+    if job.spec.repair || v.repaired_put + v.repaired_deleted > 0 {
+        let repair = if v.matched() {
+            "on (nothing to repair)".to_string()
+        } else {
+            format!(
+                "{} item(s) put, {} deleted in the target",
+                thousands(v.repaired_put),
+                thousands(v.repaired_deleted)
+            )
+        };
+        rows.push(("Repair", repair));
+    }
     if v.skipped > 0 {
         rows.push((
             "  not compared",
             format!("{} source items that do not fit the target's key", thousands(v.skipped)),
         ));
     }
-    if !v.matched() && job.phase == Phase::Locating && !job.status.is_final() {
+    if !v.matched() && job.phase >= Phase::Repairing && !job.status.is_final() {
         rows.push((
             "  locating",
             format!("{} of {} buckets differ", v.differing_buckets.len(), shared::checksum::BUCKETS),
         ));
     }
     for m in v.samples.iter().take(10) {
-        rows.push(("  sample", format!("{} {}", m.kind.as_str(), m.key)));
+        rows.push(("  sample", m.to_string()));
     }
     rows
 }
@@ -245,9 +258,13 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
         ("Slices", slices(job)),
         (
             "Source TTL",
-            match &job.spec.source_ttl {
-                Some(attr) => format!("by {attr:?} (items already expired are copied as they are)"),
-                None => "none".into(),
+            match (&job.spec.source_ttl, job.spec.skip_expired) {
+                (Some(attr), false) => format!("by {attr:?} (items already expired are copied as they are)"),
+                (Some(attr), true) => format!(
+                    "by {attr:?}: {} item(s) expired before the job started left out (--skip-expired)",
+                    thousands(job.items_expired)
+                ),
+                (None, _) => "none".into(),
             },
         ),
         (
@@ -347,6 +364,50 @@ pub fn jobs_table(jobs: &[JobSummary]) -> String {
         ));
     }
     out
+}
+
+/// The `plan` table.
+pub fn plan_table(p: &shared::plan::Plan) -> String {
+    let phase = |ph: &shared::plan::PhasePlan| {
+        format!(
+            "{} read units, {} write units, ${:.2}; {:.0} items/s (limited by {}), {}",
+            thousands(ph.read_units),
+            thousands(ph.write_units),
+            ph.dollars,
+            ph.items_per_second,
+            ph.limited_by,
+            duration((ph.seconds * 1000.0) as u64)
+        )
+    };
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Source", p.source.clone()),
+        ("Target", p.target.clone()),
+        (
+            "Items",
+            format!(
+                "~{} (estimate: DescribeTable, refreshed by DynamoDB about every six hours)",
+                thousands(p.estimated_items)
+            ),
+        ),
+        ("Bytes", format!("~{} (estimate), ~{} an item", bytes(p.estimated_bytes), bytes(p.average_item_bytes))),
+        (
+            "Segments",
+            format!(
+                "{}{} on {} workers",
+                p.parallelism,
+                if p.parallelism_from_size { " (one per 2 GiB of the source, at least the default)" } else { "" },
+                p.workers
+            ),
+        ),
+        ("Copy", phase(&p.copy)),
+        ("Verification", p.verification.as_ref().map(phase).unwrap_or_else(|| "none (--verify none)".into())),
+        ("Total", format!("${:.2}, {}", p.total_dollars, duration((p.total_seconds * 1000.0) as u64))),
+        ("Prices", p.prices.to_string()),
+    ];
+    rows.extend(p.warnings.iter().map(|w| ("Warning", w.clone())));
+    rows.push(("", "Nothing was written: `create` without --dry-run starts the job.".into()));
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}").trim_end().to_string() + "\n").collect()
 }
 
 #[cfg(test)]

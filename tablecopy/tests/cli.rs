@@ -182,3 +182,54 @@ async fn watch_exits_non_zero_on_paused_and_says_how_to_resume() -> Result<()> {
     w.cleanup(&[&src, &dst]).await;
     Ok(())
 }
+
+#[tokio::test]
+async fn plan_and_a_dry_run_print_costs_and_write_nothing_and_show_prints_what_verification_read() -> Result<()> {
+    let w = World::new("cli-plan").await?;
+    let (src, dst) = tables(&w, 50).await?;
+    let job = unique("cli-plan");
+    let copy = ["--source-table", src.as_str(), "--target-table", dst.as_str(), "--max-write-rate", "100"];
+    let mut args = vec!["--output", "json", "plan"];
+    args.extend(copy);
+    let out = run(tablecopy(&w, &args, &[])).await?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: Value = serde_json::from_str(&text(&out.stdout))?;
+    let items = plan["estimatedItems"].as_u64().context("estimatedItems")?;
+    let per_item = plan["averageItemBytes"].as_u64().context("averageItemBytes")?.div_ceil(1024).max(1);
+    assert_eq!(plan["copy"]["writeUnits"].as_u64(), Some(items * per_item), "{plan}");
+    assert_eq!(
+        (plan["copy"]["itemsPerSecond"].as_f64(), plan["copy"]["limitedBy"].as_str()),
+        (Some(100.0), Some("--max-write-rate")),
+        "{plan}"
+    );
+    assert_eq!(plan["verification"]["writeUnits"], 0, "{plan}");
+    assert_eq!(plan["verification"]["readUnits"], 2 * plan["copy"]["readUnits"].as_u64().unwrap(), "{plan}");
+    assert!(plan["prices"].as_str().unwrap().contains("us-east-1"), "{plan}");
+
+    // create --dry-run: the same checks and plan, and no job.
+    let mut args = vec!["create", "--dry-run", "--job-name", job.as_str()];
+    args.extend(copy);
+    let out = run(tablecopy(&w, &args, &[])).await?;
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(table.contains("Nothing was written") && table.lines().any(|l| l.starts_with("Copy ")), "{table}");
+    assert!(w.deps.store.get_job(&JobName::parse(job.as_str())?).await?.is_none(), "a dry run records nothing");
+    let refused = run(tablecopy(&w, &["plan", "--source-table", &src, "--target-table", "no-such-table"], &[])).await?;
+    assert!(!refused.status.success() && text(&refused.stderr).contains("no-such-table"), "{}", text(&refused.stderr));
+
+    // The job itself, verified: show prints what the verification read.
+    let mut args = vec!["create", "--job-name", job.as_str()];
+    args.extend(copy);
+    assert!(run(tablecopy(&w, &args, &[])).await?.status.success());
+    let runner = w.start_runner(tests::runner_opts());
+    let done = tests::wait_final(&w, &job).await?;
+    runner.stop().await;
+    assert_eq!(done.status, JobStatus::Completed, "{:?}", done.error);
+    let table = text(&run(tablecopy(&w, &["show", "--job-name", &job], &[])).await?.stdout);
+    let row = |name: &str| table.lines().find(|l| l.starts_with(name)).map(str::to_string).unwrap_or_default();
+    assert!(row("Verification ").contains("verified: 50 items, hash "), "{table}");
+    assert!(row("Verification read").contains("50 items"), "{table}");
+    assert!(row("Verification read").contains("strongly consistent scans"), "{table}");
+    w.cleanup(&[&src, &dst]).await;
+    Ok(())
+}

@@ -57,6 +57,7 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
         items: msg.items_written,
         bytes: msg.bytes_written,
         rejected: msg.rejected_count,
+        expired: msg.expired,
         throttles: msg.throttles,
         samples: msg.rejected_samples.clone(),
         at: Utc::now(),
@@ -150,7 +151,7 @@ fn paced(job: &Job, msg: &ChunkResult, workers: u32) -> (Option<Pace>, u32) {
     let Some(pace) = &msg.pace else { return (None, 0) };
     let unfinished = job.spec.parallelism.saturating_sub(job.segments_done);
     let now = Utc::now();
-    let items = msg.items_written + msg.rejected_count + msg.items_read;
+    let items = msg.items_written + msg.rejected_count + msg.expired + msg.items_read;
     let started = msg.started_at.unwrap_or(now);
     let spec = pacing::for_pass(&job.spec, msg.pass);
     let (next, delay) = pacing::next(pace, &spec, unfinished, workers, items, msg.throttles, started, now);

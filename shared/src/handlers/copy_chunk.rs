@@ -86,6 +86,7 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
         .bytes("BytesCopied", slice.bytes_written)
         .count("ItemsRejected", slice.rejected_count)
         .count("ItemsVerified", slice.items_read)
+        .count("ItemsExpired", slice.expired)
         .count("Throttles", slice.throttles)
         .millis("SliceDuration", started.elapsed().as_millis() as u64)
         .emit();
@@ -107,6 +108,7 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
         started_at: Some(started_at),
         pass: msg.pass,
         items_read: slice.items_read,
+        expired: slice.expired,
         check: slice.check,
     };
     outbox.send(QueueKind::Checkpoint, vec![encode(&result)]).await?;

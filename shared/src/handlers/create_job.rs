@@ -9,6 +9,7 @@ use crate::model::{
     StatusChange, TableName, VerifyMode, MAX_PARALLELISM,
 };
 use crate::pacing;
+use crate::preflight::{self, SampleReport};
 use crate::queue::Outbox;
 use crate::scheduler::Entry;
 use crate::store::{conflict_pause, ControlStore, InsertError};
@@ -35,6 +36,12 @@ pub struct CreateJobRequest {
     /// Whether the job verifies the target before it completes (`full` when absent).
     #[serde(default)]
     pub verify: VerifyMode,
+    /// Repair what the verification finds different before the job's final move.
+    #[serde(default)]
+    pub repair: bool,
+    /// Leave out items the source's TTL already expired (not yet deleted by DynamoDB).
+    #[serde(default)]
+    pub skip_expired: bool,
 }
 
 impl CreateJobRequest {
@@ -52,6 +59,8 @@ impl CreateJobRequest {
             && self.max_write_rate == job.spec.max_write_rate
             && self.max_read_rate == job.spec.max_read_rate
             && self.verify == job.spec.verify
+            && self.repair == job.spec.repair
+            && self.skip_expired == job.spec.skip_expired
     }
 }
 
@@ -65,19 +74,40 @@ pub async fn create_job<S: ControlStore, Q: Outbox, T: Tables>(
     create_job_from(deps, req, None).await
 }
 
-/// [`create_job`] for a CloudFormation resource, which is recorded on the job.
-pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
+/// A create request that passed every check `create` makes before it writes, with what the
+/// checks read (`create --dry-run` and `plan` stop here).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub name: JobName,
+    pub source: TableName,
+    pub target: TableName,
+    pub source_info: TableInfo,
+    pub target_info: TableInfo,
+    pub parallelism: u32,
+    pub target_empty: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Every check of a create request (names, ranges, tables, key types, the source sample,
+/// rates), reading but never writing; the warnings `create` would record.
+pub async fn check_create<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
-    req: CreateJobRequest,
-    origin: Option<StackOrigin>,
-) -> Result<Job, RequestError> {
-    let name = JobName::parse(req.job_name)?;
-    let source = TableName::parse(req.source_table)?;
-    let target = TableName::parse(req.target_table)?;
+    req: &CreateJobRequest,
+) -> Result<Checked, RequestError> {
+    let name = JobName::parse(req.job_name.clone())?;
+    let source = TableName::parse(req.source_table.clone())?;
+    let target = TableName::parse(req.target_table.clone())?;
     if source == target {
         return Err(InvalidInput(format!(
             "source and target are the same table ({source}); copy into a different, existing table"
         ))
+        .into());
+    }
+    if req.repair && req.verify == VerifyMode::None {
+        return Err(InvalidInput(
+            "repair needs verification: it writes what the verification finds different. Drop --verify none, or --repair"
+                .into(),
+        )
         .into());
     }
     for (role, table) in [("source", &source), ("target", &target)] {
@@ -111,8 +141,26 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
     };
     let source_info = deps.tables.describe(&source).await?.ok_or_else(|| not_found("source", &source))?;
     let target_info = deps.tables.describe(&target).await?.ok_or_else(|| not_found("target", &target))?;
+    if req.skip_expired && source_info.ttl_attribute.is_none() {
+        return Err(InvalidInput(format!(
+            "the source {source} has no TTL, so no item of it is expired: drop --skip-expired, or enable TTL on the source first (aws dynamodb update-time-to-live --table-name {source} --time-to-live-specification Enabled=true,AttributeName=ATTRIBUTE)"
+        ))
+        .into());
+    }
     if let Some(conflict) = target_info.key.conflict_with(&source_info.key) {
         return Err(InvalidInput(conflict).into());
+    }
+    // A target keyed otherwise: a sample of the source for items its key cannot hold and for
+    // target keys two source items share.
+    let sample = match source_info.key == target_info.key {
+        true => None,
+        false => {
+            let items = preflight::sample(&deps.tables, &source).await?;
+            Some(SampleReport::of(&items, &source_info.key, &target_info.key))
+        }
+    };
+    if let Some(why) = sample.as_ref().and_then(|r| r.refusal(req.on_item_error, &source, &target, &target_info.key)) {
+        return Err(InvalidInput(why).into());
     }
     let parallelism = req
         .parallelism
@@ -131,6 +179,20 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
             .into());
         }
     }
+    let target_empty = deps.tables.is_empty(&target).await?;
+    let mut warnings = warnings(&source, &source_info, &target, &target_info, target_empty);
+    warnings.extend(sample.and_then(|r| r.warning(&source, &target, &target_info.key)));
+    Ok(Checked { name, source, target, source_info, target_info, parallelism, target_empty, warnings })
+}
+
+/// [`create_job`] for a CloudFormation resource, which is recorded on the job.
+pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    req: CreateJobRequest,
+    origin: Option<StackOrigin>,
+) -> Result<Job, RequestError> {
+    let Checked { name, source, target, source_info, target_info, parallelism, target_empty, warnings } =
+        check_create(deps, &req).await?;
     let control = deps.control();
     if deps.store.get_job(&name).await?.is_some() {
         // A create delivered again after a crash may find its own job not started yet.
@@ -139,8 +201,6 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
     }
     // Jobs of an old write region are failed by `schedule` below, before any job starts.
     let region = control.current_region().await?;
-    let target_empty = deps.tables.is_empty(&target).await?;
-    let warnings = warnings(&source, &source_info, &target, &target_info, target_empty);
 
     let now = Utc::now();
     let mut job = Job {
@@ -158,6 +218,8 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
             slice: Some(deps.config.tuning.slice),
             source_ttl: source_info.ttl_attribute.clone(),
             verify: req.verify,
+            repair: req.repair,
+            skip_expired: req.skip_expired,
         },
         status: JobStatus::Queued,
         write_region: region.clone(),
@@ -166,6 +228,7 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
         items_copied: 0,
         bytes_copied: 0,
         items_rejected: 0,
+        items_expired: 0,
         throttles: 0,
         rejected_samples: vec![],
         segments_done: 0,

@@ -48,10 +48,12 @@ pub struct JobProperties {
     pub max_write_rate: Option<u32>,
     pub max_read_rate: Option<u32>,
     pub verify: VerifyMode,
+    pub repair: bool,
+    pub skip_expired: bool,
     pub wait_for_completion: bool,
 }
 
-const PROPERTIES: [&str; 9] = [
+const PROPERTIES: [&str; 11] = [
     "JobName",
     "SourceTable",
     "TargetTable",
@@ -60,6 +62,8 @@ const PROPERTIES: [&str; 9] = [
     "MaxWriteRate",
     "MaxReadRate",
     "Verify",
+    "Repair",
+    "SkipExpired",
     "WaitForCompletion",
 ];
 /// Set by CloudFormation itself.
@@ -111,6 +115,12 @@ impl JobProperties {
             Some("none") => VerifyMode::None,
             Some(o) => return Err(InvalidInput(format!("property Verify must be full or none, found {o:?}"))),
         };
+        let flag = |k: &str| match text(k)?.as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(o) => Err(InvalidInput(format!("property {k} must be true or false, found {o:?}"))),
+        };
+        let (repair, skip_expired) = (flag("Repair")?, flag("SkipExpired")?);
         let wait_for_completion = match text("WaitForCompletion")?.as_deref() {
             None | Some("false") => false,
             Some("true") => true,
@@ -127,6 +137,8 @@ impl JobProperties {
             max_write_rate: number("MaxWriteRate")?,
             max_read_rate: number("MaxReadRate")?,
             verify,
+            repair,
+            skip_expired,
             wait_for_completion,
         })
     }
@@ -140,6 +152,8 @@ impl JobProperties {
             && self.max_write_rate == job.spec.max_write_rate
             && self.max_read_rate == job.spec.max_read_rate
             && self.verify == job.spec.verify
+            && self.repair == job.spec.repair
+            && self.skip_expired == job.spec.skip_expired
     }
 }
 
@@ -283,6 +297,8 @@ async fn start<S: ControlStore, Q: Outbox, T: Tables>(
         max_write_rate: props.max_write_rate,
         max_read_rate: props.max_read_rate,
         verify: props.verify,
+        repair: props.repair,
+        skip_expired: props.skip_expired,
     };
     match create_job_from(deps, request, Some(origin)).await {
         Ok(_) | Err(RequestError::Incomplete(_)) if wait => Outcome::Wait,

@@ -3,7 +3,8 @@ use super::Deps;
 use crate::error::{AwsError, ErrorKind, HandlerError};
 use crate::messages::Finalize;
 use crate::model::{
-    Cursor, Job, JobError, JobStatus, OnItemError, Phase, Progress, SegmentCheck, Verification, VerifyMode,
+    Cursor, Job, JobError, JobStatus, MismatchKind, OnItemError, Phase, Progress, SegmentCheck, Verification,
+    VerifyMode,
 };
 use crate::queue::Outbox;
 use crate::store::{conflict_pause, ControlStore};
@@ -65,8 +66,8 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
                         // Recorded once (the keyed pass reads its buckets); a job that
                         // changed meanwhile is read again.
                         if store.set_verification(&job.name, &v).await? {
-                            tracing::warn!(summary = %v.summary(), buckets = v.differing_buckets.len(), "checksums differ; locating the items");
-                            control.begin_phase(&job, &cursors, Phase::Locating).await?;
+                            tracing::warn!(summary = %v.summary(), repair = job.spec.repair, "checksums differ; locating the items");
+                            control.begin_phase(&job, &cursors, after_checksums(&job)).await?;
                             break;
                         }
                         conflict_pause(attempt).await;
@@ -120,7 +121,11 @@ fn verified(job: &Job, cursors: &[Cursor]) -> Verdict {
     match phase {
         Phase::Copying => Verdict::Begin(Phase::Verifying),
         // The keyed pass was decided (a finalize died while starting it): finish starting it.
-        Phase::Verifying if job.verification.is_some() || latest == Phase::Locating => Verdict::Begin(Phase::Locating),
+        Phase::Verifying if job.verification.is_some() || latest > Phase::Verifying => {
+            Verdict::Begin(after_checksums(job))
+        }
+        // What the repair wrote is checked again, bucket by bucket.
+        Phase::Repairing => Verdict::Begin(Phase::Locating),
         Phase::Verifying => {
             let v = Verification {
                 source: sum.source.total(),
@@ -130,7 +135,7 @@ fn verified(job: &Job, cursors: &[Cursor]) -> Verdict {
                 ..Default::default()
             };
             if v.matched() {
-                Verdict::Final(v, None)
+                Verdict::Final(Verification { passed: true, ..v }, None)
             } else {
                 Verdict::Differs(v)
             }
@@ -140,19 +145,61 @@ fn verified(job: &Job, cursors: &[Cursor]) -> Verdict {
                 missing: sum.missing,
                 different: sum.different,
                 extra: sum.extra,
+                collisions: sum.collisions,
                 samples: sum.samples.clone(),
+                repaired_put: sum.put,
+                repaired_deleted: sum.deleted,
                 ..job.verification.clone().unwrap_or_default()
             };
             // Items the target held before the job are not the copy's: reported, not failed.
             let extra_allowed = job.target_empty_at_start == Some(false);
+            let nothing_found = v.missing + v.different + v.extra + v.collisions == 0;
+            // Colliding items fail the job unless it skips items the target cannot hold.
+            let collisions_fail = v.collisions > 0 && job.spec.on_item_error == OnItemError::Fail;
+            // Without a repair in between, a keyed pass that finds nothing where the checksums
+            // differed means a table changed meanwhile.
             let failed = v.missing + v.different > 0
                 || (v.extra > 0 && !extra_allowed)
-                || v.missing + v.different + v.extra == 0;
-            let error =
-                failed.then(|| JobError { code: "VerificationFailed".into(), message: failed_message(job, &v) });
+                || collisions_fail
+                || (nothing_found && !job.spec.repair);
+            let v = Verification { passed: !failed, ..v };
+            let error = failed.then(|| {
+                let only_collisions = v.missing + v.different == 0 && (v.extra == 0 || extra_allowed);
+                match collisions_fail && only_collisions {
+                    true => JobError { code: "TargetKeyCollision".into(), message: collision_message(job, &v) },
+                    false => JobError { code: "VerificationFailed".into(), message: failed_message(job, &v) },
+                }
+            });
             Verdict::Final(v, error)
         }
     }
+}
+
+/// The phase after checksums that differ: the repair (which the keyed pass then checks), or
+/// the keyed pass alone.
+fn after_checksums(job: &Job) -> Phase {
+    if job.spec.repair {
+        Phase::Repairing
+    } else {
+        Phase::Locating
+    }
+}
+
+fn collision_message(job: &Job, v: &Verification) -> String {
+    let samples: Vec<String> = v
+        .samples
+        .iter()
+        .filter(|m| m.kind == MismatchKind::Collision)
+        .map(|m| format!("{} and {}", m.key, m.other.as_deref().unwrap_or("?")))
+        .collect();
+    format!(
+        "{} source item(s) of {} map to a target key of {} [{}] that another source item maps to as well, so the target holds only one of each pair; samples: {}. Choose a target key that is unique per source item, or re-create the job with --on-item-error skip to keep one item per target key",
+        v.collisions,
+        job.spec.source,
+        job.spec.target,
+        job.spec.target_key,
+        samples.join("; ")
+    )
 }
 
 fn failed_message(job: &Job, v: &Verification) -> String {
@@ -170,12 +217,19 @@ fn failed_message(job: &Job, v: &Verification) -> String {
             "{counts}, but a second, keyed look found no item that differs: a table changed while the job verified it. Stop every write to both tables and re-create the job"
         );
     }
-    let samples: Vec<String> = v.samples.iter().map(|m| format!("{} {}", m.kind.as_str(), m.key)).collect();
+    let samples: Vec<String> = v.samples.iter().map(ToString::to_string).collect();
     format!(
-        "{counts}; {} missing, {} different, {} extra in the target; samples: {}. The target does not equal the source: find what wrote to either table during the copy, then empty the target and re-create the job",
+        "{counts}; {} missing, {} different, {} extra in the target, {} colliding{}; samples: {}. The target does not equal the source: find what wrote to either table during the copy, then empty the target and re-create the job{}",
         v.missing,
         v.different,
         v.extra,
-        samples.join("; ")
+        v.collisions,
+        if job.spec.repair {
+            format!(" after a repair that put {} and deleted {} item(s)", v.repaired_put, v.repaired_deleted)
+        } else {
+            String::new()
+        },
+        samples.join("; "),
+        if job.spec.repair { "" } else { " (or with --repair, to write what differs)" }
     )
 }

@@ -12,7 +12,7 @@ mod sqs;
 
 pub use advance_checkpoint::advance_checkpoint;
 pub use copy_chunk::copy_chunk;
-pub use create_job::{create_job, CreateJobRequest};
+pub use create_job::{check_create, create_job, Checked, CreateJobRequest};
 pub use custom_resource::{answer_waiting, custom_resource, JobProperties, RESOURCE_TYPE};
 pub use finalize::finalize;
 pub use reconcile::{reconcile, Reconciled};

@@ -13,7 +13,7 @@ use super::*;
 use crate::config::{Resources, Tuning};
 use crate::fakes::{FakeOutbox, FakeResponder, FakeTables};
 use crate::messages::{decode, encode, SliceLimits, VERSION};
-use crate::model::{Item, JobError, JobName, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError};
+use crate::model::{render_key, Item, JobError, JobName, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError};
 use crate::queue::QueueKind;
 use crate::store::memory::MemoryStore;
 use crate::store::{CursorStore, JobStore};
@@ -236,8 +236,10 @@ async fn a_stale_result_changes_nothing_and_sends_nothing() {
 
 #[tokio::test]
 async fn items_that_do_not_fit_the_target_key_fail_the_job_by_default() {
-    let d = world(40, &[3, 17, 25]);
+    let d = world(40, &[]);
     create_job(&d, request("rej", 2, OnItemError::Fail)).await.unwrap();
+    // Written after create's sample of the source.
+    strip_order_no(&d, &[3, 17, 25]);
     drain(&d, 7, false).await;
     let j = job(&d, "rej");
     assert_eq!(j.status, JobStatus::Failed);
@@ -346,6 +348,7 @@ async fn a_fatal_slice_error_fails_the_job_with_its_reason() {
         started_at: None,
         pass: Default::default(),
         items_read: 0,
+        expired: 0,
         check: None,
     };
     deliver(&d, QueueKind::Checkpoint, &encode(&result)).await;
@@ -826,8 +829,9 @@ async fn wait_for_completion_answers_once_when_the_job_completes() {
 
 #[tokio::test]
 async fn wait_for_completion_answers_failed_when_the_job_fails_or_is_cancelled() {
-    let (d, r) = cfn_world(40, &[3, 17]);
+    let (d, r) = cfn_world(40, &[]);
     create_job_entry(&d, cfn_request("Create", "f1", props("fails", true), None)).await.unwrap();
+    strip_order_no(&d, &[3, 17]);
     drain(&d, 9, false).await;
     let a = answers(&r);
     assert_eq!(a.len(), 1);
@@ -1463,8 +1467,9 @@ async fn a_launch_mark_that_lands_after_a_newer_control_change_strands_nothing()
 
 #[tokio::test]
 async fn items_rejected_by_a_slice_that_parks_for_a_pause_fail_the_job_at_once() {
-    let d = world(40, &[3]);
+    let d = world(40, &[]);
     create_job(&d, request("rej-pause", 1, OnItemError::Fail)).await.unwrap();
+    strip_order_no(&d, &[3]);
     step(&d).await; // the first slice is copied and rejects item 3; its result waits
     pause_job(&d, &name("rej-pause")).await.unwrap();
     drain(&d, 0, false).await; // its commit parks the segment
@@ -1881,18 +1886,7 @@ async fn a_job_verifies_every_item_of_its_copy_before_it_completes() {
 async fn a_target_tampered_with_during_the_copy_fails_verification_naming_the_items() {
     let d = world(60, &[]);
     create_job(&d, request("tampered", 3, OnItemError::Fail)).await.unwrap();
-    drain_tampering(&d, |d| {
-        let mut tables = target_items(d);
-        let t = tables.get_mut(&dst()).unwrap();
-        let keys: Vec<String> = t.items.keys().cloned().collect();
-        // One item changed, one deleted, one that no source item maps to.
-        t.items.get_mut(&keys[0]).unwrap().insert("v".into(), AttributeValue::S("changed".into()));
-        t.items.remove(&keys[1]);
-        let mut extra = item(999);
-        extra.insert("customer".into(), AttributeValue::S("nobody".into()));
-        t.items.insert("extra".into(), extra);
-    })
-    .await;
+    drain_tampering(&d, tamper_with_target).await;
     let j = job(&d, "tampered");
     assert_eq!(j.status, JobStatus::Failed);
     let e = j.error.clone().unwrap();
@@ -1961,4 +1955,207 @@ async fn a_job_without_verification_completes_when_copied() {
     drain(&d, 1, false).await;
     let j = job(&d, "unchecked");
     assert_eq!((j.status, j.verification), (JobStatus::Completed, None));
+}
+
+/// One item changed, one deleted and one that no source item maps to, in the target.
+fn tamper_with_target(d: &FakeDeps) {
+    let mut tables = target_items(d);
+    let t = tables.get_mut(&dst()).unwrap();
+    let keys: Vec<String> = t.items.keys().cloned().collect();
+    t.items.get_mut(&keys[0]).unwrap().insert("v".into(), AttributeValue::S("changed".into()));
+    t.items.remove(&keys[1]);
+    let mut extra = item(999);
+    extra.insert("customer".into(), AttributeValue::S("nobody".into()));
+    t.items.insert(render_key(&extra_key(&extra)), extra);
+}
+
+fn extra_key(item: &Item) -> Item {
+    ["customer", "order_no"].iter().map(|k| (k.to_string(), item[*k].clone())).collect()
+}
+
+#[tokio::test]
+async fn a_repair_writes_what_differs_deletes_extras_and_checks_again_before_completing() {
+    let d = world(60, &[]);
+    let req = CreateJobRequest { repair: true, ..request("repaired", 3, OnItemError::Fail) };
+    create_job(&d, req).await.unwrap();
+    drain_tampering(&d, tamper_with_target).await;
+    let j = job(&d, "repaired");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    let v = j.verification.clone().unwrap();
+    assert_eq!((v.repaired_put, v.repaired_deleted), (2, 1), "{v:?}");
+    assert_eq!((v.missing, v.different, v.extra), (0, 0, 0), "checked again after the repair: {v:?}");
+    assert!(v.summary().starts_with("verified after repair: 60 items, 2 put and 1 deleted"), "{}", v.summary());
+    assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(d.tables.items("src")));
+    assert!(j.history.iter().all(|h| h.status != JobStatus::Failed));
+}
+
+#[tokio::test]
+async fn a_repair_leaves_the_items_a_target_held_before_the_job() {
+    let d = world(30, &[]);
+    let mut old = item(500);
+    old.insert("customer".into(), AttributeValue::S("from before".into()));
+    target_items(&d).get_mut(&dst()).unwrap().items.insert(render_key(&extra_key(&old)), old.clone());
+    let req = CreateJobRequest { repair: true, ..request("kept", 2, OnItemError::Fail) };
+    create_job(&d, req).await.unwrap();
+    drain(&d, 9, true).await;
+    let j = job(&d, "kept");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    let v = j.verification.unwrap();
+    assert_eq!((v.repaired_put, v.repaired_deleted, v.extra), (0, 0, 1), "{v:?}");
+    assert!(d.tables.items("dst").contains(&old), "an item of the target from before the job is never deleted");
+}
+
+#[tokio::test]
+async fn repair_without_verification_is_refused_and_nothing_is_written() {
+    let d = world(5, &[]);
+    let req = CreateJobRequest {
+        repair: true,
+        verify: crate::model::VerifyMode::None,
+        ..request("contradiction", 1, OnItemError::Fail)
+    };
+    let err = create_job(&d, req).await.unwrap_err().to_string();
+    assert!(err.contains("repair needs verification"), "{err}");
+    assert!(d.store.state.lock().unwrap().jobs.is_empty());
+}
+
+/// A source item that maps to the same target key (`customer`, `order_no`) as item 3.
+fn colliding_item() -> Item {
+    let mut twin = item(3);
+    twin.insert("pk".into(), AttributeValue::S("o-twin".into()));
+    twin.insert("note".into(), AttributeValue::S("another item, the same target key".into()));
+    twin
+}
+
+fn add_to_source(d: &FakeDeps, it: Item) {
+    let mut tables = target_items(d);
+    let src = tables.get_mut(&crate::model::TableName::parse("src").unwrap()).unwrap();
+    src.items.insert(render_key(&src.key.key_of(&it)), it);
+}
+
+#[tokio::test]
+async fn two_source_items_with_one_target_key_fail_the_job_naming_both() {
+    let d = world(40, &[]);
+    create_job(&d, request("collide", 3, OnItemError::Fail)).await.unwrap();
+    // Written after create's sample of the source (a collision its sample did not see).
+    add_to_source(&d, colliding_item());
+    drain(&d, 11, true).await;
+    let j = job(&d, "collide");
+    assert_eq!(j.status, JobStatus::Failed);
+    let e = j.error.clone().unwrap();
+    assert_eq!(e.code, "TargetKeyCollision", "{}", e.message);
+    let v = j.verification.unwrap();
+    assert_eq!((v.collisions, v.missing, v.different, v.extra), (1, 0, 0, 0), "{v:?}");
+    assert!(e.message.starts_with("1 source item(s) of src map to a target key"), "{}", e.message);
+    // Whichever of the two the target kept, both source keys are named.
+    assert!(
+        e.message.contains(r#"{"pk":{"S":"o-0003"}}"#) && e.message.contains(r#"{"pk":{"S":"o-twin"}}"#),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("--on-item-error skip"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn with_skip_colliding_items_are_reported_and_the_job_completes() {
+    let d = world(40, &[]);
+    create_job(&d, request("collide-skip", 2, OnItemError::Skip)).await.unwrap();
+    add_to_source(&d, colliding_item());
+    drain(&d, 12, false).await;
+    let j = job(&d, "collide-skip");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    let v = j.verification.unwrap();
+    assert_eq!((v.collisions, v.source.items, v.target.items), (1, 41, 40), "{v:?}");
+    assert!(v
+        .summary()
+        .contains("1 source item(s) not in the target because another source item has the same target key"));
+}
+
+/// Source items `which` lose the target's sort key (after create sampled the source).
+fn strip_order_no(d: &FakeDeps, which: &[u64]) {
+    let mut tables = target_items(d);
+    let src = tables.get_mut(&crate::model::TableName::parse("src").unwrap()).unwrap();
+    for i in which {
+        let mut it = item(*i);
+        it.remove("order_no");
+        src.items.insert(render_key(&src.key.key_of(&it)), it);
+    }
+}
+
+#[tokio::test]
+async fn create_refuses_a_job_whose_source_sample_holds_items_the_target_cannot_hold_or_collisions() {
+    for (lacking, twin) in [(vec![3, 17], false), (vec![], true)] {
+        let d = world(40, &lacking);
+        if twin {
+            add_to_source(&d, colliding_item());
+        }
+        let before = d.store.state.lock().unwrap().clone();
+        let err = create_job(&d, request("doomed", 2, OnItemError::Fail)).await.unwrap_err().to_string();
+        assert!(err.starts_with(&format!("of the first {} items of src, ", 40 + u64::from(twin))), "{err}");
+        if twin {
+            assert!(err.contains("1 share a target key with another source item"), "{err}");
+            assert!(err.contains(r#"{"pk":{"S":"o-twin"}}"#) && err.contains(r#"{"pk":{"S":"o-0003"}}"#), "{err}");
+        } else {
+            assert!(err.contains(r#"2 do not fit the key of dst [customer (S), order_no (N)]"#), "{err}");
+            assert!(err.contains("missing key attribute \"order_no\""), "{err}");
+        }
+        assert!(err.contains("--on-item-error skip"), "{err}");
+        let after = d.store.state.lock().unwrap().clone();
+        assert_eq!(
+            (before.jobs, before.cursors, before.writes),
+            (after.jobs, after.cursors, after.writes),
+            "nothing written"
+        );
+        assert!(d.outbox.take().is_empty());
+        // With skip the job is created, warned of what the sample found.
+        let j = create_job(&d, request("doomed", 2, OnItemError::Skip)).await.unwrap();
+        assert!(j.warnings.iter().any(|w| w.contains("skipped and reported")), "{:?}", j.warnings);
+    }
+}
+
+#[tokio::test]
+async fn skip_expired_leaves_out_items_whose_ttl_passed_before_the_job_and_counts_them() {
+    let d = world(30, &[]);
+    let soon = (chrono::Utc::now() + chrono::Duration::days(1)).timestamp();
+    {
+        let mut tables = target_items(&d);
+        let src = tables.get_mut(&crate::model::TableName::parse("src").unwrap()).unwrap();
+        src.ttl_attribute = Some("expires_at".into());
+        for (i, it) in src.items.values_mut().enumerate() {
+            match i {
+                0..10 => it.insert("expires_at".into(), AttributeValue::N("1000".into())),
+                10..20 => it.insert("expires_at".into(), AttributeValue::N(soon.to_string())),
+                // Not a number: TTL ignores it.
+                _ => it.insert("expires_at".into(), AttributeValue::S("1000".into())),
+            };
+        }
+    }
+    // Refused where the source has no TTL: the target has none.
+    let refused = CreateJobRequest {
+        source_table: "dst".into(),
+        target_table: "src".into(),
+        skip_expired: true,
+        ..request("no-ttl", 1, OnItemError::Skip)
+    };
+    let err = create_job(&d, refused).await.unwrap_err().to_string();
+    assert!(err.contains("the source dst has no TTL") && err.contains("drop --skip-expired"), "{err}");
+
+    let req = CreateJobRequest { skip_expired: true, ..request("fresh", 3, OnItemError::Fail) };
+    create_job(&d, req).await.unwrap();
+    drain(&d, 4, true).await;
+    let j = job(&d, "fresh");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    assert_eq!((j.items_copied, j.items_expired), (20, 10));
+    let v = j.verification.unwrap();
+    assert!(v.matched() && v.skipped == 10, "{v:?}");
+    let copied = d.tables.items("dst");
+    assert_eq!(copied.len(), 20);
+    assert!(copied.iter().all(|i| i["expires_at"] != AttributeValue::N("1000".into())));
+
+    // By default they are copied as they are.
+    let d = world(5, &[]);
+    target_items(&d).get_mut(&crate::model::TableName::parse("src").unwrap()).unwrap().ttl_attribute =
+        Some("expires_at".into());
+    create_job(&d, request("as-is", 1, OnItemError::Fail)).await.unwrap();
+    drain(&d, 4, false).await;
+    assert_eq!((job(&d, "as-is").items_copied, job(&d, "as-is").items_expired), (5, 0));
 }

@@ -63,6 +63,7 @@ pub fn cursor_to_item(name: &JobName, c: &Cursor) -> Item {
     item.insert("items".into(), n(c.items));
     item.insert("bytes".into(), n(c.bytes));
     item.insert("rejected".into(), n(c.rejected));
+    item.insert("expired".into(), n(c.expired));
     item.insert("throttles".into(), n(c.throttles));
     if let Some(r) = c.rate {
         item.insert("rate".into(), n(r));
@@ -108,6 +109,7 @@ pub fn cursor_from_item(item: &Item) -> Option<Cursor> {
         items: num("items").unwrap_or(0),
         bytes: num("bytes").unwrap_or(0),
         rejected: num("rejected").unwrap_or(0),
+        expired: num("expired").unwrap_or(0),
         throttles: num("throttles").unwrap_or(0),
         rate: item.get("rate").and_then(|v| v.as_n().ok()).and_then(|r| r.parse().ok()),
         samples: item
@@ -184,6 +186,7 @@ mod tests {
         c.items = 10;
         c.bytes = 1000;
         c.rejected = 1;
+        c.expired = 2;
         c.samples = vec![RejectedItem { key: "{}".into(), reason: "r".into() }];
         c.updated_at = Some(DateTime::parse_from_rfc3339("2026-11-25T10:00:00.123456Z").unwrap().with_timezone(&Utc));
         c.owner = Some("copy-1".into());

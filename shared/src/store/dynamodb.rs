@@ -221,6 +221,7 @@ impl DynamoStore {
             .expression_attribute_names("#items", "items")
             .expression_attribute_names("#bytes", "bytes")
             .expression_attribute_names("#rejected", "rejected")
+            .expression_attribute_names("#expired", "expired")
             .expression_attribute_names("#throttles", "throttles")
             .expression_attribute_names("#key", "last_key")
             .expression_attribute_names("#by", "committed_by")
@@ -236,6 +237,7 @@ impl DynamoStore {
             .expression_attribute_values(":items", n(c.items))
             .expression_attribute_values(":bytes", n(c.bytes))
             .expression_attribute_values(":rejected", n(c.rejected))
+            .expression_attribute_values(":expired", n(c.expired))
             .expression_attribute_values(":throttles", n(c.throttles));
         if let Some(pass) = c.pass {
             set.push("#pass = :pass");
@@ -273,7 +275,7 @@ impl DynamoStore {
             _ => ", #key",
         };
         let expr = format!(
-            "SET {} ADD #items :items, #bytes :bytes, #rejected :rejected, #throttles :throttles REMOVE #owner, #lease{remove}",
+            "SET {} ADD #items :items, #bytes :bytes, #rejected :rejected, #expired :expired, #throttles :throttles REMOVE #owner, #lease{remove}",
             set.join(", ")
         );
         self.run(update.update_expression(expr), &format!("committing slice {} of segment {}", c.seq, c.segment)).await
@@ -827,7 +829,8 @@ impl JobStore for DynamoStore {
 }
 
 /// The job item's counters, set from a [`Progress`] by [`progress_values`].
-const PROGRESS_SET: [&str; 7] = [
+const PROGRESS_SET: [&str; 8] = [
+    "items_expired = :expired",
     "phase = :phase",
     "items_copied = :items",
     "bytes_copied = :bytes",
@@ -837,8 +840,9 @@ const PROGRESS_SET: [&str; 7] = [
     "segments_done = :done",
 ];
 
-fn progress_values(p: &Progress) -> [(&'static str, AttributeValue); 7] {
+fn progress_values(p: &Progress) -> [(&'static str, AttributeValue); 8] {
     [
+        (":expired", n(p.expired)),
         (":phase", serde_dynamo::to_attribute_value(p.phase).expect("serializes")),
         (":items", n(p.items)),
         (":bytes", n(p.bytes)),

@@ -68,6 +68,7 @@ impl StoreState {
         cursor.items += c.items;
         cursor.bytes += c.bytes;
         cursor.rejected += c.rejected;
+        cursor.expired += c.expired;
         cursor.throttles += c.throttles;
         if c.rate.is_some() {
             cursor.rate = c.rate;

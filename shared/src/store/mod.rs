@@ -38,6 +38,8 @@ pub struct SliceCommit {
     pub rejected: u64,
     /// Writes the target throttled during the slice.
     pub throttles: u64,
+    /// Expired items the slice left out (`--skip-expired`).
+    pub expired: u64,
     /// Samples to keep on the cursor (the store keeps at most [`crate::model::MAX_REJECTED_SAMPLES`]).
     pub samples: Vec<RejectedItem>,
     pub at: DateTime<Utc>,
