@@ -31,6 +31,9 @@ RUNNER=$!
 trap 'kill $RUNNER 2>/dev/null || true' EXIT
 
 JOB="demo-$(date +%Y%m%d-%H%M%S)"
+step "tablecopy plan --source-table $SOURCE --target-table $TARGET"
+"$BIN/tablecopy" plan --source-table "$SOURCE" --target-table "$TARGET"
+
 step "tablecopy create --job-name $JOB --source-table $SOURCE --target-table $TARGET"
 "$BIN/tablecopy" create --job-name "$JOB" --source-table "$SOURCE" --target-table "$TARGET" --output json >/dev/null
 echo "created"
@@ -38,7 +41,7 @@ echo "created"
 step "tablecopy watch --job-name $JOB"
 "$BIN/tablecopy" watch --job-name "$JOB" >/dev/null
 
-step "Verifying: every item of $SOURCE is in $TARGET, attribute by attribute"
+step "Cross-checking the job's own verification: every item of $SOURCE is in $TARGET, attribute by attribute"
 "$BIN/demo" verify --source "$SOURCE" --target "$TARGET"
 
 step "tablecopy show --job-name $JOB"

@@ -63,7 +63,12 @@ async fn main() -> Result<()> {
         let job = format!("scale-{segments}");
         let name = JobName::parse(&job)?;
         let started = Instant::now();
-        let req = CreateJobRequest { parallelism: Some(segments), ..tests::request(&job, &src, &dst) };
+        // The copy's commit path alone (`make bench` reports the verification phase).
+        let req = CreateJobRequest {
+            parallelism: Some(segments),
+            verify: shared::model::VerifyMode::None,
+            ..tests::request(&job, &src, &dst)
+        };
         create_job(&w.deps, req).await?;
         // The job item's size, sampled while the job runs and once at its end.
         let peak = Arc::new(AtomicU64::new(0));

@@ -177,11 +177,11 @@ async fn skip_expired_leaves_out_items_whose_ttl_passed_and_counts_them() -> Res
         .attribute_name("expires_at")
         .build()?;
     w.ddb.update_time_to_live().table_name(&src).time_to_live_specification(ttl).send().await?;
-    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).timestamp();
+    let later = (chrono::Utc::now() + chrono::Duration::days(30)).timestamp();
     let items = (0..300)
         .map(|i| {
             let mut it = sample_item(i, None);
-            let at = if i % 3 == 0 { 1_000 } else { tomorrow };
+            let at = if i % 3 == 0 { 1_000 } else { later };
             it.insert("expires_at".into(), AttributeValue::N(at.to_string()));
             it
         })
@@ -199,7 +199,7 @@ async fn skip_expired_leaves_out_items_whose_ttl_passed_and_counts_them() -> Res
     assert!(v.matched() && v.skipped == 100, "{v:?}");
     let copied = scan_all(&w.ddb, &dst).await?;
     assert_eq!(copied.len(), 200);
-    assert!(copied.iter().all(|i| i["expires_at"] == AttributeValue::N(tomorrow.to_string())));
+    assert!(copied.iter().all(|i| i["expires_at"] == AttributeValue::N(later.to_string())));
     w.cleanup(&[&src, &dst]).await;
     Ok(())
 }
@@ -327,8 +327,8 @@ async fn bad_requests_get_clear_errors_and_leave_nothing_behind() -> Result<()> 
 #[tokio::test]
 async fn create_warns_of_a_target_that_is_not_empty_and_of_ttl_the_target_lacks() -> Result<()> {
     let w = World::new("warn").await?;
-    let (src, dst, clean) = (unique("warn-src"), unique("warn-dst"), unique("warn-clean"));
-    for t in [&src, &dst, &clean] {
+    let (src, dst, clean, plain) = (unique("warn-src"), unique("warn-dst"), unique("warn-clean"), unique("warn-plain"));
+    for t in [&src, &dst, &clean, &plain] {
         create_table(&w.ddb, t, ("pk", T::S), None).await?;
     }
     w.ddb
@@ -350,9 +350,12 @@ async fn create_warns_of_a_target_that_is_not_empty_and_of_ttl_the_target_lacks(
     let [not_empty, ttl] = job.warnings.as_slice() else { panic!("two warnings: {:?}", job.warnings) };
     assert!(not_empty.starts_with(&format!("the target {dst} is not empty")), "{not_empty}");
     assert!(ttl.contains(&format!("aws dynamodb update-time-to-live --table-name {dst} --time-to-live-specification Enabled=true,AttributeName=expires_at")), "{ttl}");
-    let quiet = create_job(&w.deps, request("quiet", &dst, &clean)).await?;
+    // A table another unfinished job writes is no job's source.
+    let err = create_job(&w.deps, request("reads-a-target", &dst, &clean)).await.unwrap_err().to_string();
+    assert!(err.starts_with(r#"job "warned" (Running) copies "#), "{err}");
+    let quiet = create_job(&w.deps, request("quiet", &plain, &clean)).await?;
     assert_eq!((quiet.target_empty_at_start, quiet.warnings.len(), quiet.spec.source_ttl), (Some(true), 0, None));
-    w.cleanup(&[&src, &dst, &clean]).await;
+    w.cleanup(&[&src, &dst, &clean, &plain]).await;
     Ok(())
 }
 

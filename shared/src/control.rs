@@ -261,6 +261,7 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
                         missing: 0,
                         different: 0,
                         extra: 0,
+                        collisions: 0,
                         samples: vec![],
                         ..c.check.clone().unwrap_or_default()
                     },
@@ -502,5 +503,9 @@ pub fn slice_message(
             .clone()
             .filter(|_| job.spec.skip_expired)
             .map(|attribute| ExpiryCut { attribute, before: job.started_at.unwrap_or_else(Utc::now).timestamp() }),
+        unsettled: job.spec.source_ttl.clone().filter(|_| !pass.is_copy()).map(|attribute| ExpiryCut {
+            attribute,
+            before: (job.verify_started_at.unwrap_or_else(Utc::now) + chrono::Duration::days(1)).timestamp(),
+        }),
     }
 }

@@ -68,6 +68,11 @@ pub struct CopyChunk {
     /// (nor compared), and are counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_expired: Option<ExpiryCut>,
+    /// Verifying, repairing and locating slices of a source with TTL: items whose TTL falls
+    /// before this cut (a day after the verification began) may be deleted by DynamoDB from
+    /// either table at any moment, so they are compared on neither side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsettled: Option<ExpiryCut>,
 }
 
 /// Items whose TTL attribute (a number of seconds since the epoch, as DynamoDB TTL reads it)

@@ -63,11 +63,11 @@ pub fn budget(spec: &JobSpec) -> Option<f64> {
     }
 }
 
-/// The budget that paces a pass: the copy's both rates, the verification's (which writes
-/// nothing) the read rate alone.
+/// The budget that paces a pass: both rates for the passes that write (the copy, the
+/// repair), the read rate alone for those that only read.
 pub fn for_pass(spec: &JobSpec, pass: Pass) -> JobSpec {
     match pass {
-        Pass::Copy => spec.clone(),
+        Pass::Copy | Pass::RepairSource | Pass::RepairTarget => spec.clone(),
         _ => JobSpec { max_write_rate: None, ..spec.clone() },
     }
 }
@@ -140,6 +140,18 @@ mod tests {
             repair: false,
             skip_expired: false,
         }
+    }
+
+    #[test]
+    fn the_passes_that_write_keep_the_write_budget_and_the_others_only_the_read_budget() {
+        let s = spec(Some(40), Some(500));
+        for pass in [Pass::Copy, Pass::RepairSource, Pass::RepairTarget] {
+            assert_eq!(budget(&for_pass(&s, pass)), Some(40.0), "{pass:?}");
+        }
+        for pass in [Pass::VerifySource, Pass::VerifyTarget, Pass::LocateSource, Pass::LocateTarget] {
+            assert_eq!(budget(&for_pass(&s, pass)), Some(500.0), "{pass:?}");
+        }
+        assert_eq!(budget(&for_pass(&spec(Some(40), None), Pass::VerifySource)), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! a page cut at the deadline or by a stop leaves no trace, and the next slice reads it again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::{timeout_at, Instant};
 
@@ -51,15 +51,26 @@ pub async fn check_slice<T: Tables + ?Sized, C: SliceControl + ?Sized>(
     let mut position: Option<Item> = msg.start_key.clone().map(Into::into);
     let mut out = SliceOutcome { check: Some(check), ..Default::default() };
     let (mut read, mut read_bytes) = (0u64, 0u64);
+    // What the repair wrote, counted as it is written: a page cut at the deadline is read
+    // again by the next slice, which finds it repaired and writes (and counts) nothing.
+    let repairs = Repairs::default();
+    let finish = |mut out: SliceOutcome| {
+        if let Some(c) = out.check.as_mut() {
+            c.put += repairs.put.load(Ordering::Relaxed);
+            c.deleted += repairs.deleted.load(Ordering::Relaxed);
+        }
+        out.throttles = repairs.throttles.load(Ordering::Relaxed);
+        Some(out)
+    };
     let mut first = true;
     loop {
         if !first {
             if Instant::now() >= stop_at {
-                return Ok(Some(out.ended_at(position)));
+                return Ok(finish(out.ended_at(position)));
             }
             match control.proceed().await? {
                 Proceed::Go => {}
-                Proceed::Stop => return Ok(Some(out.ended_at(position))),
+                Proceed::Stop => return Ok(finish(out.ended_at(position))),
                 Proceed::Abandon => return Ok(None),
             }
         }
@@ -68,12 +79,12 @@ pub async fn check_slice<T: Tables + ?Sized, C: SliceControl + ?Sized>(
         let scan = tables.scan_page(table, msg.segment, msg.total_segments, position.clone(), limit);
         let page = match timeout_at(stop_at, scan).await {
             Ok(page) => page?,
-            Err(_) => return Ok(Some(out.ended_at(position))),
+            Err(_) => return Ok(finish(out.ended_at(position))),
         };
         let mut next = out.check.clone().unwrap_or_default();
-        match timeout_at(stop_at, add_page(tables, msg, &page.items, &mut next, tuning)).await {
+        match timeout_at(stop_at, add_page(tables, msg, &page.items, &mut next, tuning, &repairs)).await {
             Ok(done) => done?,
-            Err(_) => return Ok(Some(out.ended_at(position))),
+            Err(_) => return Ok(finish(out.ended_at(position))),
         }
         out.check = Some(next);
         read += page.items.len() as u64;
@@ -82,9 +93,17 @@ pub async fn check_slice<T: Tables + ?Sized, C: SliceControl + ?Sized>(
         position = page.last_key;
         if position.is_none() || read >= u64::from(msg.limits.max_items) || read_bytes >= msg.limits.max_bytes {
             out.next_key = position;
-            return Ok(Some(out));
+            return Ok(finish(out));
         }
     }
+}
+
+/// What a repairing slice wrote, and the throttled answers it met.
+#[derive(Default)]
+struct Repairs {
+    put: AtomicU64,
+    deleted: AtomicU64,
+    throttles: AtomicU64,
 }
 
 /// Add one page of the slice's table to the segment's verification state.
@@ -94,8 +113,12 @@ async fn add_page<T: Tables + ?Sized>(
     items: &[Item],
     check: &mut SegmentCheck,
     tuning: &Tuning,
+    repairs: &Repairs,
 ) -> Result<(), AwsError> {
     let in_buckets = |item: &Item| msg.buckets.contains(&(bucket_of(item, &msg.source_key) as u16));
+    // Items DynamoDB TTL may delete from either table while the verification runs are not
+    // compared on either side (see `CopyChunk::unsettled`).
+    let unsettled = |item: &Item| msg.unsettled.as_ref().is_some_and(|cut| cut.expired(item));
     match msg.pass {
         Pass::Copy => unreachable!("copy slices are the copy engine's"),
         Pass::VerifySource => {
@@ -103,30 +126,51 @@ async fn add_page<T: Tables + ?Sized>(
                 // The copy does not write what does not fit the target's key, nor what it left
                 // out as expired: not differences.
                 let expired = msg.skip_expired.as_ref().is_some_and(|cut| cut.expired(item));
-                if expired || msg.target_key.rejection(item).is_some() {
+                if expired || unsettled(item) || msg.target_key.rejection(item).is_some() {
                     check.skipped += 1;
                 } else {
                     check.source.add_item(item, &msg.source_key);
                 }
             }
         }
-        Pass::VerifyTarget => items.iter().for_each(|item| check.target.add_item(item, &msg.source_key)),
+        Pass::VerifyTarget => {
+            items.iter().filter(|i| !unsettled(i)).for_each(|item| check.target.add_item(item, &msg.source_key))
+        }
         Pass::LocateSource | Pass::RepairSource => {
             let copied = |i: &Item| {
-                msg.target_key.rejection(i).is_none() && !msg.skip_expired.as_ref().is_some_and(|cut| cut.expired(i))
+                msg.target_key.rejection(i).is_none()
+                    && !msg.skip_expired.as_ref().is_some_and(|cut| cut.expired(i))
+                    && !unsettled(i)
             };
             let wanted: Vec<&Item> = items.iter().filter(|i| in_buckets(i) && copied(i)).collect();
             let found = get_all(tables, &msg.target, &msg.target_key, &wanted, tuning).await?;
-            let mut repairs = vec![];
+            // A target item under an item's target key that carries another source key may be
+            // another source item's copy (a collision): those source items, to be sure.
+            let differing: Vec<(&Item, &Item)> = wanted
+                .iter()
+                .filter_map(|i| found.get(&render_key(&msg.target_key.key_of(i))).map(|t| (*i, t)))
+                .filter(|(i, t)| item_hash(t) != item_hash(i))
+                .collect();
+            let holders: Vec<&Item> = differing
+                .iter()
+                .filter(|(i, t)| {
+                    msg.source_key.rejection(t).is_none() && msg.source_key.key_of(t) != msg.source_key.key_of(i)
+                })
+                .map(|(_, t)| *t)
+                .collect();
+            let holders = get_all(tables, &msg.source, &msg.source_key, &holders, tuning).await?;
+            let mut to_write = vec![];
             for item in wanted {
                 let source_key = render_key(&msg.source_key.key_of(item));
                 let (kind, other) = match found.get(&render_key(&msg.target_key.key_of(item))) {
                     None => (MismatchKind::Missing, None),
                     Some(t) if item_hash(t) != item_hash(item) => {
-                        // The target item under this key is another source item's copy.
-                        let holder = render_key(&msg.source_key.key_of(t));
-                        match msg.source_key.rejection(t) {
-                            None if holder != source_key => (MismatchKind::Collision, Some(holder)),
+                        // A collision only if the target item is exactly its holder's copy.
+                        let holder_key = render_key(&msg.source_key.key_of(t));
+                        match holders.get(&holder_key) {
+                            Some(h) if holder_key != source_key && item_hash(h) == item_hash(t) => {
+                                (MismatchKind::Collision, Some(holder_key))
+                            }
                             _ => (MismatchKind::Different, None),
                         }
                     }
@@ -135,18 +179,17 @@ async fn add_page<T: Tables + ?Sized>(
                 check.found_with(kind, source_key, other);
                 // Writing one of two colliding items over the other would only swap them.
                 if kind != MismatchKind::Collision {
-                    repairs.push(item.clone());
+                    to_write.push(item.clone());
                 }
             }
-            if msg.pass == Pass::RepairSource && !repairs.is_empty() {
+            if msg.pass == Pass::RepairSource && !to_write.is_empty() {
                 // The source item as this strongly consistent Scan read it, written whole.
-                let throttles = AtomicU64::new(0);
-                let written = write_page(tables, msg, repairs, tuning, &throttles).await?;
-                check.put += written.items_written;
+                let written = write_page(tables, msg, to_write, tuning, &repairs.throttles).await?;
+                repairs.put.fetch_add(written.items_written, Ordering::Relaxed);
             }
         }
         Pass::LocateTarget | Pass::RepairTarget => {
-            let wanted: Vec<&Item> = items.iter().filter(|i| in_buckets(i)).collect();
+            let wanted: Vec<&Item> = items.iter().filter(|i| in_buckets(i) && !unsettled(i)).collect();
             let keyed: Vec<&Item> = wanted.iter().copied().filter(|t| msg.source_key.rejection(t).is_none()).collect();
             let found = get_all(tables, &msg.source, &msg.source_key, &keyed, tuning).await?;
             for t in wanted {
@@ -162,7 +205,7 @@ async fn add_page<T: Tables + ?Sized>(
                     check.found(MismatchKind::Extra, render_key(&msg.source_key.key_of(t)));
                     if msg.pass == Pass::RepairTarget && msg.delete_extra {
                         delete(tables, &msg.target, msg.target_key.key_of(t), tuning).await?;
-                        check.deleted += 1;
+                        repairs.deleted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }

@@ -139,7 +139,7 @@ fn segments(job: &Job) -> String {
 }
 
 /// What the verification read and found (or what it is doing, from the cursors).
-fn verification_rows(job: &Job, cursors: Option<&[Cursor]>) -> Vec<(&'static str, String)> {
+fn verification_rows(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> Vec<(&'static str, String)> {
     let read = |what: &str, v: &Verification| {
         format!(
             "{what}: {} items ({}) of {}, {} items ({}) of {}, strongly consistent scans",
@@ -165,6 +165,11 @@ fn verification_rows(job: &Job, cursors: Option<&[Cursor]>) -> Vec<(&'static str
         };
     };
     let mut rows = vec![("Verification", v.summary()), ("Verification read", read("read", v))];
+    if let Some(ms) = job.verify_ms(now) {
+        let items = v.source.items + v.target.items;
+        let rate = if ms > 0 { items as f64 * 1000.0 / ms as f64 } else { 0.0 };
+        rows.push(("Verification time", format!("{} ({rate:.0} items read/s)", duration(ms))));
+    }
     if job.spec.repair || v.repaired_put + v.repaired_deleted > 0 {
         let repair = if v.matched() {
             "on (nothing to repair)".to_string()
@@ -243,7 +248,17 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
             ),
         ),
         ("Items copied", thousands(job.items_copied)),
-        ("Items/s", job.items_per_second(now).map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into())),
+        (
+            "Items/s",
+            job.items_per_second(now)
+                .map(|r| {
+                    format!(
+                        "{r:.0} (copy phase{})",
+                        job.copy_ms(now).map(|ms| format!(", {}", duration(ms))).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_else(|| "-".into()),
+        ),
         ("Bytes", bytes(job.bytes_copied)),
         ("Rate budget", budget(job, cursors)),
         ("Throttled writes", format!("{} (each retried with backoff)", thousands(job.throttles))),
@@ -252,7 +267,7 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
     for r in job.rejected_samples.iter().take(5) {
         rows.push(("  sample", format!("{} — {}", r.key, r.reason)));
     }
-    rows.extend(verification_rows(job, cursors));
+    rows.extend(verification_rows(job, cursors, now));
     rows.extend([
         ("Segments", segments(job)),
         ("Slices", slices(job)),

@@ -139,6 +139,25 @@ pub async fn check_create<S: ControlStore, Q: Outbox, T: Tables>(
         table: table.to_string(),
         region: deps.config.region.clone(),
     };
+    // A table another unfinished job writes is no other job's source (it would change while
+    // read and verified), and a repairing job's target has no other writer (its repair would
+    // delete the other's items, or the other overwrite what it verified).
+    let sched = deps.store.scheduler().await?;
+    for entry in sched.running.iter().chain(&sched.queued).filter(|e| e.job != name) {
+        if let Some(other) = deps.store.get_job(&entry.job).await?.filter(|j| !j.status.is_final()) {
+            let (s, t) = (&other.spec.source, &other.spec.target);
+            let shared_repaired_target = t == &target && (req.repair || other.spec.repair);
+            if shared_repaired_target || t == &source || s == &target {
+                return Err(InvalidInput(format!(
+                    "job {:?} ({}) copies {s} into {t}: a table a job writes is no other job's source, and a job with --repair is its target's only writer, until it ends. Wait for it to end, or cancel it (tablecopy cancel --job-name {})",
+                    other.name.as_str(),
+                    other.status_label(),
+                    other.name
+                ))
+                .into());
+            }
+        }
+    }
     let source_info = deps.tables.describe(&source).await?.ok_or_else(|| not_found("source", &source))?;
     let target_info = deps.tables.describe(&target).await?.ok_or_else(|| not_found("target", &target))?;
     if req.skip_expired && source_info.ttl_attribute.is_none() {
@@ -191,14 +210,15 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
     req: CreateJobRequest,
     origin: Option<StackOrigin>,
 ) -> Result<Job, RequestError> {
-    let Checked { name, source, target, source_info, target_info, parallelism, target_empty, warnings } =
-        check_create(deps, &req).await?;
     let control = deps.control();
+    let name = JobName::parse(req.job_name.clone())?;
     if deps.store.get_job(&name).await?.is_some() {
         // A create delivered again after a crash may find its own job not started yet.
         control.schedule().await?;
         return Err(RequestError::JobExists(name.to_string()));
     }
+    let Checked { name, source, target, source_info, target_info, parallelism, target_empty, warnings } =
+        check_create(deps, &req).await?;
     // Jobs of an old write region are failed by `schedule` below, before any job starts.
     let region = control.current_region().await?;
 

@@ -56,8 +56,12 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
             if job.spec.verify == VerifyMode::Full {
                 match verified(&job, &cursors) {
                     Verdict::Begin(phase) => {
-                        if phase == Phase::Verifying {
-                            store.mark_verifying(&job.name, chrono::Utc::now()).await?;
+                        // The copy ends here: recorded once, before any segment verifies (a job
+                        // that changed meanwhile, e.g. paused, is read again).
+                        let unmarked = phase == Phase::Verifying && job.verify_started_at.is_none();
+                        if unmarked && !store.mark_verifying(&job.name, chrono::Utc::now()).await? {
+                            conflict_pause(attempt).await;
+                            continue;
                         }
                         control.begin_phase(&job, &cursors, phase).await?;
                         break;

@@ -1272,8 +1272,8 @@ async fn the_reconciler_repairs_an_interrupted_launch_a_stranded_pause_a_lost_fi
     create_job(&d, request("first", 1, OnItemError::Fail)).await.unwrap();
     drain(&d, 0, false).await;
     assert_eq!(job(&d, "first").status, JobStatus::Completed);
-    // The insert reads the scheduler (fine); the scheduling after it is throttled.
-    d.store.script("scheduler", [None, Some(crate::error::ErrorKind::Throttled)]);
+    // The checks and the insert read the scheduler (fine); the scheduling after it is throttled.
+    d.store.script("scheduler", [None, None, Some(crate::error::ErrorKind::Throttled)]);
     let err = create_job(&d, request("second", 1, OnItemError::Fail)).await.unwrap_err().to_string();
     assert!(err.contains("was recorded but could not be started yet"), "{err}");
     assert_eq!(job(&d, "second").status, JobStatus::Queued);
@@ -2115,7 +2115,7 @@ async fn create_refuses_a_job_whose_source_sample_holds_items_the_target_cannot_
 #[tokio::test]
 async fn skip_expired_leaves_out_items_whose_ttl_passed_before_the_job_and_counts_them() {
     let d = world(30, &[]);
-    let soon = (chrono::Utc::now() + chrono::Duration::days(1)).timestamp();
+    let later = (chrono::Utc::now() + chrono::Duration::days(30)).timestamp();
     {
         let mut tables = target_items(&d);
         let src = tables.get_mut(&crate::model::TableName::parse("src").unwrap()).unwrap();
@@ -2123,7 +2123,7 @@ async fn skip_expired_leaves_out_items_whose_ttl_passed_before_the_job_and_count
         for (i, it) in src.items.values_mut().enumerate() {
             match i {
                 0..10 => it.insert("expires_at".into(), AttributeValue::N("1000".into())),
-                10..20 => it.insert("expires_at".into(), AttributeValue::N(soon.to_string())),
+                10..20 => it.insert("expires_at".into(), AttributeValue::N(later.to_string())),
                 // Not a number: TTL ignores it.
                 _ => it.insert("expires_at".into(), AttributeValue::S("1000".into())),
             };
@@ -2158,4 +2158,95 @@ async fn skip_expired_leaves_out_items_whose_ttl_passed_before_the_job_and_count
     create_job(&d, request("as-is", 1, OnItemError::Fail)).await.unwrap();
     drain(&d, 4, false).await;
     assert_eq!((job(&d, "as-is").items_copied, job(&d, "as-is").items_expired), (5, 0));
+}
+
+#[tokio::test]
+async fn a_collision_with_repair_is_counted_once_and_never_written_over_its_twin() {
+    let d = world(40, &[]);
+    let req = CreateJobRequest { repair: true, ..request("collide-repair", 2, OnItemError::Fail) };
+    create_job(&d, req).await.unwrap();
+    add_to_source(&d, colliding_item());
+    drain(&d, 13, true).await;
+    let j = job(&d, "collide-repair");
+    let e = j.error.clone().unwrap();
+    assert_eq!(e.code, "TargetKeyCollision", "{}", e.message);
+    assert!(e.message.starts_with("1 source item(s)"), "counted once: {}", e.message);
+    assert_eq!(j.verification.unwrap().repaired_put, 0, "neither twin is written over the other");
+}
+
+#[tokio::test]
+async fn a_target_item_carrying_another_source_key_but_not_its_content_is_different_not_a_collision() {
+    let d = world(30, &[]);
+    // With skip, a collision is reported and allowed: a wrong item must not pass as one.
+    create_job(&d, request("impostor", 2, OnItemError::Skip)).await.unwrap();
+    drain_tampering(&d, |d| {
+        let mut tables = target_items(d);
+        let t = tables.get_mut(&dst()).unwrap();
+        let key = render_key(&extra_key(&item(5)));
+        let it = t.items.get_mut(&key).unwrap();
+        it.insert("pk".into(), AttributeValue::S("o-0006".into()));
+    })
+    .await;
+    let j = job(&d, "impostor");
+    assert_eq!(j.status, JobStatus::Failed);
+    let v = j.verification.unwrap();
+    assert_eq!((v.different, v.collisions), (1, 0), "{v:?}");
+}
+
+#[tokio::test]
+async fn a_job_with_repair_is_its_targets_only_writer_and_no_job_reads_a_table_being_written() {
+    let d = world(10, &[]);
+    {
+        let mut tables = target_items(&d);
+        let key = tables[&dst()].key.clone();
+        tables.insert(
+            crate::model::TableName::parse("other").unwrap(),
+            crate::fakes::FakeTable { key, ttl_attribute: None, items: Default::default() },
+        );
+    }
+    create_job(&d, CreateJobRequest { repair: true, ..request("a", 1, OnItemError::Fail) }).await.unwrap();
+    let cases = [
+        CreateJobRequest { ..request("into-the-same", 1, OnItemError::Fail) },
+        CreateJobRequest {
+            source_table: "dst".into(),
+            target_table: "other".into(),
+            ..request("from-its-target", 1, OnItemError::Fail)
+        },
+    ];
+    for req in cases {
+        let err = create_job(&d, req).await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(r#"job "a" (Running) copies src into dst: "#)
+                && err.contains("tablecopy cancel --job-name a"),
+            "{err}"
+        );
+    }
+    assert_eq!(d.store.state.lock().unwrap().jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn items_ttl_may_delete_during_the_verification_are_compared_on_neither_side() {
+    let d = world(30, &[]);
+    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).timestamp();
+    {
+        let mut tables = target_items(&d);
+        let src = tables.get_mut(&crate::model::TableName::parse("src").unwrap()).unwrap();
+        src.ttl_attribute = Some("expires_at".into());
+        for it in src.items.values_mut().take(5) {
+            it.insert("expires_at".into(), AttributeValue::N(in_an_hour.to_string()));
+        }
+    }
+    create_job(&d, request("ttl-race", 2, OnItemError::Fail)).await.unwrap();
+    // DynamoDB TTL deletes one of them from the source after the copy, before the verification.
+    drain_tampering(&d, |d| {
+        let mut tables = target_items(d);
+        let src = tables.get_mut(&crate::model::TableName::parse("src").unwrap()).unwrap();
+        let doomed = src.items.iter().find(|(_, i)| i.contains_key("expires_at")).map(|(k, _)| k.clone()).unwrap();
+        src.items.remove(&doomed);
+    })
+    .await;
+    let j = job(&d, "ttl-race");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    let v = j.verification.unwrap();
+    assert_eq!((v.source.items, v.target.items, v.skipped), (25, 25, 4), "{v:?}");
 }
