@@ -13,8 +13,8 @@ use shared::error::{AwsError, ErrorKind};
 use shared::handlers::{cancel_job, create_job, pause_job, resume_job, CreateJobRequest, Deps};
 use shared::messages::encode;
 use shared::model::{
-    Cursor, Item, Job, JobName, JobSpec, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError, Pass, Phase,
-    StatusChange, TableName, VerifyMode,
+    Cursor, Item, Job, JobName, JobSpec, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError, Phase, StatusChange,
+    TableName, VerifyMode,
 };
 use shared::queue::{Outbox, QueueKind, SqsOutbox};
 use shared::scheduler::Entry;
@@ -30,21 +30,21 @@ fn name(s: &str) -> JobName {
 /// The first slice of every segment of `job`, as its start sent it.
 async fn first_slices(w: &World, job: &str) -> Result<Vec<String>> {
     let j = w.deps.store.get_job(&name(job)).await?.expect("job");
-    let limits = w.deps.config.tuning.slice;
+    let tuning = &w.deps.config.tuning;
     Ok((0..j.spec.parallelism)
-        .map(|segment| encode(&slice_message(&j, segment, Pass::Copy, 0, None, limits, None)))
+        .map(|segment| encode(&slice_message(&j, &Cursor::start(segment), 0, None, tuning, None)))
         .collect())
 }
 
 /// The slice every unfinished segment of `job` expects next (as a late launch would send it).
 async fn next_slices(w: &World, job: &str) -> Result<Vec<String>> {
     let j = w.deps.store.get_job(&name(job)).await?.expect("job");
-    let limits = w.deps.config.tuning.slice;
+    let tuning = &w.deps.config.tuning;
     let cursors = w.deps.store.cursors(&j.name).await?;
     Ok(cursors
         .iter()
         .filter(|c| !c.done)
-        .map(|c| encode(&slice_message(&j, c.segment, c.pass, c.seq, c.last_key.clone(), limits, None)))
+        .map(|c| encode(&slice_message(&j, c, c.seq, c.last_key.clone(), tuning, None)))
         .collect())
 }
 
@@ -244,6 +244,7 @@ async fn duplicated_and_reordered_checkpoint_messages_count_every_item_once() ->
         tables: d.tables.clone(),
         responder: d.responder.clone(),
         events: d.events.clone(),
+        streams: d.streams.clone(),
         config: d.config.clone(),
     });
     let runner = w.start_runner_with(chaos, runner_opts());
@@ -351,6 +352,8 @@ fn recorded(job: &str, src: &str, dst: &str, parallelism: u32) -> (Job, Vec<Curs
             verify: VerifyMode::Full,
             repair: false,
             skip_expired: false,
+            mode: Default::default(),
+            stream: None,
             source_key: KeySchema { partition: attr("pk", KeyType::S), sort: None },
             target_key: KeySchema { partition: attr("customer", KeyType::S), sort: Some(attr("order_no", KeyType::N)) },
         },
@@ -385,6 +388,9 @@ fn recorded(job: &str, src: &str, dst: &str, parallelism: u32) -> (Job, Vec<Curs
         phase: Phase::Copying,
         verify_started_at: None,
         verification: None,
+        replay_from: None,
+        complete_requested_at: None,
+        replay: None,
     };
     (job, (0..parallelism).map(Cursor::start).collect())
 }

@@ -157,6 +157,7 @@ impl World {
             tables: d.tables.clone(),
             responder: d.responder.clone(),
             events: d.events.clone(),
+            streams: d.streams.clone(),
             config: d.config.clone(),
         })
     }

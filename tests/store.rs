@@ -43,6 +43,8 @@ fn job(name: &str) -> Job {
             verify: VerifyMode::Full,
             repair: false,
             skip_expired: false,
+            mode: Default::default(),
+            stream: None,
             source_key: schema.clone(),
             target_key: schema,
         },
@@ -77,6 +79,9 @@ fn job(name: &str) -> Job {
         phase: Phase::Copying,
         verify_started_at: None,
         verification: None,
+        replay_from: None,
+        complete_requested_at: None,
+        replay: None,
     }
 }
 
@@ -97,6 +102,7 @@ fn commit(segment: u32, seq: u64, next: Option<&str>, done: bool, items: u64, sa
         rate: (seq == 2).then_some(12.5),
         pass: None,
         check: None,
+        shard: None,
     }
 }
 

@@ -95,7 +95,13 @@ pub struct Tuning {
     /// `WORKERS`: copy-chunk invocations that run at once (the template's `Workers`; the local
     /// runner's `--concurrency`). Paced slices grow with the segments each worker serves.
     pub workers: u32,
+    /// `DRAIN_SETTLE_SECONDS`: after `complete`, a shard of an online job's stream is drained by
+    /// a read at its tip (no record) this long after `complete` or later.
+    pub drain_settle: Duration,
 }
+
+/// How long after `complete` an online job's shards drain, when nothing says otherwise.
+pub const DRAIN_SETTLE_SECONDS: u64 = 10;
 
 /// The copy-chunk queue's visibility timeout when nothing says otherwise (the template's).
 pub const COPY_CHUNK_VISIBILITY_TIMEOUT: u64 = 900;
@@ -111,6 +117,7 @@ impl Default for Tuning {
             copy_visibility: Duration::from_secs(COPY_CHUNK_VISIBILITY_TIMEOUT),
             launch_grace: Duration::from_secs(30),
             workers: 4,
+            drain_settle: Duration::from_secs(DRAIN_SETTLE_SECONDS),
         }
     }
 }
@@ -148,6 +155,7 @@ impl Tuning {
             )?),
             launch_grace: d.launch_grace,
             workers: env_or("WORKERS", d.workers)?.max(1),
+            drain_settle: Duration::from_secs(env_or("DRAIN_SETTLE_SECONDS", DRAIN_SETTLE_SECONDS)?),
         })
     }
 }

@@ -14,15 +14,17 @@
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use crate::config::Config;
+use crate::config::{Config, Tuning};
 use crate::error::AwsError;
 use crate::events::{EventBus, JobStateChange};
-use crate::messages::{encode, CopyChunk, ExpiryCut, Finalize, SliceLimits, VERSION};
+use crate::lineage;
+use crate::messages::{encode, CopyChunk, ExpiryCut, Finalize, VERSION};
 use crate::model::{
     Cursor, Item, Job, JobError, JobName, JobStatus, Pass, Phase, Progress, SegmentCheck, StackOrigin, Verification,
 };
 use crate::pacing::{self, Pace};
 use crate::queue::{Outbox, QueueKind};
+use crate::replay;
 use crate::rules::{sync_applies, wants_stop};
 use crate::store::{conflict_pause, Applied, ControlStore, Transition};
 
@@ -217,22 +219,33 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         if job.all_done(&cursors) {
             return self.send_finalize(&job.name).await;
         }
-        let idle: Vec<&Cursor> = cursors.iter().filter(|c| c.parked && !c.done && !c.stop).collect();
+        let idle: Vec<&Cursor> =
+            cursors.iter().filter(|c| c.parked && !c.done && !c.stop && lineage::ready(c, &cursors)).collect();
         if idle.is_empty() {
             return Ok(());
         }
-        let limits = self.config.tuning.slice;
-        let unfinished = cursors.iter().filter(|c| !c.done).count() as u32;
+        let unfinished = cursors.iter().filter(|c| !c.done && c.shard.is_none()).count() as u32;
         let now = Utc::now();
-        let bodies = idle
-            .iter()
-            .map(|c| {
-                let pace =
-                    pacing::start(&pacing::for_pass(&job.spec, c.pass), unfinished, self.config.tuning.workers, now);
-                encode(&slice_message(job, c.segment, c.pass, c.seq, c.last_key.clone(), limits, pace))
-            })
-            .collect();
-        self.outbox.send(QueueKind::CopyChunk, bodies).await?;
+        let mut bodies = vec![];
+        for c in &idle {
+            let pace = match c.shard {
+                Some(_) => None,
+                None => {
+                    pacing::start(&pacing::for_pass(&job.spec, c.pass), unfinished, self.config.tuning.workers, now)
+                }
+            };
+            let body = encode(&slice_message(job, c, c.seq, c.last_key.clone(), &self.config.tuning, pace));
+            // A replay waits until every snapshot slice has stopped writing.
+            match job.replay_from.filter(|_| c.shard.is_some()).map(|t| (t - now).num_seconds() + 1) {
+                Some(wait) if wait > 0 => {
+                    self.outbox.send_delayed(QueueKind::CopyChunk, body, wait.min(900) as u32).await?
+                }
+                _ => bodies.push(body),
+            }
+        }
+        if !bodies.is_empty() {
+            self.outbox.send(QueueKind::CopyChunk, bodies).await?;
+        }
         let now = Utc::now();
         let marks: Vec<(u32, u64)> = idle.iter().map(|c| (c.segment, c.seq)).collect();
         stream::iter(marks)
@@ -393,7 +406,8 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
             let stale = job.launched_at.is_none_or(|at| now - at > grace);
             if job.status == JobStatus::Running && job.pending.is_none() && stale {
                 let cursors = self.store.cursors(&job.name).await?;
-                if cursors.iter().any(|c| !c.done && (c.parked || c.epoch < job.epoch)) {
+                let owed = |c: &Cursor| !c.done && ((c.parked && lineage::ready(c, &cursors)) || c.epoch < job.epoch);
+                if cursors.iter().any(owed) {
                     tracing::warn!(job = %job.name, "an interrupted launch is done again");
                     self.launch(&job).await?;
                 }
@@ -458,19 +472,19 @@ fn duration_ms(job: &Job, now: DateTime<Utc>) -> Option<u64> {
     job.started_at.map(|s| (now - s).num_milliseconds().max(0) as u64)
 }
 
-/// The copy-chunk message of a segment's slice `seq`, starting after `start_key`; a paced
-/// slice (`pace`) reads about as many items as last its span at its rate.
+/// The copy-chunk message of slice `seq` of `cursor`'s segment (or shard), starting after
+/// `start_key`; a paced slice (`pace`) reads about as many items as last its span at its rate.
 pub fn slice_message(
     job: &Job,
-    segment: u32,
-    pass: Pass,
+    cursor: &Cursor,
     seq: u64,
     start_key: Option<Item>,
-    deployment_limits: SliceLimits,
+    tuning: &Tuning,
     pace: Option<Pace>,
 ) -> CopyChunk {
+    let (segment, pass) = (cursor.segment, cursor.pass);
     // The job's own slice size; the deployment's only for jobs created before it was kept.
-    let mut limits = job.spec.slice.unwrap_or(deployment_limits);
+    let mut limits = job.spec.slice.unwrap_or(tuning.slice);
     if let Some(p) = &pace {
         limits.max_items = pacing::slice_items(p, limits.max_items);
     }
@@ -503,9 +517,12 @@ pub fn slice_message(
             .clone()
             .filter(|_| job.spec.skip_expired)
             .map(|attribute| ExpiryCut { attribute, before: job.started_at.unwrap_or_else(Utc::now).timestamp() }),
-        unsettled: job.spec.source_ttl.clone().filter(|_| !pass.is_copy()).map(|attribute| ExpiryCut {
-            attribute,
-            before: (job.verify_started_at.unwrap_or_else(Utc::now) + chrono::Duration::days(1)).timestamp(),
+        unsettled: job.spec.source_ttl.clone().filter(|_| !pass.is_copy() && pass != Pass::Replay).map(|attribute| {
+            ExpiryCut {
+                attribute,
+                before: (job.verify_started_at.unwrap_or_else(Utc::now) + chrono::Duration::days(1)).timestamp(),
+            }
         }),
+        shard: cursor.shard.as_ref().and_then(|s| replay::shard_read(job, s, tuning.drain_settle)),
     }
 }

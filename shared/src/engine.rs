@@ -13,7 +13,9 @@ use tokio::time::{timeout_at, Instant};
 use crate::config::Tuning;
 use crate::error::{AwsError, ErrorKind};
 use crate::messages::CopyChunk;
-use crate::model::{item_size, render_key, Item, RejectedItem, SegmentCheck, MAX_REJECTED_SAMPLES};
+use crate::model::{
+    item_size, render_key, Item, RejectedItem, SegmentCheck, ShardCursor, TableName, MAX_REJECTED_SAMPLES,
+};
 use crate::tables::{Tables, WriteError};
 
 /// BatchWriteItem's limit.
@@ -42,10 +44,12 @@ pub struct SliceOutcome {
     pub expired: u64,
     /// The segment's verification state after a verifying or locating slice (`None`: as it was).
     pub check: Option<SegmentCheck>,
+    /// A replay slice's shard cursor after it (`None`: as it was).
+    pub shard: Option<ShardCursor>,
 }
 
 impl SliceOutcome {
-    fn add(&mut self, page: SliceOutcome) {
+    pub(crate) fn add(&mut self, page: SliceOutcome) {
         self.items_written += page.items_written;
         self.bytes_written += page.bytes_written;
         self.rejected_count += page.rejected_count;
@@ -216,6 +220,27 @@ pub(crate) async fn write_page<T: Tables + ?Sized>(
         out.add(p);
     }
     Ok(out)
+}
+
+/// Delete one item (with `owner`, only while it holds those attribute values), retrying
+/// throttling with backoff.
+pub(crate) async fn delete<T: Tables + ?Sized>(
+    tables: &T,
+    table: &TableName,
+    key: Item,
+    owner: Option<Item>,
+    tuning: &Tuning,
+) -> Result<(), AwsError> {
+    let mut attempt = 0;
+    loop {
+        match tables.delete(table, key.clone(), owner.clone()).await {
+            Err(e) if e.is_retryable() && attempt + 1 < tuning.max_write_attempts => {
+                attempt += 1;
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn rejected(msg: &CopyChunk, item: &Item, reason: String) -> SliceOutcome {

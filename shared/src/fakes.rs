@@ -10,9 +10,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::error::{AwsError, ErrorKind};
-use crate::model::{render_key, Item, KeySchema, TableName};
+use crate::model::{render_key, Item, KeySchema, StreamSpec, StreamView, TableName};
 use crate::queue::{Outbox, QueueKind};
 use crate::responder::Responder;
+use crate::streams::{self, Position, Record, RecordPage, Shard, StreamState, Streams};
 use crate::tables::{ScanPage, TableInfo, Tables, WriteError};
 use aws_lambda_events::event::cloudformation::CloudFormationCustomResourceResponse;
 
@@ -75,6 +76,8 @@ pub struct FakeTable {
     pub ttl_attribute: Option<String>,
     /// Items by rendered key.
     pub items: BTreeMap<String, Item>,
+    /// Its stream, when enabled.
+    pub stream: Option<StreamSpec>,
 }
 
 #[derive(Default)]
@@ -101,7 +104,7 @@ impl FakeTables {
         self.tables
             .lock()
             .unwrap()
-            .insert(TableName::parse(name).unwrap(), FakeTable { key, ttl_attribute: None, items });
+            .insert(TableName::parse(name).unwrap(), FakeTable { key, ttl_attribute: None, items, stream: None });
     }
 
     pub fn items(&self, name: &str) -> Vec<Item> {
@@ -124,6 +127,7 @@ impl Tables for FakeTables {
             size_bytes: t.items.values().map(crate::model::item_size).sum(),
             ttl_attribute: t.ttl_attribute.clone(),
             provisioned: None,
+            stream: t.stream.clone(),
         }))
     }
 
@@ -210,10 +214,23 @@ impl Tables for FakeTables {
         Ok(unprocessed)
     }
 
-    async fn delete(&self, table: &TableName, key: Item) -> Result<(), AwsError> {
+    async fn delete(&self, table: &TableName, key: Item, owner: Option<Item>) -> Result<(), AwsError> {
         let mut tables = self.tables.lock().unwrap();
-        tables.get_mut(table).expect("table exists").items.remove(&render_key(&key));
+        let items = &mut tables.get_mut(table).expect("table exists").items;
+        let k = render_key(&key);
+        let owned = |item: &Item| owner.as_ref().is_none_or(|o| o.iter().all(|(a, v)| item.get(a) == Some(v)));
+        if items.get(&k).is_some_and(owned) {
+            items.remove(&k);
+        }
         Ok(())
+    }
+
+    async fn enable_stream(&self, table: &TableName) -> Result<String, AwsError> {
+        let mut tables = self.tables.lock().unwrap();
+        let t = tables.get_mut(table).expect("table exists");
+        let arn = format!("arn:fake:dynamodb:table/{table}/stream/1");
+        t.stream = Some(StreamSpec { arn: arn.clone(), view: StreamView::NewAndOldImages });
+        Ok(arn)
     }
 
     async fn put(&self, table: &TableName, item: Item) -> Result<(), WriteError> {
@@ -232,5 +249,197 @@ impl Tables for FakeTables {
         }
         t.items.insert(render_key(&t.key.key_of(&item)), item);
         Ok(())
+    }
+}
+
+/// An in-memory DynamoDB stream, following the service's rules: every change of one item
+/// goes to one shard lineage, in order (a key of a split parent goes on in one child); a
+/// closed shard's last read has no next iterator; an open shard at its tip answers no record
+/// with a next iterator; a position older than what the stream keeps is
+/// `TrimmedDataAccessException` (but the trim horizon silently starts at the oldest record
+/// left); iterators can expire. It produces what LocalStack cannot: splits, trimming, aged-out
+/// parents and expired iterators.
+pub struct FakeStream {
+    pub arn: String,
+    pub log: Mutex<StreamLog>,
+}
+
+pub struct StreamLog {
+    pub enabled: bool,
+    pub shards: Vec<FakeShard>,
+    /// GetRecords calls that answer `ExpiredIteratorException`.
+    pub expire_next: u32,
+    /// Records per GetRecords answer (the service's 1,000).
+    pub page: usize,
+    next_sequence: u64,
+    iterators: HashMap<String, (usize, usize)>,
+}
+
+pub struct FakeShard {
+    pub id: String,
+    pub parent: Option<String>,
+    pub records: Vec<Record>,
+    pub closed: bool,
+    /// Records before this index are trimmed.
+    pub trimmed: usize,
+    /// DescribeStream still lists it (a shard ages out 24 hours after it closed).
+    pub listed: bool,
+}
+
+impl FakeShard {
+    fn new(id: &str, parent: Option<&str>) -> Self {
+        Self { id: id.into(), parent: parent.map(Into::into), records: vec![], closed: false, trimmed: 0, listed: true }
+    }
+}
+
+impl FakeStream {
+    /// The stream of `table` in `tables` (enabled there, NEW_AND_OLD_IMAGES), with one open
+    /// shard, `shard-0`.
+    pub fn on(tables: &FakeTables, table: &str) -> Self {
+        let arn = format!("arn:fake:dynamodb:table/{table}/stream/1");
+        let spec = StreamSpec { arn: arn.clone(), view: StreamView::NewAndOldImages };
+        tables.tables.lock().unwrap().get_mut(&TableName::parse(table).unwrap()).expect("table exists").stream =
+            Some(spec);
+        let log = StreamLog {
+            enabled: true,
+            shards: vec![FakeShard::new("shard-0", None)],
+            expire_next: 0,
+            page: 1_000,
+            next_sequence: 1,
+            iterators: HashMap::new(),
+        };
+        Self { arn, log: Mutex::new(log) }
+    }
+
+    /// The application writes `item` to `table`: the table changes and the stream records it
+    /// (no record when the item is unchanged, as DynamoDB).
+    pub fn put(&self, tables: &FakeTables, table: &str, item: Item) {
+        let mut all = tables.tables.lock().unwrap();
+        let t = all.get_mut(&TableName::parse(table).unwrap()).expect("table exists");
+        let keys = t.key.key_of(&item);
+        let old = t.items.insert(render_key(&keys), item.clone());
+        if old.as_ref() != Some(&item) {
+            self.record(keys, Some(item), old, false);
+        }
+    }
+
+    /// The application deletes the item with `key` from `table`.
+    pub fn remove(&self, tables: &FakeTables, table: &str, key: Item) {
+        let mut all = tables.tables.lock().unwrap();
+        let t = all.get_mut(&TableName::parse(table).unwrap()).expect("table exists");
+        if let Some(old) = t.items.remove(&render_key(&key)) {
+            self.record(key, None, Some(old), true);
+        }
+    }
+
+    fn record(&self, keys: Item, new_image: Option<Item>, old_image: Option<Item>, remove: bool) {
+        let mut log = self.log.lock().unwrap();
+        let shard = log.shard_of(&render_key(&keys));
+        let sequence = format!("{:021}", log.next_sequence);
+        log.next_sequence += 1;
+        let at = chrono::Utc::now();
+        log.shards[shard].records.push(Record { sequence, at, remove, keys, new_image, old_image });
+    }
+
+    /// Close `parent` and open `children` under it (one: a rotation; two: a split).
+    pub fn split(&self, parent: &str, children: &[&str]) {
+        let mut log = self.log.lock().unwrap();
+        log.shards.iter_mut().find(|s| s.id == parent).expect("shard exists").closed = true;
+        for c in children {
+            log.shards.push(FakeShard::new(c, Some(parent)));
+        }
+    }
+
+    /// Trim the first `n` records of `shard` (older than 24 hours).
+    pub fn trim(&self, shard: &str, n: usize) {
+        let mut log = self.log.lock().unwrap();
+        let s = log.shards.iter_mut().find(|s| s.id == shard).expect("shard exists");
+        s.trimmed = n.min(s.records.len());
+    }
+
+    /// DescribeStream no longer lists `shard` (it aged out).
+    pub fn age_out(&self, shard: &str) {
+        self.log.lock().unwrap().shards.iter_mut().find(|s| s.id == shard).expect("shard exists").listed = false;
+    }
+}
+
+impl StreamLog {
+    /// The open shard a key's changes go to: down its lineage from a root, by hash at splits.
+    fn shard_of(&self, key: &str) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let h = h.finish() as usize;
+        let children = |id: Option<&str>| -> Vec<usize> {
+            (0..self.shards.len()).filter(|&i| self.shards[i].parent.as_deref() == id).collect()
+        };
+        let mut at = children(None)[h % children(None).len()];
+        while self.shards[at].closed {
+            let next = children(Some(&self.shards[at].id));
+            at = next[h % next.len()];
+        }
+        at
+    }
+
+    fn iterator(&mut self, shard: usize, position: usize) -> String {
+        let id = format!("iterator-{}", self.iterators.len());
+        self.iterators.insert(id.clone(), (shard, position));
+        id
+    }
+}
+
+fn stream_error(code: &str, what: &str) -> AwsError {
+    AwsError::new(ErrorKind::of_code(code), what.to_string(), code.to_string()).with_code(code)
+}
+
+#[async_trait]
+impl Streams for FakeStream {
+    async fn describe(&self, arn: &str) -> Result<StreamState, AwsError> {
+        if arn != self.arn {
+            return Err(stream_error("ResourceNotFoundException", "DescribeStream"));
+        }
+        let log = self.log.lock().unwrap();
+        let shards = log
+            .shards
+            .iter()
+            .filter(|s| s.listed)
+            .map(|s| Shard { id: s.id.clone(), parent: s.parent.clone() })
+            .collect();
+        Ok(StreamState { enabled: log.enabled, shards })
+    }
+
+    async fn iterator(&self, arn: &str, shard: &str, from: &Position) -> Result<String, AwsError> {
+        let mut log = self.log.lock().unwrap();
+        let Some(i) = log.shards.iter().position(|s| s.id == shard && s.listed).filter(|_| arn == self.arn) else {
+            return Err(stream_error("ResourceNotFoundException", "GetShardIterator"));
+        };
+        let s = &log.shards[i];
+        let position = match from {
+            Position::TrimHorizon => s.trimmed,
+            Position::After(seq) => match s.records.iter().position(|r| &r.sequence == seq) {
+                Some(p) if p >= s.trimmed => p + 1,
+                _ => return Err(stream_error(streams::TRIMMED, "GetShardIterator")),
+            },
+        };
+        Ok(log.iterator(i, position))
+    }
+
+    async fn records(&self, iterator: &str) -> Result<RecordPage, AwsError> {
+        let mut log = self.log.lock().unwrap();
+        if log.expire_next > 0 {
+            log.expire_next -= 1;
+            return Err(stream_error(streams::EXPIRED_ITERATOR, "GetRecords"));
+        }
+        let Some(&(shard, position)) = log.iterators.get(iterator) else {
+            return Err(stream_error(streams::EXPIRED_ITERATOR, "GetRecords"));
+        };
+        let s = &log.shards[shard];
+        if position < s.trimmed {
+            return Err(stream_error(streams::TRIMMED, "GetRecords"));
+        }
+        let end = (position + log.page).min(s.records.len());
+        let records = s.records[position..end].to_vec();
+        let last = s.closed && end == s.records.len();
+        let next = (!last).then(|| log.iterator(shard, end));
+        Ok(RecordPage { records, next })
     }
 }

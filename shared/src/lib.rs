@@ -4,7 +4,7 @@
 //! state machine ([`model`]), the rules that decide a segment's fate ([`rules`]), the
 //! scheduler ([`scheduler`]), the versioned messages ([`messages`]), the control-table store
 //! ([`store`]), the queues ([`queue`]), the user's tables ([`tables`]), the copy engine
-//! ([`engine`]), job control ([`control`]), CloudFormation's answers ([`responder`]), the
+//! ([`engine`]), online mode's stream ([`streams`]), shards ([`lineage`]) and replay ([`replay`]), job control ([`control`]), CloudFormation's answers ([`responder`]), the
 //! handlers ([`handlers`]) and the local runner ([`runner`]).
 
 pub mod checksum;
@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod handlers;
+pub mod lineage;
 pub mod logging;
 pub mod messages;
 pub mod metrics;
@@ -22,12 +23,14 @@ pub mod pacing;
 pub mod plan;
 pub mod preflight;
 pub mod queue;
+pub mod replay;
 pub mod responder;
 pub mod rules;
 pub mod runner;
 pub mod scheduler;
 pub mod stack;
 pub mod store;
+pub mod streams;
 pub mod tables;
 pub mod verify;
 

@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::model::{Item, JobError, JobName, KeySchema, OnItemError, Pass, RejectedItem, SegmentCheck, TableName};
+use crate::model::{
+    Item, JobError, JobName, KeySchema, OnItemError, Pass, RejectedItem, SegmentCheck, ShardCursor, TableName,
+};
 use crate::pacing::Pace;
 
 /// The message format version this build reads and writes.
@@ -73,6 +75,29 @@ pub struct CopyChunk {
     /// either table at any moment, so they are compared on neither side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsettled: Option<ExpiryCut>,
+    /// Online: the slice reads this shard of the source's stream (the replay pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardRead>,
+}
+
+/// Online: what a replay slice reads, and the job's bounds on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardRead {
+    /// The stream's ARN.
+    pub stream: String,
+    /// The shard's cursor as the slice's segment expects it: it reads after its sequence.
+    pub cursor: ShardCursor,
+    /// Records changed before this (the job's start less a margin) are skipped: the snapshot
+    /// read their effect.
+    pub since: DateTime<Utc>,
+    /// Nothing is written before this: every snapshot slice has stopped writing by then.
+    pub replay_from: DateTime<Utc>,
+    /// A read from the trim horizon of a shard whose parent was not read must start before
+    /// this, or the records the replay needs may have been trimmed (`StreamTrimmed`).
+    pub trim_by: DateTime<Utc>,
+    /// After `complete`: a read at the shard's tip after this drains it (its cursor is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_after: Option<DateTime<Utc>>,
 }
 
 /// Items whose TTL attribute (a number of seconds since the epoch, as DynamoDB TTL reads it)
@@ -137,6 +162,9 @@ pub struct ChunkResult {
     /// The segment's verification state after this slice (verifying and locating passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<SegmentCheck>,
+    /// A replay slice's shard cursor after it (`None`: unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardCursor>,
 }
 
 impl ChunkResult {
@@ -239,6 +267,7 @@ mod tests {
             items_read: 0,
             expired: 0,
             check: None,
+            shard: None,
         };
         let body = encode(&r);
         assert!(body.contains(r#""S":"a""#), "{body}");

@@ -171,6 +171,58 @@ pub enum OnItemError {
     Skip,
 }
 
+/// How a job copies: a snapshot of a quiet source, or a live one through its change feed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The source must not change while the job runs; the job completes by itself.
+    #[default]
+    Offline,
+    /// The application keeps writing to the source: the job copies a snapshot, then replays
+    /// the source's stream until `complete`, then verifies and repairs the target.
+    Online,
+}
+
+impl Mode {
+    pub fn is_offline(&self) -> bool {
+        *self == Mode::Offline
+    }
+}
+
+/// What a DynamoDB stream's records carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StreamView {
+    KeysOnly,
+    NewImage,
+    OldImage,
+    NewAndOldImages,
+}
+
+impl StreamView {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamView::KeysOnly => "KEYS_ONLY",
+            StreamView::NewImage => "NEW_IMAGE",
+            StreamView::OldImage => "OLD_IMAGE",
+            StreamView::NewAndOldImages => "NEW_AND_OLD_IMAGES",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [StreamView::KeysOnly, StreamView::NewImage, StreamView::OldImage, StreamView::NewAndOldImages]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+/// The source's stream an online job reads (the one enabled when the job was created).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSpec {
+    pub arn: String,
+    pub view: StreamView,
+}
+
 /// Whether a job verifies its target against its source before it completes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -202,6 +254,8 @@ pub enum Pass {
     RepairTarget,
     LocateSource,
     LocateTarget,
+    /// Online: a shard cursor's reads of the source's stream, applied to the target.
+    Replay,
 }
 
 impl Pass {
@@ -226,6 +280,8 @@ impl Pass {
             Pass::VerifySource | Pass::VerifyTarget => Phase::Verifying,
             Pass::RepairSource | Pass::RepairTarget => Phase::Repairing,
             Pass::LocateSource | Pass::LocateTarget => Phase::Locating,
+            // Shard cursors do not make the segments' phase (see `Progress::of`).
+            Pass::Replay => Phase::Copying,
         }
     }
 
@@ -243,6 +299,7 @@ impl Pass {
             Pass::RepairTarget => "repairTarget",
             Pass::LocateSource => "locateSource",
             Pass::LocateTarget => "locateTarget",
+            Pass::Replay => "replay",
         }
     }
 
@@ -255,6 +312,7 @@ impl Pass {
             Pass::RepairTarget,
             Pass::LocateSource,
             Pass::LocateTarget,
+            Pass::Replay,
         ]
         .into_iter()
         .find(|p| p.as_str() == s)
@@ -523,6 +581,11 @@ pub struct KeySchema {
 }
 
 impl KeySchema {
+    /// Every attribute of this key is an attribute of `other` (of the same type).
+    pub fn within(&self, other: &KeySchema) -> bool {
+        self.attributes().all(|a| other.attributes().any(|o| o == a))
+    }
+
     pub fn attributes(&self) -> impl Iterator<Item = &KeyAttribute> {
         std::iter::once(&self.partition).chain(self.sort.as_ref())
     }
@@ -672,6 +735,20 @@ pub struct JobSpec {
     /// Items whose TTL attribute (`source_ttl`) is before the job's start are left out.
     #[serde(default)]
     pub skip_expired: bool,
+    /// Offline, or online through the source's stream.
+    #[serde(default, skip_serializing_if = "Mode::is_offline")]
+    pub mode: Mode,
+    /// The stream an online job reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamSpec>,
+}
+
+impl JobSpec {
+    /// The target's key is made of source key attributes only: a source item keeps its
+    /// target key for life, and no two source items share one.
+    pub fn keyed_by_source(&self) -> bool {
+        self.target_key.within(&self.source_key)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -768,6 +845,31 @@ pub struct Job {
     /// the buckets it names) and with the final move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// Online: the snapshot's end, plus the longest a snapshot slice can still write: the
+    /// replay of the stream starts then, never before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_from: Option<DateTime<Utc>>,
+    /// Online: when `complete` was asked for (the shards drain, then the job verifies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_requested_at: Option<DateTime<Utc>>,
+    /// Online: what the replay did, summed from the shard cursors with the counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayProgress>,
+}
+
+/// Online: what the replay of the stream did and where it stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayProgress {
+    /// Stream records written to the target.
+    pub records_applied: u64,
+    /// Shards not read to their end (or drained) yet.
+    pub open_shards: u32,
+    pub shards: u32,
+    /// The worst lag of a shard, in milliseconds, as of the cursors' last commits: 0 for a
+    /// shard whose last read at its tip returned no record, else the age of the change
+    /// time of its last applied record (`None`: no shard read yet).
+    pub lag_ms: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -812,16 +914,35 @@ impl Job {
 }
 
 impl Job {
-    /// Every segment of the job is done (all its cursors exist and are done).
+    /// Every segment of the job is done (all its cursors exist and are done), and so is
+    /// every shard an online job reads.
     pub fn all_done(&self, cursors: &[Cursor]) -> bool {
-        cursors.len() == self.spec.parallelism as usize && cursors.iter().all(|c| c.done)
+        let segments = cursors.iter().filter(|c| c.shard.is_none()).count();
+        segments == self.spec.parallelism as usize && cursors.iter().all(|c| c.done)
+    }
+
+    /// Online: where the job stands before its verification.
+    pub fn online_stage(&self) -> Option<&'static str> {
+        if self.spec.mode.is_offline() || self.phase != Phase::Copying {
+            return None;
+        }
+        Some(match (self.replay_from, self.complete_requested_at) {
+            (None, _) => "copying snapshot",
+            (Some(_), None) => "catching up",
+            (Some(_), Some(_)) => "completing",
+        })
     }
 
     /// The status as people read it: `Running (pausing)` while a request waits, `Running
     /// (stalled: ...)` when the reconciler found segments without progress.
     pub fn status_label(&self) -> String {
         match (status_label(self.status, self.pending, self.stalled), self.phase) {
-            (label, Phase::Copying) => label,
+            (label, Phase::Copying) => match self.online_stage() {
+                Some(stage) if self.status == JobStatus::Running && self.pending.is_none() && self.stalled == 0 => {
+                    format!("Running ({stage})")
+                }
+                _ => label,
+            },
             (label, _) if self.status != JobStatus::Running || self.pending.is_some() => label,
             (_, Phase::Verifying) => "Running (verifying)".into(),
             (_, Phase::Repairing) => "Running (repairing)".into(),
@@ -854,6 +975,7 @@ impl Job {
         self.rejected_samples = p.samples.clone();
         self.segments_done = p.segments_done;
         self.phase = p.phase;
+        self.replay = p.replay.clone();
         self
     }
 
@@ -941,6 +1063,9 @@ pub struct Cursor {
     pub pass: Pass,
     /// What its verification read and found so far (verifying and locating passes).
     pub check: Option<SegmentCheck>,
+    /// Online: the cursor is a shard's of the source's stream (its `items` count the records
+    /// it applied), not a scan segment's.
+    pub shard: Option<ShardCursor>,
     /// The last progress: a commit, a launch, or a copy claiming the slice.
     pub updated_at: Option<DateTime<Utc>>,
     /// The copy of the expected slice that holds the segment (each copy-chunk invocation has
@@ -973,6 +1098,7 @@ impl Cursor {
             samples: vec![],
             pass: Pass::Copy,
             check: None,
+            shard: None,
             updated_at: None,
             owner: None,
             lease_until: None,
@@ -980,9 +1106,54 @@ impl Cursor {
         }
     }
 
+    /// A new shard cursor (at the shard's trim horizon), numbered `number`.
+    pub fn shard(number: u32, shard: ShardCursor) -> Self {
+        Self { pass: Pass::Replay, shard: Some(shard), ..Self::start(number) }
+    }
+
     /// A slice of this segment is in flight (or owed: its follow-up is being sent).
     pub fn in_flight(&self) -> bool {
         !self.done && !self.parked
+    }
+}
+
+/// Online: where a shard cursor reads the source's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardCursor {
+    pub id: String,
+    /// The parent shard, read to its end before this one (`None`: it has none, or it had
+    /// aged out of the stream when this shard was found, which counts as read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The sequence number of the last record read (every record up to it is in the target);
+    /// `None`: the shard is read from its trim horizon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<String>,
+    /// The change time of the last record read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<DateTime<Utc>>,
+    /// The last read was at the shard's tip: it returned no record.
+    #[serde(default)]
+    pub at_tip: bool,
+    /// The shard is closed and was read to its end (a done cursor that is not closed was
+    /// drained after `complete`).
+    #[serde(default)]
+    pub closed: bool,
+}
+
+impl ShardCursor {
+    pub fn new(id: impl Into<String>, parent: Option<String>) -> Self {
+        Self { id: id.into(), parent, sequence: None, changed_at: None, at_tip: false, closed: false }
+    }
+
+    /// Its lag at `now`, in milliseconds: 0 at its tip, else the age of its last record
+    /// (`None`: not read yet).
+    pub fn lag_ms(&self, now: DateTime<Utc>) -> Option<u64> {
+        if self.at_tip {
+            return Some(0);
+        }
+        self.changed_at.map(|t| (now - t).num_milliseconds().max(0) as u64)
     }
 }
 
@@ -1065,22 +1236,36 @@ pub struct Progress {
     pub segments_done: u32,
     /// The earliest phase of a segment.
     pub phase: Phase,
+    /// Online: the shard cursors' sum (`None`: no shard read yet).
+    pub replay: Option<ReplayProgress>,
 }
 
 impl Progress {
     pub fn of(cursors: &[Cursor]) -> Self {
+        let now = Utc::now();
         let mut p = Progress::default();
+        let mut replay = ReplayProgress::default();
         for c in cursors {
-            p.items += c.items;
-            p.bytes += c.bytes;
             p.rejected += c.rejected;
-            p.expired += c.expired;
             p.throttles += c.throttles;
-            p.segments_done += u32::from(c.done);
             let room = MAX_REJECTED_SAMPLES.saturating_sub(p.samples.len());
             p.samples.extend(c.samples.iter().take(room).cloned());
+            let Some(shard) = &c.shard else {
+                p.items += c.items;
+                p.bytes += c.bytes;
+                p.expired += c.expired;
+                p.segments_done += u32::from(c.done);
+                continue;
+            };
+            replay.records_applied += c.items;
+            replay.shards += 1;
+            if !c.done {
+                replay.open_shards += 1;
+                replay.lag_ms = replay.lag_ms.max(shard.lag_ms(now));
+            }
         }
-        p.phase = cursors.iter().map(|c| c.pass.phase()).min().unwrap_or_default();
+        p.replay = (replay.shards > 0).then_some(replay);
+        p.phase = cursors.iter().filter(|c| c.shard.is_none()).map(|c| c.pass.phase()).min().unwrap_or_default();
         p
     }
 }

@@ -139,6 +139,8 @@ mod tests {
             verify: crate::model::VerifyMode::Full,
             repair: false,
             skip_expired: false,
+            mode: Default::default(),
+            stream: None,
         }
     }
 

@@ -138,6 +138,7 @@ mod tests {
             size_bytes: bytes,
             ttl_attribute: None,
             provisioned: p,
+            stream: None,
         };
         Checked {
             name: JobName::parse("plan").unwrap(),
@@ -148,6 +149,7 @@ mod tests {
             parallelism: 500,
             target_empty: true,
             warnings: vec![],
+            stream: None,
         }
     }
 

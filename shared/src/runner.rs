@@ -83,7 +83,7 @@ pub async fn run<S, Q, T>(
 }
 
 /// The reconciler every `every`, as the template's schedule runs it.
-async fn reconciler<S: ControlStore, Q: Outbox, T>(
+async fn reconciler<S: ControlStore, Q: Outbox, T: Tables>(
     deps: Arc<Deps<S, Q, T>>,
     every: Duration,
     shutdown: CancellationToken,

@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use crate::error::{classify, AwsError, ErrorKind};
-use crate::model::{Item, KeyAttribute, KeySchema, KeyType, TableName};
+use crate::model::{Item, KeyAttribute, KeySchema, KeyType, StreamSpec, StreamView, TableName};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
@@ -20,6 +20,8 @@ pub struct TableInfo {
     pub ttl_attribute: Option<String>,
     /// Read and write capacity units of a provisioned table (`None`: on demand).
     pub provisioned: Option<(u64, u64)>,
+    /// Its stream, when one is enabled.
+    pub stream: Option<StreamSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,8 +76,11 @@ pub trait Tables: Send + Sync {
     async fn batch_put(&self, table: &TableName, items: Vec<Item>) -> Result<Vec<Item>, WriteError>;
     /// PutItem of one item.
     async fn put(&self, table: &TableName, item: Item) -> Result<(), WriteError>;
-    /// DeleteItem of the item with this key (nothing if there is none).
-    async fn delete(&self, table: &TableName, key: Item) -> Result<(), AwsError>;
+    /// DeleteItem of the item with this key (nothing if there is none) and, with `owner`,
+    /// only if the item holds these attribute values (nothing if it does not).
+    async fn delete(&self, table: &TableName, key: Item, owner: Option<Item>) -> Result<(), AwsError>;
+    /// Enable a `NEW_AND_OLD_IMAGES` stream on the table; its ARN.
+    async fn enable_stream(&self, table: &TableName) -> Result<String, AwsError>;
 }
 
 /// The DynamoDB adapter.
@@ -145,6 +150,13 @@ impl Tables for DynamoTables {
                 }),
             }
             .filter(|(r, w)| r + w > 0),
+            stream: desc
+                .stream_specification()
+                .filter(|s| s.stream_enabled())
+                .and_then(|s| s.stream_view_type())
+                .and_then(|v| StreamView::parse(v.as_str()))
+                .zip(desc.latest_stream_arn())
+                .map(|(view, arn)| StreamSpec { arn: arn.to_string(), view }),
         }))
     }
 
@@ -225,14 +237,40 @@ impl Tables for DynamoTables {
             .map_err(|e| write_error(classify(format!("PutItem {table}"), e)))
     }
 
-    async fn delete(&self, table: &TableName, key: Item) -> Result<(), AwsError> {
-        self.client
-            .delete_item()
+    async fn delete(&self, table: &TableName, key: Item, owner: Option<Item>) -> Result<(), AwsError> {
+        let mut req = self.client.delete_item().table_name(table.as_str()).set_key(Some(key));
+        if let Some(owner) = owner {
+            let mut conditions = vec![];
+            for (i, (name, value)) in owner.into_iter().enumerate() {
+                conditions.push(format!("#o{i} = :o{i}"));
+                req = req
+                    .expression_attribute_names(format!("#o{i}"), name)
+                    .expression_attribute_values(format!(":o{i}"), value);
+            }
+            req = req.condition_expression(conditions.join(" AND "));
+        }
+        match req.send().await.map_err(|e| classify(format!("DeleteItem {table}"), e)) {
+            Err(e) if e.kind == ErrorKind::ConditionFailed => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn enable_stream(&self, table: &TableName) -> Result<String, AwsError> {
+        let spec = aws_sdk_dynamodb::types::StreamSpecification::builder()
+            .stream_enabled(true)
+            .stream_view_type(aws_sdk_dynamodb::types::StreamViewType::NewAndOldImages)
+            .build()
+            .map_err(|e| AwsError::new(ErrorKind::Other, "building a stream specification", e.to_string()))?;
+        let out = self
+            .client
+            .update_table()
             .table_name(table.as_str())
-            .set_key(Some(key))
+            .stream_specification(spec)
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| classify(format!("DeleteItem {table}"), e))
+            .map_err(|e| classify(format!("enabling the stream of {table}"), e))?;
+        out.table_description.and_then(|d| d.latest_stream_arn).ok_or_else(|| {
+            AwsError::new(ErrorKind::Other, format!("enabling the stream of {table}"), "no stream ARN returned")
+        })
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::checksum::{bucket_of, item_hash};
 use crate::config::Tuning;
-use crate::engine::{backoff, write_page, Proceed, SliceControl, SliceOutcome, PAGE_LIMIT};
+use crate::engine::{backoff, delete, write_page, Proceed, SliceControl, SliceOutcome, PAGE_LIMIT};
 use crate::error::{AwsError, ErrorKind};
 use crate::messages::CopyChunk;
 use crate::model::{item_size, render_key, Item, KeySchema, MismatchKind, Pass, SegmentCheck, TableName};
@@ -21,20 +21,6 @@ use crate::tables::Tables;
 
 /// BatchGetItem's limit.
 const GET_BATCH: usize = 100;
-
-/// Delete one item, retrying throttling with backoff.
-async fn delete<T: Tables + ?Sized>(tables: &T, table: &TableName, key: Item, tuning: &Tuning) -> Result<(), AwsError> {
-    let mut attempt = 0;
-    loop {
-        match tables.delete(table, key.clone()).await {
-            Err(e) if e.is_retryable() && attempt + 1 < tuning.max_write_attempts => {
-                attempt += 1;
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            other => return other,
-        }
-    }
-}
 
 /// Read the slice `msg` describes, starting from the segment's verification state `check`,
 /// until its limits, its segment's end, a stop from `control`, or `stop_at`. `None` when the
@@ -120,7 +106,7 @@ async fn add_page<T: Tables + ?Sized>(
     // compared on either side (see `CopyChunk::unsettled`).
     let unsettled = |item: &Item| msg.unsettled.as_ref().is_some_and(|cut| cut.expired(item));
     match msg.pass {
-        Pass::Copy => unreachable!("copy slices are the copy engine's"),
+        Pass::Copy | Pass::Replay => unreachable!("copy and replay slices are the engine's and the replay's"),
         Pass::VerifySource => {
             for item in items {
                 // The copy does not write what does not fit the target's key, nor what it left
@@ -204,7 +190,7 @@ async fn add_page<T: Tables + ?Sized>(
                 if !belongs {
                     check.found(MismatchKind::Extra, render_key(&msg.source_key.key_of(t)));
                     if msg.pass == Pass::RepairTarget && msg.delete_extra {
-                        delete(tables, &msg.target, msg.target_key.key_of(t), tuning).await?;
+                        delete(tables, &msg.target, msg.target_key.key_of(t), None, tuning).await?;
                         repairs.deleted.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shared::model::{JobStatus, OnItemError, VerifyMode};
+use shared::model::{JobStatus, Mode, OnItemError, VerifyMode};
 
 #[derive(Debug, Parser)]
 #[command(name = "tablecopy", version, about = "Managed, resumable copy jobs between DynamoDB tables")]
@@ -59,6 +59,10 @@ pub enum Command {
     Resume(JobArg),
     /// Cancel a job for good, keeping what was copied; its slot goes to the next queued job.
     Cancel(CancelArgs),
+    /// End an online job once the application has stopped writing to its source: its stream
+    /// drains, the target is verified and repaired against the quiet source, and the job
+    /// completes.
+    Complete(CompleteArgs),
     /// The account's write region: jobs run only in the region they were created in.
     #[command(subcommand)]
     Region(RegionCommand),
@@ -117,6 +121,33 @@ pub struct CopyArgs {
     /// they are (DynamoDB TTL is an absolute time: they expire in the target too).
     #[arg(long)]
     pub skip_expired: bool,
+    /// `online`: the application keeps writing to the source while the job runs. The job
+    /// copies a snapshot, then replays the source's stream (NEW_AND_OLD_IMAGES; NEW_IMAGE
+    /// when both tables have the same key) until `tablecopy complete`, then verifies and
+    /// repairs the target.
+    #[arg(long, value_enum, default_value_t = ModeArg::Offline)]
+    pub mode: ModeArg,
+    /// Online, for a source without a stream: enable a NEW_AND_OLD_IMAGES stream on it first
+    /// (and wait until it can be read).
+    #[arg(long)]
+    pub enable_stream: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// The source does not change while the job runs.
+    Offline,
+    /// The source keeps changing: its stream is replayed until `complete`.
+    Online,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(a: ModeArg) -> Self {
+        match a {
+            ModeArg::Offline => Mode::Offline,
+            ModeArg::Online => Mode::Online,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -167,6 +198,16 @@ pub struct ShowArgs {
     /// parked / done / stalled.
     #[arg(long)]
     pub segments: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    #[arg(long)]
+    pub job_name: String,
+    /// Complete a job that is still copying its snapshot (only once every write to its source
+    /// has stopped).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +282,13 @@ pub struct WatchArgs {
     /// exits with status 1 on Paused, saying how to resume it).
     #[arg(long)]
     pub wait_paused: bool,
+    /// Online jobs: return (status 0) once the snapshot is copied and the stream's lag is
+    /// below --max-lag, so a script can stop the application's writes and run `complete`.
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// Seconds of lag `--until-caught-up` accepts.
+    #[arg(long, default_value_t = 5, requires = "until_caught_up")]
+    pub max_lag: u64,
 }
 
 #[derive(Debug, Subcommand)]

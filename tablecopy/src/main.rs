@@ -15,7 +15,9 @@ use chrono::Utc;
 use clap::Parser;
 use shared::config::{Config, Tuning};
 use shared::error::{AwsError, ErrorKind, RequestError};
-use shared::handlers::{request, set_write_region, AwsDeps, CancelRequest, CreateJobRequest, JobRef, JobRequest};
+use shared::handlers::{
+    request, set_write_region, AwsDeps, CancelRequest, CompleteRequest, CreateJobRequest, JobRef, JobRequest,
+};
 use shared::model::JobName;
 use shared::runner::{run, RunnerOptions};
 use shared::store::{live_job, JobStore, ListQuery};
@@ -162,6 +164,8 @@ fn create_request(job_name: String, a: CopyArgs) -> CreateJobRequest {
         verify: a.verify.into(),
         repair: a.repair,
         skip_expired: a.skip_expired,
+        mode: a.mode.into(),
+        enable_stream: a.enable_stream,
     }
 }
 
@@ -205,6 +209,9 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Resume(a) => job_request(g, JobRequest::Resume(JobRef { job_name: a.job_name })).await?,
         Command::Cancel(a) => {
             job_request(g, JobRequest::Cancel(CancelRequest { job_name: a.job_name, force: a.force })).await?
+        }
+        Command::Complete(a) => {
+            job_request(g, JobRequest::Complete(CompleteRequest { job_name: a.job_name, force: a.force })).await?
         }
         Command::Show(a) => {
             let (sdk, deps, outputs) = deployment(g, Tuning::default()).await?;
@@ -288,7 +295,19 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
             let (_, deps) = deps(g).await?;
             let name = JobName::parse(a.job_name)?;
             let tty = std::io::stderr().is_terminal();
-            let job = watch::watch(&deps.store, &name, a.interval_ms, a.wait_paused, tty).await?;
+            let until = watch::Until {
+                paused: !a.wait_paused,
+                caught_up: a.until_caught_up.then(|| std::time::Duration::from_secs(a.max_lag)),
+            };
+            if a.until_caught_up {
+                match deps.store.get_job(&name).await? {
+                    Some(job) if job.spec.mode == shared::model::Mode::Offline => anyhow::bail!(
+                        "job {name} is an offline job: it has no stream to catch up with. Watch it without --until-caught-up"
+                    ),
+                    _ => {}
+                }
+            }
+            let job = watch::watch(&deps.store, &name, a.interval_ms, until, tty).await?;
             // The exit status says how the job ended, even if nobody reads the output.
             match print_job(g.output, &job) {
                 Err(e) if !broken_pipe(&e) => return Err(e),
@@ -298,6 +317,13 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                 eprintln!(
                     "job {name} is Paused: `tablecopy resume --job-name {name}` continues it (watch --wait-paused waits through pauses)"
                 );
+            }
+            if until.caught_up.is_some_and(|lag| watch::caught_up(&job, lag)) && !job.status.is_final() {
+                eprintln!(
+                    "job {name} has caught up with its stream: stop the application's writes to {}, then `tablecopy complete --job-name {name}`",
+                    job.spec.source
+                );
+                return Ok(std::process::ExitCode::SUCCESS);
             }
             if job.status != shared::model::JobStatus::Completed {
                 return Ok(std::process::ExitCode::FAILURE);

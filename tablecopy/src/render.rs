@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared::model::{Cursor, Job, JobSummary, Phase, SegmentCheck, Verification, VerifyMode};
+use shared::model::{
+    Cursor, Job, JobStatus, JobSummary, Mode, Phase, ReplayProgress, SegmentCheck, Verification, VerifyMode,
+};
 
 /// The stack outputs of the dead-letter queues, and the queue each serves.
 pub const DEAD_LETTER_QUEUES: [(&str, &str); 4] = [
@@ -267,6 +269,20 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
     for r in job.rejected_samples.iter().take(5) {
         rows.push(("  sample", format!("{} — {}", r.key, r.reason)));
     }
+    if let Some(stream) = &job.spec.stream {
+        rows.push(("Mode", format!("online, through {} ({})", stream.arn, stream.view.as_str())));
+        rows.push((
+            "Replay",
+            match &job.replay {
+                Some(r) => replay_line(r),
+                None if job.replay_from.is_some() => format!("begins {}", time(job.replay_from)),
+                None => "after the snapshot".into(),
+            },
+        ));
+        if let Some(at) = job.complete_requested_at {
+            rows.push(("Complete asked", time(Some(at))));
+        }
+    }
     rows.extend(verification_rows(job, cursors, now));
     rows.extend([
         ("Segments", segments(job)),
@@ -310,6 +326,17 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
     rows.iter().map(|(k, v)| format!("{k:<width$}  {v}").trim_end().to_string() + "\n").collect()
 }
 
+/// An online job's replay in a line: records applied, worst lag, open shards.
+pub fn replay_line(r: &ReplayProgress) -> String {
+    format!(
+        "{} records applied, lag {}, {} of {} shard(s) open",
+        thousands(r.records_applied),
+        r.lag_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "not read yet".into()),
+        r.open_shards,
+        r.shards
+    )
+}
+
 /// One segment as `show --segments` prints it.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -319,14 +346,20 @@ pub struct SegmentView {
     pub items: u64,
     pub last_progress: Option<DateTime<Utc>>,
     pub state: &'static str,
+    /// Online: the stream's shard this cursor reads (its `items` are records applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 /// A segment's state: done, parked, stopping (in flight, its job pausing or cancelling),
 /// stalled (in flight without progress for longer than `stall`), or in flight.
-fn segment_state(c: &Cursor, now: DateTime<Utc>, stall: Duration) -> &'static str {
+fn segment_state(c: &Cursor, cursors: &[Cursor], now: DateTime<Utc>, stall: Duration) -> &'static str {
     let stall = chrono::Duration::from_std(stall).unwrap_or(chrono::Duration::MAX);
     match c {
+        c if c.done && c.shard.as_ref().is_some_and(|s| s.closed) => "closed, read to its end",
+        c if c.done && c.shard.is_some() => "drained",
         c if c.done => "done",
+        c if c.parked && !shared::lineage::ready(c, cursors) => "waiting for its parent shard",
         c if c.parked => "parked",
         c if c.updated_at.is_some_and(|t| now - t > stall) => "stalled",
         c if c.stop => "stopping",
@@ -342,7 +375,8 @@ pub fn segment_views(cursors: &[Cursor], now: DateTime<Utc>, stall: Duration) ->
             seq: c.seq,
             items: c.items,
             last_progress: c.updated_at,
-            state: segment_state(c, now, stall),
+            state: segment_state(c, cursors, now, stall),
+            shard: c.shard.as_ref().map(|s| s.id.clone()),
         })
         .collect()
 }
@@ -352,13 +386,17 @@ pub fn segments_table(cursors: &[Cursor], now: DateTime<Utc>, stall: Duration) -
     let mut out =
         format!("\n{:>7}  {:>6}  {:>12}  {:<24}  {}\n", "SEGMENT", "SLICE", "ITEMS", "LAST PROGRESS", "STATE");
     for v in segment_views(cursors, now, stall) {
+        let state = match &v.shard {
+            Some(id) => format!("shard {id}: {}", v.state),
+            None => v.state.to_string(),
+        };
         out.push_str(&format!(
             "{:>7}  {:>6}  {:>12}  {:<24}  {}\n",
             v.segment,
             v.seq,
             thousands(v.items),
             time(v.last_progress),
-            v.state
+            state
         ));
     }
     out
@@ -372,7 +410,10 @@ pub fn jobs_table(jobs: &[JobSummary]) -> String {
         out.push_str(&format!(
             "{:<24} {:<20} {:<45} {:>6.1}%  {}\n",
             j.name.as_str(),
-            j.status_label(),
+            match j.spec.mode {
+                Mode::Online if j.status == JobStatus::Running && j.pending.is_none() => "Running (online)".into(),
+                _ => j.status_label(),
+            },
             format!("{} -> {}", j.spec.source, j.spec.target),
             j.percent(),
             time(Some(j.created_at))
@@ -434,17 +475,17 @@ mod tests {
         let now = Utc::now();
         let mut c = Cursor::start(0);
         let stall = Duration::from_secs(60);
-        assert_eq!(segment_state(&c, now, stall), "parked");
+        assert_eq!(segment_state(&c, &[], now, stall), "parked");
         c.parked = false;
         c.stop = false;
         c.updated_at = Some(now);
-        assert_eq!(segment_state(&c, now, stall), "in flight");
+        assert_eq!(segment_state(&c, &[], now, stall), "in flight");
         c.stop = true;
-        assert_eq!(segment_state(&c, now, stall), "stopping");
+        assert_eq!(segment_state(&c, &[], now, stall), "stopping");
         c.updated_at = Some(now - chrono::Duration::minutes(2));
-        assert_eq!(segment_state(&c, now, stall), "stalled");
+        assert_eq!(segment_state(&c, &[], now, stall), "stalled");
         c.done = true;
-        assert_eq!(segment_state(&c, now, stall), "done");
+        assert_eq!(segment_state(&c, &[], now, stall), "done");
         let table = segments_table(&[Cursor { items: 1234, seq: 7, ..Cursor::start(3) }], now, stall);
         assert!(table.contains("      3       7         1,234  -                         parked"), "{table}");
     }

@@ -9,14 +9,30 @@ use shared::store::{live_job, ControlStore};
 
 use crate::render::thousands;
 
-/// Poll the job every `interval_ms` and draw items copied / estimated total, items/s and ETA.
-/// Without a terminal, prints a line every few seconds instead. Returns the job once it is
-/// final, or `Paused` (settled, no pause pending) unless `wait_paused`.
+/// When `watch` returns besides a final state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Until {
+    /// Return on `Paused` too.
+    pub paused: bool,
+    /// Online: return once the snapshot is copied and the replay's lag is at most this.
+    pub caught_up: Option<Duration>,
+}
+
+/// Whether an online job has caught up with its stream: its snapshot is copied, every shard
+/// was read, and its worst lag is at most `max_lag`.
+pub fn caught_up(job: &Job, max_lag: Duration) -> bool {
+    job.replay_from.is_some()
+        && job.replay.as_ref().and_then(|r| r.lag_ms).is_some_and(|lag| lag <= max_lag.as_millis() as u64)
+}
+
+/// Poll the job every `interval_ms` and draw items copied / estimated total, items/s and ETA
+/// (and, online, the replay's records and lag). Without a terminal, prints a line every few
+/// seconds instead. Returns the job once it is final, or when `until` says.
 pub async fn watch<S: ControlStore>(
     store: &S,
     name: &JobName,
     interval_ms: u64,
-    wait_paused: bool,
+    until: Until,
     tty: bool,
 ) -> Result<Job> {
     let bar = if tty { ProgressBar::new(0) } else { ProgressBar::hidden() };
@@ -36,19 +52,24 @@ pub async fn watch<S: ControlStore>(
         let done = job.items_copied + job.items_rejected;
         bar.set_length(job.estimated_total.max(done));
         bar.set_position(done);
-        bar.set_message(job.status_label());
-        let paused = job.status == JobStatus::Paused && !wait_paused;
-        if !tty && (last_line.elapsed() >= Duration::from_secs(3) || job.status.is_final() || paused) {
+        let label = match &job.replay {
+            Some(r) => format!("{} ({})", job.status_label(), crate::render::replay_line(r)),
+            None => job.status_label(),
+        };
+        bar.set_message(label.clone());
+        let paused = job.status == JobStatus::Paused && until.paused;
+        let caught = until.caught_up.is_some_and(|lag| caught_up(&job, lag));
+        if !tty && (last_line.elapsed() >= Duration::from_secs(3) || job.status.is_final() || paused || caught) {
             eprintln!(
                 "{name}: {} {} / ~{} items ({:.1}%)",
-                job.status_label(),
+                label,
                 thousands(done),
                 thousands(job.estimated_total),
                 job.percent()
             );
             last_line = std::time::Instant::now();
         }
-        if job.status.is_final() || paused {
+        if job.status.is_final() || paused || caught {
             bar.finish();
             return Ok(job);
         }

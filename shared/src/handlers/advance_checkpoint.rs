@@ -3,13 +3,16 @@ use chrono::Utc;
 use super::Deps;
 use crate::control::slice_message;
 use crate::error::HandlerError;
+use crate::lineage::{self, Found};
 use crate::messages::{encode, ChunkResult};
 use crate::metrics::Metrics;
-use crate::model::{Item, Job, OnItemError, Pass};
+use crate::model::{Cursor, Item, Job, OnItemError};
 use crate::pacing::{self, Pace};
 use crate::queue::{Outbox, QueueKind};
+use crate::replay::{self, TIP_POLL_SECONDS};
 use crate::rules::committed_by;
 use crate::store::{Commit, ControlStore, SliceCommit};
+use crate::tables::Tables;
 
 /// Commit a slice's result on its cursor exactly once, then send what comes next: the
 /// segment's next slice, finalize when the job is done or must fail, or nothing when its
@@ -22,7 +25,7 @@ use crate::store::{Commit, ControlStore, SliceCommit};
 /// an earlier delivery committed it and died before sending what follows, or the store's
 /// answer was lost and its retry found its own write, so the follow-up is sent again (a
 /// duplicate next slice is harmless: one copy at a time holds a segment).
-pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
+pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     msg: ChunkResult,
 ) -> Result<(), HandlerError> {
@@ -47,6 +50,11 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
         return Ok(());
     }
 
+    if job.spec.stream.is_some() && job.replay_from.is_none() && Utc::now() > replay::trim_by(&job) {
+        // The snapshot outlasted what the stream keeps: the replay could not be complete.
+        let error = replay::trimmed_error(&format!("its snapshot did not end by {}", replay::trim_by(&job)));
+        control.send_failure(&job.name, Some(error)).await?;
+    }
     let done = msg.segment_done();
     let (pace, delay) = paced(&job, &msg, deps.config.tuning.workers);
     let commit = SliceCommit {
@@ -65,6 +73,7 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
         rate: pace.as_ref().map(|p| p.rate),
         pass: msg.next_pass(),
         check: msg.check.clone(),
+        shard: msg.shard.clone(),
     };
     let outcome = store.commit_slice(&msg.job, &commit).await?;
     let metrics = Metrics::new("advance-checkpoint", msg.job.as_str());
@@ -81,15 +90,15 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
                 partial = msg.partial,
                 "checkpoint advanced"
             );
-            let next = Next {
-                segment: msg.segment,
+            let cursor = Cursor {
                 pass: commit.pass.unwrap_or(msg.pass),
                 seq: msg.seq + 1,
                 done,
-                start: if commit.pass.is_some() { None } else { commit.next_key },
-                pace,
-                delay,
+                last_key: if commit.pass.is_some() { None } else { commit.next_key.clone() },
+                shard: commit.shard.clone(),
+                ..Cursor::start(msg.segment)
             };
+            let next = Next { cursor, pace, delay: delay.max(tip_poll(&commit)) };
             follow_up(deps, &job, next, msg.rejected_count).await?;
             control.refresh_progress(&job, false).await?;
             Ok(())
@@ -102,8 +111,7 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
             Some(c) if committed_by(&c, msg.seq, &msg.copy) && c.parked => parked(deps, &job, &commit).await,
             Some(c) if committed_by(&c, msg.seq, &msg.copy) => {
                 tracing::info!("this result's commit is already on the cursor; sending its follow-up again");
-                let next =
-                    Next { segment: c.segment, pass: c.pass, seq: c.seq, done: c.done, start: c.last_key, pace, delay };
+                let next = Next { delay: delay.max(tip_poll(&commit)), cursor: c, pace };
                 follow_up(deps, &job, next, msg.rejected_count).await
             }
             _ => {
@@ -117,7 +125,7 @@ pub async fn advance_checkpoint<S: ControlStore, Q: Outbox, T>(
 /// After a commit that parked its segment: items it rejected fail the job now (not after a
 /// resume), the last segment to park settles a pending pause or cancel, and what a slice in
 /// flight at a final move wrote is counted on the job.
-async fn parked<S: ControlStore, Q: Outbox, T>(
+async fn parked<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     job: &Job,
     commit: &SliceCommit,
@@ -133,16 +141,21 @@ async fn parked<S: ControlStore, Q: Outbox, T>(
     Ok(())
 }
 
-/// What a segment that goes on owes next.
+/// What a segment (or shard) that goes on owes next.
 struct Next {
-    segment: u32,
-    pass: Pass,
-    seq: u64,
-    done: bool,
-    start: Option<Item>,
+    /// Its cursor after the commit: where its next slice starts.
+    cursor: Cursor,
     /// Its pace under the job's budget, and the seconds its next slice waits.
     pace: Option<Pace>,
     delay: u32,
+}
+
+/// A shard read to its tip is read again a little later, not at once.
+fn tip_poll(commit: &SliceCommit) -> u32 {
+    match &commit.shard {
+        Some(s) if s.at_tip => TIP_POLL_SECONDS,
+        _ => 0,
+    }
 }
 
 /// The pace of the slice after `msg` under the job's budget, and the seconds it waits
@@ -161,7 +174,7 @@ fn paced(job: &Job, msg: &ChunkResult, workers: u32) -> (Option<Pace>, u32) {
 /// What a segment that goes on owes: its next slice, or, when it is done, finalize if it was
 /// the last one. A segment in flight always gets its message, even if the job began pausing
 /// meanwhile (that slice stops at once and its commit parks the segment).
-async fn follow_up<S: ControlStore, Q: Outbox, T>(
+async fn follow_up<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     job: &Job,
     next: Next,
@@ -176,15 +189,22 @@ async fn follow_up<S: ControlStore, Q: Outbox, T>(
         deps.control().send_finalize(&job.name).await?;
         return Ok(());
     }
-    if !next.done {
-        let msg =
-            slice_message(job, next.segment, next.pass, next.seq, next.start, deps.config.tuning.slice, next.pace);
+    let c = &next.cursor;
+    if !c.done {
+        let msg = slice_message(job, c, c.seq, c.last_key.clone(), &deps.config.tuning, next.pace);
         if next.delay > 0 {
             deps.outbox.send_delayed(QueueKind::CopyChunk, encode(&msg), next.delay).await?;
         } else {
             deps.outbox.send(QueueKind::CopyChunk, vec![encode(&msg)]).await?;
         }
         return Ok(());
+    }
+    if c.shard.as_ref().is_some_and(|s| s.closed) {
+        // A closed shard read to its end: its children are found and read now.
+        match lineage::discover(&deps.store, &deps.tables, deps.streams.as_ref(), job).await? {
+            Found::Lost(error) => return deps.control().send_failure(&job.name, Some(error)).await.map_err(Into::into),
+            Found::Shards(_) => deps.control().launch(job).await?,
+        }
     }
     // The segment is done: whoever sees every segment done sends finalize (two may: finalize
     // is idempotent).

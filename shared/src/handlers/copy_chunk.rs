@@ -7,10 +7,12 @@ use crate::engine::{copy_slice, Proceed, SliceControl, SliceOutcome};
 use crate::error::{AwsError, HandlerError};
 use crate::messages::{encode, ChunkResult, CopyChunk, VERSION};
 use crate::metrics::Metrics;
-use crate::model::{JobError, SegmentCheck};
+use crate::model::{JobError, Pass, SegmentCheck};
 use crate::queue::{Outbox, QueueKind};
+use crate::replay::replay_slice;
 use crate::rules::{slice_rule, Guard};
 use crate::store::ControlStore;
+use crate::streams::Streams;
 use crate::tables::Tables;
 use crate::verify::check_slice;
 
@@ -25,8 +27,9 @@ use crate::verify::check_slice;
 /// parks. It ends at a page boundary by `stop_at`, well before its invocation's deadline.
 /// A permanent failure (e.g. a table was deleted) is reported too, so the job fails with the
 /// reason.
-pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox + ?Sized>(
+pub async fn copy_chunk<T: Tables + ?Sized, R: Streams + ?Sized, S: ControlStore + ?Sized, Q: Outbox + ?Sized>(
     tables: &T,
+    streams: &R,
     store: &S,
     outbox: &Q,
     tuning: &Tuning,
@@ -51,6 +54,10 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
         }
         Proceed::Stop => Ok(Some(SliceOutcome::default().ended_at(msg.start_key.clone().map(Into::into)))),
         Proceed::Go if msg.pass.is_copy() => copy_slice(tables, &msg, tuning, &guard, stop_at).await,
+        Proceed::Go if msg.pass == Pass::Replay => match &msg.shard {
+            Some(read) => replay_slice(tables, streams, &msg, read, tuning, &guard, stop_at).await,
+            None => Ok(None),
+        },
         Proceed::Go => check_slice(tables, &msg, check.unwrap_or_default(), tuning, &guard, stop_at).await,
     };
     let (slice, fatal) = match outcome {
@@ -110,6 +117,7 @@ pub async fn copy_chunk<T: Tables + ?Sized, S: ControlStore + ?Sized, Q: Outbox 
         items_read: slice.items_read,
         expired: slice.expired,
         check: slice.check,
+        shard: slice.shard,
     };
     outbox.send(QueueKind::Checkpoint, vec![encode(&result)]).await?;
     Ok(())

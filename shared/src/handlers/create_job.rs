@@ -5,14 +5,15 @@ use super::Deps;
 use crate::config::TableScope;
 use crate::error::RequestError;
 use crate::model::{
-    parallelism_for_size, InvalidInput, Job, JobName, JobSpec, JobStatus, OnItemError, Phase, StackOrigin,
-    StatusChange, TableName, VerifyMode, MAX_PARALLELISM,
+    parallelism_for_size, InvalidInput, Job, JobName, JobSpec, JobStatus, Mode, OnItemError, Phase, StackOrigin,
+    StatusChange, StreamSpec, StreamView, TableName, VerifyMode, MAX_PARALLELISM,
 };
 use crate::pacing;
 use crate::preflight::{self, SampleReport};
 use crate::queue::Outbox;
 use crate::scheduler::Entry;
 use crate::store::{conflict_pause, ControlStore, InsertError};
+use crate::streams;
 use crate::tables::{TableInfo, Tables};
 
 /// A request to create a copy job: the CLI's call, a direct invoke payload, an event's detail.
@@ -42,6 +43,12 @@ pub struct CreateJobRequest {
     /// Leave out items the source's TTL already expired (not yet deleted by DynamoDB).
     #[serde(default)]
     pub skip_expired: bool,
+    /// `online`: the source keeps changing; its stream is replayed until `complete`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Online, for a source without a stream: enable one (`NEW_AND_OLD_IMAGES`) first.
+    #[serde(default)]
+    pub enable_stream: bool,
 }
 
 impl CreateJobRequest {
@@ -59,8 +66,14 @@ impl CreateJobRequest {
             && self.max_write_rate == job.spec.max_write_rate
             && self.max_read_rate == job.spec.max_read_rate
             && self.verify == job.spec.verify
-            && self.repair == job.spec.repair
+            && self.repairs() == job.spec.repair
             && self.skip_expired == job.spec.skip_expired
+            && self.mode == job.spec.mode
+    }
+
+    /// Whether the job repairs: asked for, or online (whose `complete` ends with a repair).
+    pub fn repairs(&self) -> bool {
+        self.repair || self.mode == Mode::Online
     }
 }
 
@@ -86,6 +99,8 @@ pub struct Checked {
     pub parallelism: u32,
     pub target_empty: bool,
     pub warnings: Vec<String>,
+    /// Online: the source's stream as it is (`None`: to be enabled, `--enable-stream`).
+    pub stream: Option<StreamSpec>,
 }
 
 /// Every check of a create request (names, ranges, tables, key types, the source sample,
@@ -107,6 +122,18 @@ pub async fn check_create<S: ControlStore, Q: Outbox, T: Tables>(
         return Err(InvalidInput(
             "repair needs verification: it writes what the verification finds different. Drop --verify none, or --repair"
                 .into(),
+        )
+        .into());
+    }
+    if req.mode == Mode::Online && req.verify == VerifyMode::None {
+        return Err(InvalidInput(
+            "an online job ends with a verification and repair of the target on the quiet source (the stream alone cannot prove the target exact): drop --verify none".into(),
+        )
+        .into());
+    }
+    if req.enable_stream && req.mode != Mode::Online {
+        return Err(InvalidInput(
+            "--enable-stream is for online jobs: add --mode online, or drop --enable-stream".into(),
         )
         .into());
     }
@@ -146,7 +173,7 @@ pub async fn check_create<S: ControlStore, Q: Outbox, T: Tables>(
     for entry in sched.running.iter().chain(&sched.queued).filter(|e| e.job != name) {
         if let Some(other) = deps.store.get_job(&entry.job).await?.filter(|j| !j.status.is_final()) {
             let (s, t) = (&other.spec.source, &other.spec.target);
-            let shared_repaired_target = t == &target && (req.repair || other.spec.repair);
+            let shared_repaired_target = t == &target && (req.repairs() || other.spec.repair);
             if shared_repaired_target || t == &source || s == &target {
                 return Err(InvalidInput(format!(
                     "job {:?} ({}) copies {s} into {t}: a table a job writes is no other job's source, and a job with --repair is its target's only writer, until it ends. Wait for it to end, or cancel it (tablecopy cancel --job-name {})",
@@ -168,6 +195,9 @@ pub async fn check_create<S: ControlStore, Q: Outbox, T: Tables>(
     }
     if let Some(conflict) = target_info.key.conflict_with(&source_info.key) {
         return Err(InvalidInput(conflict).into());
+    }
+    if req.mode == Mode::Online {
+        stream_refusal(req, &source, &source_info, &target_info)?;
     }
     // A target keyed otherwise: a sample of the source for items its key cannot hold and for
     // target keys two source items share.
@@ -201,7 +231,37 @@ pub async fn check_create<S: ControlStore, Q: Outbox, T: Tables>(
     let target_empty = deps.tables.is_empty(&target).await?;
     let mut warnings = warnings(&source, &source_info, &target, &target_info, target_empty);
     warnings.extend(sample.and_then(|r| r.warning(&source, &target, &target_info.key)));
-    Ok(Checked { name, source, target, source_info, target_info, parallelism, target_empty, warnings })
+    let stream = source_info.stream.clone().filter(|_| req.mode == Mode::Online);
+    Ok(Checked { name, source, target, source_info, target_info, parallelism, target_empty, warnings, stream })
+}
+
+/// Online: the source's stream must carry what the replay needs, new images (and old ones
+/// when the target is keyed otherwise: a move of an item's target key deletes its old one).
+fn stream_refusal(
+    req: &CreateJobRequest,
+    source: &TableName,
+    info: &TableInfo,
+    target: &TableInfo,
+) -> Result<(), RequestError> {
+    let enable = format!(
+        "aws dynamodb update-table --table-name {source} --stream-specification StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES"
+    );
+    let why = match &info.stream {
+        None if req.enable_stream => return Ok(()),
+        None => format!(
+            "online mode reads the source's stream, and {source} has none. Enable one with\n  {enable}\nor add --enable-stream to let tablecopy enable it"
+        ),
+        Some(s) if matches!(s.view, StreamView::KeysOnly | StreamView::OldImage) => format!(
+            "the stream of {source} is {}: its records lack the new images online mode writes. A stream's view type cannot change in place: disable it (aws dynamodb update-table --table-name {source} --stream-specification StreamEnabled=false), then\n  {enable}\n(its other readers must move to the new stream)",
+            s.view.as_str()
+        ),
+        Some(s) if s.view == StreamView::NewImage && !target.key.within(&info.key) => format!(
+            "the stream of {source} is NEW_IMAGE, but the target is keyed by [{}], not by the source's key [{}]: moving an item's target key needs its old image. Replace the stream with a NEW_AND_OLD_IMAGES one (disable it, then\n  {enable})",
+            target.key, info.key
+        ),
+        Some(_) => return Ok(()),
+    };
+    Err(InvalidInput(why).into())
 }
 
 /// [`create_job`] for a CloudFormation resource, which is recorded on the job.
@@ -217,8 +277,12 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
         control.schedule().await?;
         return Err(RequestError::JobExists(name.to_string()));
     }
-    let Checked { name, source, target, source_info, target_info, parallelism, target_empty, warnings } =
+    let Checked { name, source, target, source_info, target_info, parallelism, target_empty, warnings, stream } =
         check_create(deps, &req).await?;
+    let stream = match (req.mode, stream) {
+        (Mode::Online, None) => Some(streams::enable(&deps.tables, deps.streams.as_ref(), &source).await?),
+        (_, stream) => stream,
+    };
     // Jobs of an old write region are failed by `schedule` below, before any job starts.
     let region = control.current_region().await?;
 
@@ -238,8 +302,10 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
             slice: Some(deps.config.tuning.slice),
             source_ttl: source_info.ttl_attribute.clone(),
             verify: req.verify,
-            repair: req.repair,
+            repair: req.repairs(),
             skip_expired: req.skip_expired,
+            mode: req.mode,
+            stream,
         },
         status: JobStatus::Queued,
         write_region: region.clone(),
@@ -272,6 +338,9 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
         phase: Phase::Copying,
         verify_started_at: None,
         verification: None,
+        replay_from: None,
+        complete_requested_at: None,
+        replay: None,
     };
     for attempt in 1.. {
         let mut next = deps.store.scheduler().await?.next();

@@ -28,7 +28,7 @@ use super::create_job::{create_job_from, CreateJobRequest};
 use super::requests::cancel_job;
 use super::Deps;
 use crate::error::{AwsError, RequestError};
-use crate::model::{InvalidInput, Job, JobName, JobStatus, OnItemError, StackOrigin, VerifyMode};
+use crate::model::{InvalidInput, Job, JobName, JobStatus, Mode, OnItemError, StackOrigin, VerifyMode};
 use crate::queue::Outbox;
 use crate::store::ControlStore;
 use crate::tables::Tables;
@@ -50,10 +50,11 @@ pub struct JobProperties {
     pub verify: VerifyMode,
     pub repair: bool,
     pub skip_expired: bool,
+    pub mode: Mode,
     pub wait_for_completion: bool,
 }
 
-const PROPERTIES: [&str; 11] = [
+const PROPERTIES: [&str; 12] = [
     "JobName",
     "SourceTable",
     "TargetTable",
@@ -64,6 +65,7 @@ const PROPERTIES: [&str; 11] = [
     "Verify",
     "Repair",
     "SkipExpired",
+    "Mode",
     "WaitForCompletion",
 ];
 /// Set by CloudFormation itself.
@@ -128,6 +130,16 @@ impl JobProperties {
                 return Err(InvalidInput(format!("property WaitForCompletion must be true or false, found {o:?}")))
             }
         };
+        let mode = match text("Mode")?.as_deref() {
+            None | Some("offline") => Mode::Offline,
+            Some("online") => Mode::Online,
+            Some(o) => return Err(InvalidInput(format!("property Mode must be offline or online, found {o:?}"))),
+        };
+        if mode == Mode::Online && wait_for_completion {
+            return Err(InvalidInput(
+                "an online job ends only when `tablecopy complete` (or a CompleteJob request) asks it to, so a stack cannot wait for it: drop WaitForCompletion, or use Mode: offline".into(),
+            ));
+        }
         Ok(Self {
             job_name: required("JobName")?,
             source_table: required("SourceTable")?,
@@ -139,6 +151,7 @@ impl JobProperties {
             verify,
             repair,
             skip_expired,
+            mode,
             wait_for_completion,
         })
     }
@@ -152,8 +165,9 @@ impl JobProperties {
             && self.max_write_rate == job.spec.max_write_rate
             && self.max_read_rate == job.spec.max_read_rate
             && self.verify == job.spec.verify
-            && self.repair == job.spec.repair
+            && (self.repair || self.mode == Mode::Online) == job.spec.repair
             && self.skip_expired == job.spec.skip_expired
+            && self.mode == job.spec.mode
     }
 }
 
@@ -299,6 +313,8 @@ async fn start<S: ControlStore, Q: Outbox, T: Tables>(
         verify: props.verify,
         repair: props.repair,
         skip_expired: props.skip_expired,
+        mode: props.mode,
+        enable_stream: false,
     };
     match create_job_from(deps, request, Some(origin)).await {
         Ok(_) | Err(RequestError::Incomplete(_)) if wait => Outcome::Wait,

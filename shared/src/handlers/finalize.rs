@@ -1,13 +1,17 @@
 use super::custom_resource::answer_waiting;
 use super::Deps;
 use crate::error::{AwsError, ErrorKind, HandlerError};
+use crate::lineage::{self, Found};
 use crate::messages::Finalize;
 use crate::model::{
     Cursor, Job, JobError, JobStatus, MismatchKind, OnItemError, Phase, Progress, SegmentCheck, Verification,
     VerifyMode,
 };
 use crate::queue::Outbox;
-use crate::store::{conflict_pause, ControlStore};
+use crate::replay;
+use crate::store::{conflict_pause, ControlStore, Milestone};
+use crate::tables::Tables;
+use chrono::Utc;
 
 /// How often finalize reads the job again when it changed between its read and its move.
 const FINALIZE_ATTEMPTS: u32 = 8;
@@ -18,7 +22,10 @@ const FINALIZE_ATTEMPTS: u32 = 8;
 /// whose CloudFormation resource waits gets its answer here (the final move sends one more
 /// finalize message for it). A premature or duplicate finalize changes nothing (but still lets
 /// the scheduler look for a queued job, which makes it a safe nudge).
-pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: Finalize) -> Result<(), HandlerError> {
+pub async fn finalize<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    msg: Finalize,
+) -> Result<(), HandlerError> {
     let (store, control) = (&deps.store, deps.control());
     for attempt in 1..=FINALIZE_ATTEMPTS {
         let job = store.get_job(&msg.job).await?.ok_or_else(|| HandlerError::JobNotFound(msg.job.to_string()))?;
@@ -53,17 +60,31 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
                 tracing::info!(done, of = job.spec.parallelism, "segments still running; not final yet");
                 break;
             }
-            if job.spec.verify == VerifyMode::Full {
-                match verified(&job, &cursors) {
+            // Online: the snapshot is followed by the replay of the stream until `complete`.
+            if job.spec.stream.is_some() && progress.phase == Phase::Copying {
+                match replay_step(deps, &job).await? {
+                    Step::Wait => break,
+                    Step::Retry => {
+                        conflict_pause(attempt).await;
+                        continue;
+                    }
+                    Step::Fail(error) => failure = Some(error),
+                    Step::Verify => {}
+                }
+            }
+            // Shard cursors take no part in the verification.
+            let segments: Vec<Cursor> = cursors.iter().filter(|c| c.shard.is_none()).cloned().collect();
+            if failure.is_none() && job.spec.verify == VerifyMode::Full {
+                match verified(&job, &segments) {
                     Verdict::Begin(phase) => {
                         // The copy ends here: recorded once, before any segment verifies (a job
                         // that changed meanwhile, e.g. paused, is read again).
                         let unmarked = phase == Phase::Verifying && job.verify_started_at.is_none();
-                        if unmarked && !store.mark_verifying(&job.name, chrono::Utc::now()).await? {
+                        if unmarked && !store.mark(&job.name, Milestone::Verifying, chrono::Utc::now()).await? {
                             conflict_pause(attempt).await;
                             continue;
                         }
-                        control.begin_phase(&job, &cursors, phase).await?;
+                        control.begin_phase(&job, &segments, phase).await?;
                         break;
                     }
                     Verdict::Differs(v) => {
@@ -71,7 +92,7 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
                         // changed meanwhile is read again.
                         if store.set_verification(&job.name, &v).await? {
                             tracing::warn!(summary = %v.summary(), repair = job.spec.repair, "checksums differ; locating the items");
-                            control.begin_phase(&job, &cursors, after_checksums(&job)).await?;
+                            control.begin_phase(&job, &segments, after_checksums(&job)).await?;
                             break;
                         }
                         conflict_pause(attempt).await;
@@ -106,6 +127,56 @@ pub async fn finalize<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>, msg: 
     }
     control.schedule().await?;
     Ok(())
+}
+
+/// What an online job whose snapshot is copied does next.
+enum Step {
+    /// Nothing now: its shards are read (or wait for `complete`).
+    Wait,
+    /// The job changed meanwhile: read it again.
+    Retry,
+    Fail(JobError),
+    /// Every shard drained after `complete`: verify.
+    Verify,
+}
+
+/// Online, every segment copied: begin the replay (once no snapshot slice can still write:
+/// the longest a slice lives, from now), give every shard of the stream a cursor and read
+/// them; once every shard drained after `complete`, verify.
+async fn replay_step<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    job: &Job,
+) -> Result<Step, HandlerError> {
+    let (store, control) = (&deps.store, deps.control());
+    if job.replay_from.is_none() {
+        let wait = chrono::Duration::from_std(deps.config.tuning.copy_visibility).unwrap_or_default();
+        let from = Utc::now() + wait;
+        if from > replay::trim_by(job) {
+            return Ok(Step::Fail(replay::trimmed_error(&format!(
+                "its replay would begin after {}",
+                replay::trim_by(job)
+            ))));
+        }
+        if !store.mark(&job.name, Milestone::Replay, from).await? {
+            return Ok(Step::Retry);
+        }
+        tracing::info!(job = %job.name, replay_from = %from, "snapshot copied; the replay of the stream begins");
+    }
+    let Some(job) = store.get_job(&job.name).await? else { return Ok(Step::Wait) };
+    match lineage::discover(store, &deps.tables, deps.streams.as_ref(), &job).await? {
+        Found::Lost(error) => return Ok(Step::Fail(error)),
+        Found::Shards(0) => {}
+        Found::Shards(_) => {
+            control.launch(&job).await?;
+            return Ok(Step::Wait);
+        }
+    }
+    if !job.all_done(&store.cursors(&job.name).await?) || job.complete_requested_at.is_none() {
+        control.launch(&job).await?;
+        return Ok(Step::Wait);
+    }
+    tracing::info!(job = %job.name, "every shard drained; the verification begins");
+    Ok(Step::Verify)
 }
 
 /// What a job whose segments are all done in their phase does next, when it verifies.

@@ -17,8 +17,8 @@ pub use custom_resource::{answer_waiting, custom_resource, JobProperties, RESOUR
 pub use finalize::finalize;
 pub use reconcile::{reconcile, Reconciled};
 pub use requests::{
-    cancel_job, handle_request, parse_region, pause_job, resume_job, set_write_region, CancelRequest, JobRef,
-    JobRequest, REQUEST_KINDS,
+    cancel_job, complete_job, handle_request, parse_region, pause_job, resume_job, set_write_region, CancelRequest,
+    CompleteRequest, JobRef, JobRequest, REQUEST_KINDS,
 };
 pub use sqs::{process_batch, process_batch_with};
 
@@ -38,6 +38,7 @@ use crate::model::Job;
 use crate::queue::{Outbox, SqsOutbox};
 use crate::responder::{HttpResponder, Responder};
 use crate::store::{ControlStore, DynamoStore};
+use crate::streams::{DynamoStreams, Streams};
 use crate::tables::{DynamoTables, Tables};
 
 /// A function's dependencies: the capabilities and the configuration.
@@ -49,6 +50,8 @@ pub struct Deps<S, Q, T> {
     pub responder: Arc<dyn Responder>,
     /// Publishes job events.
     pub events: Arc<dyn EventBus>,
+    /// Reads the source's stream (online jobs).
+    pub streams: Arc<dyn Streams>,
     pub config: Config,
 }
 
@@ -75,6 +78,7 @@ impl AwsDeps {
                 "default",
                 config.resources.event_source.clone(),
             )),
+            streams: Arc::new(DynamoStreams::new(aws_sdk_dynamodbstreams::Client::new(sdk))),
             config,
         }
     }
@@ -220,7 +224,8 @@ pub async fn copy_chunk_batch<S: ControlStore, Q: Outbox, T: Tables>(
     Ok(process_batch(event, |msg: CopyChunk, attempt| {
         count_retry("copy-chunk", &msg.job, attempt);
         let span = tracing::info_span!("copy_chunk", job = %msg.job, segment = msg.segment, seq = msg.seq);
-        copy_chunk(&deps.tables, &deps.store, &deps.outbox, &deps.config.tuning, msg, deadline).instrument(span)
+        copy_chunk(&deps.tables, deps.streams.as_ref(), &deps.store, &deps.outbox, &deps.config.tuning, msg, deadline)
+            .instrument(span)
     })
     .await)
 }
@@ -248,7 +253,7 @@ pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
 }
 
 /// advance-checkpoint's entry point: an SQS batch of [`ChunkResult`] messages.
-pub async fn advance_checkpoint_batch<S: ControlStore, Q: Outbox, T>(
+pub async fn advance_checkpoint_batch<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
@@ -262,7 +267,7 @@ pub async fn advance_checkpoint_batch<S: ControlStore, Q: Outbox, T>(
 
 /// finalize's entry point: an SQS batch of [`FinalizeQueue`] messages: finalize a job, or
 /// the reconciler's periodic pass.
-pub async fn finalize_batch<S: ControlStore, Q: Outbox, T>(
+pub async fn finalize_batch<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
     event: SqsEvent,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {

@@ -4,6 +4,7 @@
 //! interrupted launches ([`crate::control::Control::schedule`]), finishes interrupted pauses,
 //! resumes and cancels (every cursor brought to its job's epoch, a pending request settled
 //! once nothing is in flight), asks finalize for a running job whose segments are all done,
+//! looks for new shards of an online job's stream (and reports its replay's lag),
 //! and records the segments that made no progress for longer than the stall bound.
 
 use chrono::Utc;
@@ -11,9 +12,12 @@ use chrono::Utc;
 use super::Deps;
 use crate::error::AwsError;
 use crate::events::JobStalled;
-use crate::model::JobStatus;
+use crate::lineage::{self, Found};
+use crate::metrics::Metrics;
+use crate::model::{JobStatus, Progress};
 use crate::queue::Outbox;
 use crate::store::ControlStore;
+use crate::tables::Tables;
 
 /// What a pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,7 +28,7 @@ pub struct Reconciled {
     pub stalled: u32,
 }
 
-pub async fn reconcile<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> Result<Reconciled, AwsError> {
+pub async fn reconcile<S: ControlStore, Q: Outbox, T: Tables>(deps: &Deps<S, Q, T>) -> Result<Reconciled, AwsError> {
     let (store, control) = (&deps.store, deps.control());
     control.schedule().await?;
     let mut found = Reconciled::default();
@@ -44,7 +48,21 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T>(deps: &Deps<S, Q, T>) -> R
             }
             (JobStatus::Paused, _) => control.stop_cursors(&job.name, job.epoch).await?,
             (JobStatus::Running, None) => {
+                if job.replay_from.is_some() {
+                    // Online: shards the stream began since (and a stream lost meanwhile).
+                    match lineage::discover(store, &deps.tables, deps.streams.as_ref(), &job).await? {
+                        Found::Lost(error) => control.send_failure(&job.name, Some(error)).await?,
+                        Found::Shards(0) => {}
+                        Found::Shards(_) => control.launch(&job).await?,
+                    }
+                }
                 let cursors = store.cursors(&job.name).await?;
+                if let Some(replay) = Progress::of(&cursors).replay {
+                    Metrics::new("reconcile", job.name.as_str())
+                        .millis("ReplayLag", replay.lag_ms.unwrap_or(0))
+                        .count("OpenShards", u64::from(replay.open_shards))
+                        .emit();
+                }
                 if job.all_done(&cursors) {
                     tracing::warn!(job = %job.name, "every segment is done but the job is not final: asking finalize");
                     control.send_finalize(&job.name).await?;

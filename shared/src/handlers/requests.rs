@@ -1,4 +1,4 @@
-//! create-job's requests: create, pause, resume, cancel. One parser reads them from every
+//! create-job's requests: create, pause, resume, cancel, complete. One parser reads them from every
 //! source (the CLI builds them directly; a direct Lambda invoke sends the JSON body; an
 //! EventBridge event carries it as its `detail`), so every source gets the same validation
 //! and the same errors.
@@ -11,9 +11,10 @@ use serde_json::Value;
 use super::create_job::{create_job, CreateJobRequest};
 use super::Deps;
 use crate::error::{AwsError, ErrorKind, RequestError};
-use crate::model::{InvalidInput, Job, JobName, JobStatus, Progress};
+use crate::lineage;
+use crate::model::{InvalidInput, Job, JobName, JobStatus, Mode, Progress};
 use crate::queue::Outbox;
-use crate::store::{conflict_pause, ControlStore};
+use crate::store::{conflict_pause, ControlStore, Milestone};
 use crate::tables::Tables;
 
 /// A request naming an existing job.
@@ -33,6 +34,16 @@ pub struct CancelRequest {
     pub force: bool,
 }
 
+/// A complete request (online jobs). `force` completes a job still copying its snapshot,
+/// for a user who has stopped every write to the source already.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub job_name: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// Everything create-job's entry point accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobRequest {
@@ -40,14 +51,16 @@ pub enum JobRequest {
     Pause(JobRef),
     Resume(JobRef),
     Cancel(CancelRequest),
+    Complete(CompleteRequest),
 }
 
 /// EventBridge `detail-type` of each request, and the `action` of a direct invoke payload.
-pub const REQUEST_KINDS: [(&str, &str); 4] = [
+pub const REQUEST_KINDS: [(&str, &str); 5] = [
     ("tablecopy.CreateJob", "create"),
     ("tablecopy.PauseJob", "pause"),
     ("tablecopy.ResumeJob", "resume"),
     ("tablecopy.CancelJob", "cancel"),
+    ("tablecopy.CompleteJob", "complete"),
 ];
 
 impl JobRequest {
@@ -84,6 +97,7 @@ impl JobRequest {
             "pause" => JobRequest::Pause(serde_json::from_value(body).map_err(invalid)?),
             "resume" => JobRequest::Resume(serde_json::from_value(body).map_err(invalid)?),
             "cancel" => JobRequest::Cancel(serde_json::from_value(body).map_err(invalid)?),
+            "complete" => JobRequest::Complete(serde_json::from_value(body).map_err(invalid)?),
             other => {
                 return Err(InvalidInput(format!(
                     "unknown action {other:?}: use one of {}",
@@ -100,6 +114,7 @@ impl JobRequest {
             JobRequest::Pause(_) => "pause",
             JobRequest::Resume(_) => "resume",
             JobRequest::Cancel(_) => "cancel",
+            JobRequest::Complete(_) => "complete",
         }
     }
 
@@ -108,6 +123,7 @@ impl JobRequest {
             JobRequest::Create(r) => &r.job_name,
             JobRequest::Pause(r) | JobRequest::Resume(r) => &r.job_name,
             JobRequest::Cancel(r) => &r.job_name,
+            JobRequest::Complete(r) => &r.job_name,
         }
     }
 }
@@ -122,6 +138,7 @@ pub async fn handle_request<S: ControlStore, Q: Outbox, T: Tables>(
         JobRequest::Pause(r) => pause_job(deps, &JobName::parse(r.job_name)?).await,
         JobRequest::Resume(r) => resume_job(deps, &JobName::parse(r.job_name)?).await,
         JobRequest::Cancel(r) => cancel_job(deps, &JobName::parse(r.job_name)?, r.force).await,
+        JobRequest::Complete(r) => complete_job(deps, &JobName::parse(r.job_name)?, r.force).await,
     }
 }
 
@@ -158,6 +175,7 @@ fn refuse(action: &str, job: &Job) -> RequestError {
     let rule = match action {
         "pause" => "Only a Running job can be paused",
         "resume" => "Only a Paused job can be resumed",
+        "complete" => "Only a Running or Paused online job can be completed",
         _ => "Only a Queued, Running or Paused job can be cancelled",
     };
     RequestError::NotAllowed(format!("cannot {action} job {:?}: {state}. {rule}", job.name.as_str()))
@@ -240,7 +258,11 @@ pub async fn resume_job<S: ControlStore, Q: Outbox, T>(
                 deps.store.withdraw_stop(name, JobStatus::Paused, job.epoch, Utc::now()).await?
             }
             (JobStatus::Running, None) => {
-                let owed = deps.store.cursors(name).await?.iter().filter(|c| !c.done && (c.parked || c.epoch < job.epoch)).count();
+                let cursors = deps.store.cursors(name).await?;
+                let owed = cursors
+                    .iter()
+                    .filter(|c| !c.done && ((c.parked && lineage::ready(c, &cursors)) || c.epoch < job.epoch))
+                    .count();
                 if owed == 0 {
                     return Err(refuse("resume", &job));
                 }
@@ -307,6 +329,51 @@ pub async fn cancel_job<S: ControlStore, Q: Outbox, T>(
             }
             _ => return Err(refuse("cancel", &job)),
         }
+        Ok(Some(existing(deps, name).await?))
+    })
+    .await
+}
+
+/// Complete an online job: the application has stopped writing to the source. Its shards
+/// drain (a read at each one's tip, [`crate::config::Tuning::drain_settle`] after this or
+/// later, that returns nothing), then the target is verified and repaired against the quiet
+/// source, and the job completes. Refused for an offline job, a final or queued one, and one
+/// still copying its snapshot unless `force`. Asking again while it completes changes nothing.
+pub async fn complete_job<S: ControlStore, Q: Outbox, T>(
+    deps: &Deps<S, Q, T>,
+    name: &JobName,
+    force: bool,
+) -> Result<Job, RequestError> {
+    on_current_job(deps, name, "complete", |job| async move {
+        if job.spec.mode == Mode::Offline {
+            return Err(RequestError::NotAllowed(format!(
+                "cannot complete job {:?}: it is an offline job, which completes by itself once copied and verified. `complete` ends online jobs (create --mode online)",
+                name.as_str()
+            )));
+        }
+        if !matches!(job.status, JobStatus::Running | JobStatus::Paused) {
+            return Err(refuse("complete", &job));
+        }
+        if job.complete_requested_at.is_some() {
+            return Ok(Some(job));
+        }
+        if job.replay_from.is_none() && !force {
+            return Err(RequestError::NotAllowed(format!(
+                "cannot complete job {:?}: it is still copying its snapshot of {} ({} items so far); it catches up with the stream after that. Wait for `tablecopy watch --job-name {} --until-caught-up`, or, if every write to {} has stopped already, use complete --force",
+                name.as_str(),
+                job.spec.source,
+                job.items_copied,
+                name,
+                job.spec.source
+            )));
+        }
+        if !deps.store.mark(name, Milestone::Complete, Utc::now()).await? {
+            return Ok(None);
+        }
+        tracing::info!(job = %name, force, "complete requested: the shards drain, then the target is verified");
+        // Shards read their tip again within a second; if every one had ended already,
+        // finalize goes on to the verification.
+        deps.control().send_finalize(name).await?;
         Ok(Some(existing(deps, name).await?))
     })
     .await

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 
 use super::*;
 use crate::config::{Resources, Tuning};
-use crate::fakes::{FakeOutbox, FakeResponder, FakeTables};
+use crate::fakes::{FakeOutbox, FakeResponder, FakeStream, FakeTables};
 use crate::messages::{decode, encode, SliceLimits, VERSION};
 use crate::model::{render_key, Item, JobError, JobName, JobStatus, KeyAttribute, KeySchema, KeyType, OnItemError};
 use crate::queue::QueueKind;
@@ -60,12 +60,14 @@ fn world(n: u64, without_order_no: &[u64]) -> FakeDeps {
         event_source: "tablecopy".into(),
     };
     let tuning = Tuning { slice: SliceLimits { max_items: 7, max_bytes: 1 << 20 }, ..Tuning::default() };
+    let stream = std::sync::Arc::new(FakeStream::on(&tables, "src"));
     Deps {
         store: MemoryStore::default(),
         outbox: FakeOutbox::default(),
         tables,
         responder: std::sync::Arc::new(FakeResponder::default()),
         events: std::sync::Arc::new(crate::events::RecordedEvents::default()),
+        streams: stream,
         config: Config { resources, tuning, region: "us-east-1".into(), tables: Default::default() },
     }
 }
@@ -97,7 +99,16 @@ async fn handle(d: &FakeDeps, kind: QueueKind, body: &str, attempt: u32) -> Resu
     match kind {
         QueueKind::CopyChunk => {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
-            copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, decode(body).unwrap(), deadline).await
+            copy_chunk(
+                &d.tables,
+                d.streams.as_ref(),
+                &d.store,
+                &d.outbox,
+                &d.config.tuning,
+                decode(body).unwrap(),
+                deadline,
+            )
+            .await
         }
         QueueKind::Checkpoint => advance_checkpoint(d, decode(body).unwrap()).await,
         QueueKind::Finalize => match decode(body).unwrap() {
@@ -350,6 +361,7 @@ async fn a_fatal_slice_error_fails_the_job_with_its_reason() {
         items_read: 0,
         expired: 0,
         check: None,
+        shard: None,
     };
     deliver(&d, QueueKind::Checkpoint, &encode(&result)).await;
     drain(&d, 0, true).await;
@@ -1363,7 +1375,7 @@ async fn a_slice_under_endless_throttling_ends_at_a_page_boundary_before_its_dea
     let started = tokio::time::Instant::now();
     let deadline = started + std::time::Duration::from_secs(20);
     let stop_at = deadline - stop_margin(deadline - started);
-    copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, deadline).await.unwrap();
+    copy_chunk(&d.tables, d.streams.as_ref(), &d.store, &d.outbox, &d.config.tuning, slice, deadline).await.unwrap();
     let ended = tokio::time::Instant::now();
     assert!(ended >= stop_at && ended < deadline, "ended {:?} after its start", ended - started);
     the_rest_is_copied_once(&d, 1).await;
@@ -1374,7 +1386,7 @@ async fn a_slice_that_runs_out_of_write_attempts_keeps_its_whole_pages() {
     let mut d = world(2_500, &[]);
     let slice = throttled_after_one_page(&mut d).await;
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3_600);
-    copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, far).await.unwrap();
+    copy_chunk(&d.tables, d.streams.as_ref(), &d.store, &d.outbox, &d.config.tuning, slice, far).await.unwrap();
     the_rest_is_copied_once(&d, u64::from(d.config.tuning.max_write_attempts)).await;
 }
 
@@ -1386,7 +1398,7 @@ async fn throttled_item_by_item_writes_of_a_refused_batch_count_as_throttles() {
     *d.tables.refused_batches.lock().unwrap() = 1;
     *d.tables.throttled_puts.lock().unwrap() = 2;
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(3_600);
-    copy_chunk(&d.tables, &d.store, &d.outbox, &d.config.tuning, slice, far).await.unwrap();
+    copy_chunk(&d.tables, d.streams.as_ref(), &d.store, &d.outbox, &d.config.tuning, slice, far).await.unwrap();
     let result: crate::messages::ChunkResult = decode(&d.outbox.take()[0].1).unwrap();
     assert_eq!((result.items_written, result.rejected_count), (7, 0));
     assert_eq!(result.throttles, 2, "two PutItem calls were throttled");
@@ -2201,7 +2213,7 @@ async fn a_job_with_repair_is_its_targets_only_writer_and_no_job_reads_a_table_b
         let key = tables[&dst()].key.clone();
         tables.insert(
             crate::model::TableName::parse("other").unwrap(),
-            crate::fakes::FakeTable { key, ttl_attribute: None, items: Default::default() },
+            crate::fakes::FakeTable { key, ttl_attribute: None, items: Default::default(), stream: None },
         );
     }
     create_job(&d, CreateJobRequest { repair: true, ..request("a", 1, OnItemError::Fail) }).await.unwrap();
@@ -2250,3 +2262,5 @@ async fn items_ttl_may_delete_during_the_verification_are_compared_on_neither_si
     let v = j.verification.unwrap();
     assert_eq!((v.source.items, v.target.items, v.skipped), (25, 25, 4), "{v:?}");
 }
+
+mod online;

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
 use crate::error::{AwsError, ErrorKind};
-use crate::model::{Cursor, Item, Job, JobName, JobSummary, Pass, RejectedItem, SegmentCheck};
+use crate::model::{Cursor, Item, Job, JobName, JobSummary, Pass, RejectedItem, SegmentCheck, ShardCursor};
 use crate::scheduler::Scheduler;
 
 pub fn job_pk(name: &JobName) -> String {
@@ -52,6 +52,11 @@ pub fn check_value(check: &SegmentCheck) -> AttributeValue {
     s(serde_json::to_string(check).expect("checks serialize"))
 }
 
+/// A shard cursor's position, as JSON text (one attribute, read and written whole).
+pub fn shard_value(shard: &ShardCursor) -> AttributeValue {
+    s(serde_json::to_string(shard).expect("shard cursors serialize"))
+}
+
 pub fn cursor_to_item(name: &JobName, c: &Cursor) -> Item {
     let mut item = cursor_key(name, c.segment);
     item.insert("segment".into(), n(c.segment));
@@ -72,6 +77,9 @@ pub fn cursor_to_item(name: &JobName, c: &Cursor) -> Item {
     item.insert("pass".into(), s(c.pass.as_str()));
     if let Some(check) = &c.check {
         item.insert("check".into(), check_value(check));
+    }
+    if let Some(shard) = &c.shard {
+        item.insert("shard".into(), shard_value(shard));
     }
     if let Some(k) = &c.last_key {
         item.insert("last_key".into(), AttributeValue::M(k.clone()));
@@ -120,6 +128,7 @@ pub fn cursor_from_item(item: &Item) -> Option<Cursor> {
         // A cursor written before passes existed is in the copy pass.
         pass: text("pass").map(|p| Pass::parse(&p)).unwrap_or(Some(Pass::Copy))?,
         check: text("check").and_then(|c| serde_json::from_str(&c).ok()),
+        shard: text("shard").and_then(|c| serde_json::from_str(&c).ok()),
         updated_at: at("updated_at"),
         owner: text("owner"),
         lease_until: at("lease_until"),
@@ -196,6 +205,14 @@ mod tests {
         let mut check = SegmentCheck::default();
         check.found(crate::model::MismatchKind::Extra, "{}".into());
         c.check = Some(check);
+        assert_eq!(cursor_from_item(&cursor_to_item(&name, &c)), Some(c.clone()));
+        c.pass = Pass::Replay;
+        c.shard = Some(ShardCursor {
+            sequence: Some("000123".into()),
+            changed_at: c.updated_at,
+            at_tip: true,
+            ..ShardCursor::new("shardId-1", Some("shardId-0".into()))
+        });
         assert_eq!(cursor_from_item(&cursor_to_item(&name, &c)), Some(c));
     }
 

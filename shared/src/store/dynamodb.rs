@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::codec::*;
-use super::{conflict_pause, Applied, CursorStore, InsertError, JobPage, JobStore, ListQuery, SliceCommit, Transition};
+use super::{
+    conflict_pause, Applied, CursorStore, InsertError, JobPage, JobStore, ListQuery, Milestone, SliceCommit, Transition,
+};
 use crate::error::{classify, AwsError, ErrorKind};
 use crate::model::{
     Cursor, Item, Job, JobName, JobStatus, Pass, Progress, SegmentCheck, StatusChange, Verification,
@@ -250,6 +252,12 @@ impl DynamoStore {
             update = update
                 .expression_attribute_names("#check", "check")
                 .expression_attribute_values(":check", check_value(check));
+        }
+        if let Some(shard) = &c.shard {
+            set.push("#shard = :shard");
+            update = update
+                .expression_attribute_names("#shard", "shard")
+                .expression_attribute_values(":shard", shard_value(shard));
         }
         if let Some(rate) = c.rate {
             set.push("#rate = :rate");
@@ -737,15 +745,22 @@ impl JobStore for DynamoStore {
         Ok(())
     }
 
-    async fn mark_verifying(&self, name: &JobName, at: DateTime<Utc>) -> Result<bool, AwsError> {
-        let update = self
+    async fn mark(&self, name: &JobName, milestone: Milestone, at: DateTime<Utc>) -> Result<bool, AwsError> {
+        let mut update = self
             .update_item(key(job_pk(name), JOB_SK))
-            .condition_expression("#s = :running AND attribute_not_exists(verify_started_at)")
-            .update_expression("SET verify_started_at = :at")
+            .condition_expression("(#s = :running OR #s = :paused) AND attribute_not_exists(#m)")
+            .update_expression("SET #m = :at")
             .expression_attribute_names("#s", "status")
+            .expression_attribute_names("#m", milestone.attribute())
             .expression_attribute_values(":running", s(JobStatus::Running.as_str()))
             .expression_attribute_values(":at", job_time(at));
-        Ok(matches!(self.run(update, &format!("recording job {name}'s verification start")).await?, Updated::Yes(_)))
+        // Only the milestones that apply to paused jobs may find one.
+        let paused = if milestone.applies(JobStatus::Paused) { JobStatus::Paused } else { JobStatus::Running };
+        update = update.expression_attribute_values(":paused", s(paused.as_str()));
+        Ok(matches!(
+            self.run(update, &format!("recording job {name}'s {}", milestone.attribute())).await?,
+            Updated::Yes(_)
+        ))
     }
 
     async fn set_verification(&self, name: &JobName, v: &Verification) -> Result<bool, AwsError> {
@@ -829,7 +844,7 @@ impl JobStore for DynamoStore {
 }
 
 /// The job item's counters, set from a [`Progress`] by [`progress_values`].
-const PROGRESS_SET: [&str; 8] = [
+const PROGRESS_SET: [&str; 9] = [
     "items_expired = :expired",
     "phase = :phase",
     "items_copied = :items",
@@ -838,9 +853,10 @@ const PROGRESS_SET: [&str; 8] = [
     "throttles = :throttles",
     "rejected_samples = :samples",
     "segments_done = :done",
+    "replay = :replay",
 ];
 
-fn progress_values(p: &Progress) -> [(&'static str, AttributeValue); 8] {
+fn progress_values(p: &Progress) -> [(&'static str, AttributeValue); 9] {
     [
         (":expired", n(p.expired)),
         (":phase", serde_dynamo::to_attribute_value(p.phase).expect("serializes")),
@@ -850,6 +866,7 @@ fn progress_values(p: &Progress) -> [(&'static str, AttributeValue); 8] {
         (":throttles", n(p.throttles)),
         (":samples", samples(&p.samples)),
         (":done", n(p.segments_done)),
+        (":replay", serde_dynamo::to_attribute_value(&p.replay).expect("serializes")),
     ]
 }
 

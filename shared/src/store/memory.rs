@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Applied, CursorStore, InsertError, JobPage, JobStore, ListQuery, SliceCommit, Transition};
+use super::{Applied, CursorStore, InsertError, JobPage, JobStore, ListQuery, Milestone, SliceCommit, Transition};
 use crate::error::{AwsError, ErrorKind};
 use crate::model::{
     Cursor, Job, JobName, JobStatus, JobSummary, Pass, Progress, SegmentCheck, StatusChange, Verification,
@@ -62,6 +62,9 @@ impl StoreState {
         }
         if c.check.is_some() {
             cursor.check = c.check.clone();
+        }
+        if c.shard.is_some() {
+            cursor.shard = c.shard.clone();
         }
         cursor.done = c.done;
         cursor.parked = decision == Commit::Parked;
@@ -393,15 +396,19 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
-    async fn mark_verifying(&self, name: &JobName, at: DateTime<Utc>) -> Result<bool, AwsError> {
-        self.fault("mark_verifying")?;
+    async fn mark(&self, name: &JobName, milestone: Milestone, at: DateTime<Utc>) -> Result<bool, AwsError> {
+        self.fault("mark")?;
         let mut s = self.state.lock().unwrap();
-        let Some(job) =
-            s.jobs.get_mut(name).filter(|j| j.status == JobStatus::Running && j.verify_started_at.is_none())
-        else {
-            return Ok(false);
+        let Some(job) = s.jobs.get_mut(name).filter(|j| milestone.applies(j.status)) else { return Ok(false) };
+        let field = match milestone {
+            Milestone::Verifying => &mut job.verify_started_at,
+            Milestone::Replay => &mut job.replay_from,
+            Milestone::Complete => &mut job.complete_requested_at,
         };
-        job.verify_started_at = Some(at);
+        if field.is_some() {
+            return Ok(false);
+        }
+        *field = Some(at);
         s.writes += 1;
         Ok(true)
     }

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use crate::error::AwsError;
 use crate::model::{
     Cursor, Item, Job, JobError, JobName, JobStatus, JobSummary, Pass, Progress, RejectedItem, SegmentCheck,
-    Verification,
+    ShardCursor, Verification,
 };
 pub use crate::rules::Commit;
 use crate::scheduler::Scheduler;
@@ -52,6 +52,8 @@ pub struct SliceCommit {
     pub pass: Option<Pass>,
     /// The segment's verification state after the slice (verifying and locating passes).
     pub check: Option<SegmentCheck>,
+    /// A shard cursor's position after the slice (replay pass).
+    pub shard: Option<ShardCursor>,
 }
 
 /// A status change, applied only if the job is still in `from` at control epoch `epoch`
@@ -75,6 +77,33 @@ pub struct Transition {
     pub verification: Option<Verification>,
     /// The scheduler's new state; written only if its version is still `version - 1`.
     pub scheduler: Option<Scheduler>,
+}
+
+/// A moment of a job's life, recorded once on the job item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Milestone {
+    /// The copy ended and the verification begins (`verify_started_at`; running jobs).
+    Verifying,
+    /// Online: the replay of the stream begins at this time (`replay_from`; running jobs).
+    Replay,
+    /// Online: `complete` was asked for (`complete_requested_at`; running or paused jobs).
+    Complete,
+}
+
+impl Milestone {
+    /// The job item's attribute.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            Milestone::Verifying => "verify_started_at",
+            Milestone::Replay => "replay_from",
+            Milestone::Complete => "complete_requested_at",
+        }
+    }
+
+    /// The states a job may record it in.
+    pub fn applies(self, status: JobStatus) -> bool {
+        status == JobStatus::Running || (self == Milestone::Complete && status == JobStatus::Paused)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,9 +243,9 @@ pub trait JobStore: Send + Sync {
     /// Record that the first `n` entries of the job's history were published as events, if
     /// fewer were recorded so far.
     async fn mark_announced(&self, name: &JobName, n: u64) -> Result<(), AwsError>;
-    /// Record when a running job's verification began, once; `false` if it was recorded
-    /// already or the job is not running.
-    async fn mark_verifying(&self, name: &JobName, at: DateTime<Utc>) -> Result<bool, AwsError>;
+    /// Record a moment of a job's life once; `false` if it was recorded already or the job is
+    /// not in a state it applies to ([`Milestone::applies`]).
+    async fn mark(&self, name: &JobName, milestone: Milestone, at: DateTime<Utc>) -> Result<bool, AwsError>;
     /// Record a running job's verification outcome once (the keyed pass reads its buckets);
     /// `false` if one was recorded already or the job is not running.
     async fn set_verification(&self, name: &JobName, v: &Verification) -> Result<bool, AwsError>;

@@ -1,0 +1,461 @@
+//! Online jobs with an in-memory stream that follows DynamoDB Streams' rules (see
+//! `fakes::FakeStream`): what LocalStack cannot produce (shard splits, aged-out parents,
+//! trimmed records, expired iterators, a crash between two batches), and the refusals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::*;
+use crate::model::{Cursor, Job, Mode, StreamSpec, StreamView, TableName, VerifyMode};
+use crate::replay::STREAM_TRIMMED;
+
+/// `n` source items (keyed `pk`) with a stream, and an empty target keyed `customer` +
+/// `order_no` (or `pk`, with `same_key`). Snapshot slices stop writing at once and shards
+/// drain at the first read at their tip after `complete` (the waits are the deployment's).
+fn online_world(n: u64, same_key: bool) -> (FakeDeps, Arc<FakeStream>) {
+    let mut d = world(n, &[]);
+    if same_key {
+        d.tables.add("dst", schema(("pk", KeyType::S), None), vec![]);
+    }
+    d.config.tuning.copy_visibility = Duration::ZERO;
+    d.config.tuning.drain_settle = Duration::ZERO;
+    let stream = Arc::new(FakeStream::on(&d.tables, "src"));
+    d.streams = stream.clone();
+    (d, stream)
+}
+
+fn online(name: &str, parallelism: u32) -> CreateJobRequest {
+    CreateJobRequest { mode: Mode::Online, ..request(name, parallelism, OnItemError::Fail) }
+}
+
+/// Deliver messages round by round (shuffled, as `drain`), calling `between` before each
+/// round, until `done` holds of the job or no message is left. Returns the rounds run.
+async fn run_until(
+    d: &FakeDeps,
+    name: &str,
+    seed: u64,
+    mut between: impl FnMut(usize),
+    mut done: impl FnMut(&Job) -> bool,
+) -> usize {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut returned: Vec<(QueueKind, String, u32)> = Vec::new();
+    for round in 0..20_000 {
+        // As `show` sees it: with the counters summed from the cursors.
+        let (live, _) = crate::store::live_job(&d.store, &JobName::parse(name).unwrap()).await.unwrap().unwrap();
+        if done(&live) {
+            return round;
+        }
+        between(round);
+        let mut batch: Vec<(QueueKind, String, u32)> = d.outbox.take().into_iter().map(|(k, b)| (k, b, 1)).collect();
+        batch.append(&mut returned);
+        if batch.is_empty() {
+            return round;
+        }
+        batch.shuffle(&mut rng);
+        for (kind, body, attempt) in batch {
+            match handle(d, kind, &body, attempt).await {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => returned.push((kind, body, attempt + 1)),
+                Err(e) => panic!("{kind:?} failed permanently: {e}"),
+            }
+        }
+    }
+    panic!("job {name} never got there: {:?}", job(d, name).status_label())
+}
+
+/// A `done` for [`run_until`]: after `n` rounds.
+fn rounds(n: usize) -> impl FnMut(&Job) -> bool {
+    let mut k = 0;
+    move |_| {
+        k += 1;
+        k > n
+    }
+}
+
+fn caught_up(j: &Job) -> bool {
+    j.replay_from.is_some() && j.replay.as_ref().is_some_and(|r| r.lag_ms == Some(0))
+}
+
+/// A writer's change to the source: updates (moving the target key), deletes, re-inserts of
+/// deleted keys and inserts, several to one item in a row.
+struct Writer {
+    rng: rand::rngs::StdRng,
+    next: u64,
+    deleted: Vec<Item>,
+}
+
+impl Writer {
+    fn new(seed: u64, n: u64) -> Self {
+        Self { rng: rand::rngs::StdRng::seed_from_u64(seed), next: n, deleted: vec![] }
+    }
+
+    fn write(&mut self, d: &FakeDeps, stream: &FakeStream, ops: usize) {
+        for _ in 0..ops {
+            let items = d.tables.items("src");
+            match self.rng.random_range(0..10) {
+                0..=4 if !items.is_empty() => {
+                    let mut it = items[self.rng.random_range(0..items.len())].clone();
+                    // Same item, several versions in a row; its target key moves.
+                    for v in 0..self.rng.random_range(1..4) {
+                        it.insert("customer".into(), AttributeValue::S(format!("c-{}", self.rng.random_range(0..9))));
+                        it.insert("v".into(), AttributeValue::N(v.to_string()));
+                        stream.put(&d.tables, "src", it.clone());
+                    }
+                }
+                5 | 6 if !items.is_empty() => {
+                    let it = items[self.rng.random_range(0..items.len())].clone();
+                    stream.remove(&d.tables, "src", HashMap::from([("pk".to_string(), it["pk"].clone())]));
+                    self.deleted.push(it);
+                }
+                7 if !self.deleted.is_empty() => {
+                    let mut it = self.deleted.remove(0);
+                    it.insert("v".into(), AttributeValue::S("again".into()));
+                    stream.put(&d.tables, "src", it);
+                }
+                _ => {
+                    self.next += 1;
+                    stream.put(&d.tables, "src", item(self.next));
+                }
+            }
+        }
+    }
+}
+
+/// Create, copy under writes, catch up under writes, `complete`, and run to the end.
+async fn copy_online(d: &FakeDeps, stream: &FakeStream, name: &str, seed: u64) -> Job {
+    let mut writer = Writer::new(seed, 1_000);
+    create_job(d, online(name, 3)).await.unwrap();
+    // Writes during the snapshot, then during the catch-up.
+    run_until(d, name, seed, |r| writer.write(d, stream, usize::from(r % 3 == 0)), |j| j.replay_from.is_some()).await;
+    for _ in 0..20 {
+        run_until(d, name, seed, |r| writer.write(d, stream, usize::from(r < 3) * 2), rounds(4)).await;
+        run_until(d, name, seed, |_| {}, caught_up).await;
+    }
+    complete_job(d, &JobName::parse(name).unwrap(), false).await.unwrap();
+    run_until(d, name, seed, |_| {}, |j| j.status.is_final()).await;
+    job(d, name)
+}
+
+#[tokio::test]
+async fn an_online_job_ends_with_the_target_equal_to_a_source_that_changed_throughout() {
+    for seed in 0..3 {
+        let (d, stream) = online_world(40, false);
+        let j = copy_online(&d, &stream, "live", seed).await;
+        assert_eq!(j.status, JobStatus::Completed, "seed {seed}: {:?}", j.error);
+        assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")), "seed {seed}");
+        let v = j.verification.unwrap();
+        assert!(v.passed, "seed {seed}: {}", v.summary());
+        assert!(j.replay.unwrap().records_applied > 0);
+        let labels: Vec<JobStatus> = j.history.iter().map(|h| h.status).collect();
+        assert_eq!(labels, [JobStatus::Queued, JobStatus::Running, JobStatus::Completed]);
+    }
+}
+
+#[tokio::test]
+async fn with_the_same_key_the_replay_alone_makes_the_target_exact() {
+    for seed in 0..3 {
+        let (d, stream) = online_world(40, true);
+        let j = copy_online(&d, &stream, "same", seed).await;
+        assert_eq!(j.status, JobStatus::Completed, "seed {seed}: {:?}", j.error);
+        assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+        let v = j.verification.unwrap();
+        assert!(v.passed && v.differing_buckets.is_empty(), "seed {seed}: nothing to repair: {}", v.summary());
+    }
+}
+
+#[tokio::test]
+async fn the_status_shows_the_snapshot_the_catch_up_and_the_completion() {
+    let (d, stream) = online_world(30, true);
+    create_job(&d, online("st", 2)).await.unwrap();
+    assert_eq!(job(&d, "st").status_label(), "Running (copying snapshot)");
+    run_until(&d, "st", 1, |_| {}, caught_up).await;
+    let (j, _) = crate::store::live_job(&d.store, &name("st")).await.unwrap().unwrap();
+    assert_eq!(j.status_label(), "Running (catching up)");
+    let r = j.replay.unwrap();
+    assert_eq!((r.open_shards, r.shards, r.lag_ms), (1, 1, Some(0)));
+    stream.put(&d.tables, "src", item(500));
+    complete_job(&d, &name("st"), false).await.unwrap();
+    assert_eq!(job(&d, "st").status_label(), "Running (completing)");
+    // Asking again changes nothing.
+    let again = complete_job(&d, &name("st"), false).await.unwrap();
+    assert_eq!(again.complete_requested_at, job(&d, "st").complete_requested_at);
+    run_until(&d, "st", 1, |_| {}, |j| j.status.is_final()).await;
+    assert_eq!(job(&d, "st").status, JobStatus::Completed);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+}
+
+#[tokio::test]
+async fn split_shards_are_read_after_their_parent_and_found_while_the_job_runs() {
+    let (d, stream) = online_world(30, true);
+    let mut writer = Writer::new(7, 1_000);
+    create_job(&d, online("split", 2)).await.unwrap();
+    run_until(&d, "split", 2, |_| {}, caught_up).await;
+    // Changes in the parent, then a split while the job reads, then changes of the same items
+    // in the children, then one child rotates.
+    writer.write(&d, &stream, 30);
+    stream.split("shard-0", &["shard-1", "shard-2"]);
+    writer.write(&d, &stream, 30);
+    // The reconciler finds the children before the parent is read to its end: they wait.
+    reconcile(&d).await.unwrap();
+    let found = d.store.cursors(&name("split")).await.unwrap();
+    let children: Vec<&Cursor> = found.iter().filter(|c| c.shard.as_ref().is_some_and(|s| s.id != "shard-0")).collect();
+    assert_eq!(children.len(), 2);
+    assert!(children.iter().all(|c| c.parked && c.seq == 0), "not read before their parent");
+    run_until(&d, "split", 2, |_| {}, |j| j.replay.as_ref().is_some_and(|r| r.shards == 3)).await;
+    stream.split("shard-1", &["shard-3"]);
+    writer.write(&d, &stream, 30);
+    run_until(&d, "split", 2, |_| {}, |j| caught_up(j) && j.replay.as_ref().is_some_and(|r| r.shards == 4)).await;
+    complete_job(&d, &name("split"), false).await.unwrap();
+    run_until(&d, "split", 2, |_| {}, |j| j.status.is_final()).await;
+    let j = job(&d, "split");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    // Same key: the replay alone converged, which it cannot if a child is read before its parent.
+    assert!(j.verification.as_ref().unwrap().differing_buckets.is_empty(), "{}", j.verification.unwrap().summary());
+    let shards: Vec<Cursor> =
+        d.store.cursors(&name("split")).await.unwrap().into_iter().filter(|c| c.shard.is_some()).collect();
+    let closed: Vec<&str> = shards
+        .iter()
+        .filter(|c| c.shard.as_ref().unwrap().closed)
+        .map(|c| c.shard.as_ref().unwrap().id.as_str())
+        .collect();
+    assert_eq!(closed.len(), 2, "shard-0 and shard-1 read to their end: {closed:?}");
+    assert!(shards.iter().all(|c| c.done));
+}
+
+#[tokio::test]
+async fn a_parent_that_aged_out_counts_as_read() {
+    let (d, stream) = online_world(20, true);
+    stream.split("shard-0", &["shard-1"]);
+    stream.age_out("shard-0");
+    create_job(&d, online("aged", 1)).await.unwrap();
+    run_until(&d, "aged", 3, |_| {}, caught_up).await;
+    stream.put(&d.tables, "src", item(700));
+    run_until(&d, "aged", 3, |_| {}, |j| j.replay.as_ref().is_some_and(|r| r.records_applied == 1)).await;
+    let shards: Vec<Cursor> =
+        d.store.cursors(&name("aged")).await.unwrap().into_iter().filter(|c| c.shard.is_some()).collect();
+    assert_eq!(shards.len(), 1);
+    assert_eq!(shards[0].shard.as_ref().unwrap().parent, None, "its parent aged out");
+    complete_job(&d, &name("aged"), false).await.unwrap();
+    run_until(&d, "aged", 3, |_| {}, |j| j.status.is_final()).await;
+    assert_eq!(job(&d, "aged").status, JobStatus::Completed);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+}
+
+#[tokio::test]
+async fn an_expired_iterator_is_renewed_from_the_cursor() {
+    let (d, stream) = online_world(20, true);
+    let mut writer = Writer::new(9, 1_000);
+    create_job(&d, online("exp", 1)).await.unwrap();
+    run_until(&d, "exp", 4, |_| {}, caught_up).await;
+    stream.log.lock().unwrap().page = 3;
+    writer.write(&d, &stream, 20);
+    stream.log.lock().unwrap().expire_next = 2;
+    run_until(&d, "exp", 4, |_| {}, |j| caught_up(j) && j.replay.as_ref().unwrap().records_applied > 0).await;
+    assert_eq!(stream.log.lock().unwrap().expire_next, 0, "both expired answers were met");
+    complete_job(&d, &name("exp"), false).await.unwrap();
+    run_until(&d, "exp", 4, |_| {}, |j| j.status.is_final()).await;
+    let j = job(&d, "exp");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    assert!(j.verification.unwrap().differing_buckets.is_empty());
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+}
+
+#[tokio::test]
+async fn records_applied_in_two_batches_by_a_slice_that_died_are_applied_again_in_order() {
+    let (d, stream) = online_world(10, true);
+    create_job(&d, online("crash", 1)).await.unwrap();
+    run_until(&d, "crash", 5, |_| {}, caught_up).await;
+    stream.log.lock().unwrap().page = 3;
+    // Five versions of one item and a delete of another: two batches and more.
+    for v in 0..5 {
+        let mut it = item(1);
+        it.insert("v".into(), AttributeValue::N(v.to_string()));
+        stream.put(&d.tables, "src", it);
+    }
+    stream.remove(&d.tables, "src", HashMap::from([("pk".to_string(), item(2)["pk"].clone())]));
+    // The next slice reads and applies them, then its process dies before reporting.
+    let (kind, slice) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::CopyChunk).unwrap();
+    handle(&d, kind, &slice, 1).await.unwrap();
+    let lost = d.outbox.take();
+    assert_eq!(lost.len(), 1, "its one result, lost with the process");
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    let msg: crate::messages::CopyChunk = decode(&slice).unwrap();
+    {
+        // Its hold runs out (the process is gone).
+        let mut s = d.store.state.lock().unwrap();
+        let c = s.cursors.get_mut(&(name("crash"), msg.segment)).unwrap();
+        c.lease_until = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
+    }
+    // Meanwhile the item changes once more; SQS delivers the slice again.
+    let mut it = item(1);
+    it.insert("v".into(), AttributeValue::N("9".into()));
+    stream.put(&d.tables, "src", it);
+    handle(&d, QueueKind::CopyChunk, &slice, 2).await.unwrap();
+    run_until(&d, "crash", 5, |_| {}, |j| caught_up(j) && j.replay.as_ref().unwrap().records_applied == 7).await;
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    complete_job(&d, &name("crash"), false).await.unwrap();
+    run_until(&d, "crash", 5, |_| {}, |j| j.status.is_final()).await;
+    let j = job(&d, "crash");
+    assert_eq!(j.status, JobStatus::Completed);
+    assert_eq!(j.replay.unwrap().records_applied, 7, "every record counted once");
+}
+
+#[tokio::test]
+async fn a_replay_that_cannot_begin_within_the_streams_24_hours_fails_stream_trimmed() {
+    let (d, _stream) = online_world(10, true);
+    create_job(&d, online("late", 1)).await.unwrap();
+    // The job started a day ago (its snapshot took that long).
+    d.store.state.lock().unwrap().jobs.get_mut(&name("late")).unwrap().started_at =
+        Some(chrono::Utc::now() - chrono::Duration::hours(24));
+    run_until(&d, "late", 6, |_| {}, |j| j.status.is_final()).await;
+    let j = job(&d, "late");
+    assert_eq!(j.status, JobStatus::Failed);
+    let e = j.error.unwrap();
+    assert_eq!(e.code, STREAM_TRIMMED);
+    assert!(e.message.contains("Re-create the job"), "{}", e.message);
+}
+
+#[tokio::test]
+async fn records_trimmed_after_the_cursor_fail_the_job_stream_trimmed() {
+    let (d, stream) = online_world(10, true);
+    create_job(&d, online("trim", 1)).await.unwrap();
+    run_until(&d, "trim", 7, |_| {}, caught_up).await;
+    stream.put(&d.tables, "src", item(800));
+    run_until(&d, "trim", 7, |_| {}, |j| j.replay.as_ref().is_some_and(|r| r.records_applied == 1)).await;
+    pause_job(&d, &name("trim")).await.unwrap();
+    run_until(&d, "trim", 7, |_| {}, |j| j.status == JobStatus::Paused).await;
+    // Paused for more than a day: the records after its cursor were trimmed.
+    stream.put(&d.tables, "src", item(801));
+    stream.trim("shard-0", 2);
+    resume_job(&d, &name("trim")).await.unwrap();
+    run_until(&d, "trim", 7, |_| {}, |j| j.status.is_final()).await;
+    let j = job(&d, "trim");
+    assert_eq!((j.status, j.error.unwrap().code.as_str()), (JobStatus::Failed, STREAM_TRIMMED));
+}
+
+#[tokio::test]
+async fn pause_resume_and_cancel_work_while_catching_up() {
+    let (d, stream) = online_world(20, false);
+    let mut writer = Writer::new(11, 1_000);
+    create_job(&d, online("prc", 2)).await.unwrap();
+    run_until(&d, "prc", 8, |_| {}, caught_up).await;
+    pause_job(&d, &name("prc")).await.unwrap();
+    run_until(&d, "prc", 8, |_| {}, |j| j.status == JobStatus::Paused).await;
+    writer.write(&d, &stream, 20);
+    assert_eq!(d.outbox.take().len(), 0, "a paused job reads nothing");
+    resume_job(&d, &name("prc")).await.unwrap();
+    run_until(&d, "prc", 8, |_| {}, |j| caught_up(j) && j.replay.as_ref().unwrap().records_applied > 0).await;
+    assert_eq!(job(&d, "prc").status, JobStatus::Running);
+    cancel_job(&d, &name("prc"), false).await.unwrap();
+    run_until(&d, "prc", 8, |_| {}, |j| j.status.is_final()).await;
+    assert_eq!(job(&d, "prc").status, JobStatus::Cancelled);
+    writer.write(&d, &stream, 5);
+    let before = d.tables.items("dst");
+    // What is still queued (a backstop finalize, a last slice) writes nothing.
+    run_until(&d, "prc", 8, |_| {}, |_| false).await;
+    assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(before), "nothing written after the cancel");
+}
+
+#[tokio::test]
+async fn a_stream_disabled_or_replaced_while_the_job_runs_fails_it_with_the_reason() {
+    for (code, lose) in [("StreamDisabled", 0), ("StreamReplaced", 1)] {
+        let (d, stream) = online_world(10, true);
+        create_job(&d, online("lost", 1)).await.unwrap();
+        run_until(&d, "lost", 9, |_| {}, caught_up).await;
+        {
+            let mut tables = d.tables.tables.lock().unwrap();
+            let src = tables.get_mut(&TableName::parse("src").unwrap()).unwrap();
+            src.stream = (lose == 1).then(|| StreamSpec {
+                arn: "arn:fake:dynamodb:table/src/stream/2".into(),
+                view: StreamView::NewAndOldImages,
+            });
+        }
+        stream.log.lock().unwrap().enabled = lose == 1;
+        // The shard ends (a disabled stream's shards close); the job looks for its children.
+        stream.split("shard-0", &[]);
+        run_until(&d, "lost", 9, |_| {}, |j| j.status.is_final()).await;
+        let j = job(&d, "lost");
+        assert_eq!((j.status, j.error.as_ref().unwrap().code.as_str()), (JobStatus::Failed, code));
+        assert!(j.error.unwrap().message.contains("re-create the job") || code == "StreamReplaced");
+    }
+}
+
+#[tokio::test]
+async fn bad_online_requests_are_refused_with_what_to_do_and_change_nothing() {
+    let (d, _stream) = online_world(5, false);
+    let set_stream = |view: Option<StreamView>| {
+        let mut tables = d.tables.tables.lock().unwrap();
+        tables.get_mut(&TableName::parse("src").unwrap()).unwrap().stream =
+            view.map(|view| StreamSpec { arn: "arn:fake:dynamodb:table/src/stream/1".into(), view });
+    };
+    let refused = |e: RequestError| e.to_string();
+    set_stream(None);
+    let e = refused(create_job(&d, online("o1", 1)).await.unwrap_err());
+    assert!(e.contains("aws dynamodb update-table --table-name src --stream-specification StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES") && e.contains("--enable-stream"), "{e}");
+    for view in [StreamView::KeysOnly, StreamView::OldImage] {
+        set_stream(Some(view));
+        let e = refused(create_job(&d, online("o1", 1)).await.unwrap_err());
+        assert!(e.contains(view.as_str()) && e.contains("NEW_AND_OLD_IMAGES"), "{e}");
+    }
+    // NEW_IMAGE: enough for the same key, not for a re-keyed target.
+    set_stream(Some(StreamView::NewImage));
+    let e = refused(create_job(&d, online("o1", 1)).await.unwrap_err());
+    assert!(e.contains("NEW_IMAGE") && e.contains("old image"), "{e}");
+    let e =
+        refused(create_job(&d, CreateJobRequest { verify: VerifyMode::None, ..online("o1", 1) }).await.unwrap_err());
+    assert!(e.contains("drop --verify none"), "{e}");
+    let e = refused(
+        create_job(&d, CreateJobRequest { enable_stream: true, ..request("o1", 1, OnItemError::Fail) })
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("--mode online"), "{e}");
+    assert!(d.store.state.lock().unwrap().jobs.is_empty(), "nothing recorded");
+    assert_eq!(d.outbox.take().len(), 0);
+
+    // complete: unknown, offline, still copying its snapshot, final.
+    let e = refused(complete_job(&d, &name("nope"), false).await.unwrap_err());
+    assert!(e.contains("nope"), "{e}");
+    create_job(&d, request("off", 1, OnItemError::Fail)).await.unwrap();
+    let e = refused(complete_job(&d, &name("off"), false).await.unwrap_err());
+    assert!(e.contains("offline job") && e.contains("--mode online"), "{e}");
+    drain(&d, 1, false).await;
+    set_stream(Some(StreamView::NewAndOldImages));
+    create_job(&d, online("snap", 1)).await.unwrap();
+    let e = refused(complete_job(&d, &name("snap"), false).await.unwrap_err());
+    assert!(
+        e.contains("still copying its snapshot") && e.contains("--until-caught-up") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(job(&d, "snap").complete_requested_at, None, "nothing changed");
+    cancel_job(&d, &name("snap"), true).await.unwrap();
+    let e = refused(complete_job(&d, &name("snap"), false).await.unwrap_err());
+    assert!(e.contains("Cancelled, a final state"), "{e}");
+}
+
+#[tokio::test]
+async fn enable_stream_enables_one_and_the_job_reads_it() {
+    let (d, _) = online_world(10, true);
+    d.tables.tables.lock().unwrap().get_mut(&TableName::parse("src").unwrap()).unwrap().stream = None;
+    let j = create_job(&d, CreateJobRequest { enable_stream: true, ..online("en", 1) }).await.unwrap();
+    let spec = j.spec.stream.unwrap();
+    assert_eq!(spec.view, StreamView::NewAndOldImages);
+    assert_eq!(
+        d.tables.tables.lock().unwrap()[&TableName::parse("src").unwrap()].stream.as_ref().unwrap().arn,
+        spec.arn
+    );
+}
+
+#[tokio::test]
+async fn complete_force_completes_a_job_still_copying_its_snapshot() {
+    let (d, _stream) = online_world(30, true);
+    create_job(&d, online("force", 2)).await.unwrap();
+    let j = complete_job(&d, &name("force"), true).await.unwrap();
+    assert!(j.complete_requested_at.is_some() && j.replay_from.is_none());
+    run_until(&d, "force", 10, |_| {}, |j| j.status.is_final()).await;
+    assert_eq!(job(&d, "force").status, JobStatus::Completed);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+}

@@ -1,0 +1,271 @@
+//! Replay slices (online mode): read one shard of the source's stream from its cursor and
+//! apply its records to the target in order, page by page, until the slice's limits, the
+//! shard's tip, its end, a stop, or the deadline. A page is applied whole before the cursor
+//! may move past it: a page cut at the deadline or by a stop leaves the cursor where it was,
+//! and the next slice reads it again (applying a record twice, in order, ends in the same
+//! state). Records older than the job's start less a margin are skipped: the snapshot read
+//! their effect.
+//!
+//! Within a page, the records of one source item collapse in order to its last state: a put
+//! of its newest image, or its removal. With a target keyed by other attributes than the
+//! source's key, every older target key the item had (from its old images) is deleted, only
+//! while that target item still belongs to it (a condition on its source-key attributes), so a
+//! delete never removes another source item's copy that took the key.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use tokio::time::{timeout_at, Instant};
+
+use crate::config::Tuning;
+use crate::engine::{delete, write_page, Proceed, SliceControl, SliceOutcome};
+use crate::error::{AwsError, ErrorKind};
+use crate::messages::{CopyChunk, ShardRead};
+use crate::model::{render_key, Item, Job, JobError, KeySchema, ShardCursor};
+use crate::streams::{is, Position, Record, Streams, EXPIRED_ITERATOR, TRIMMED};
+use crate::tables::Tables;
+
+/// The error code that fails a job whose stream no longer holds what its replay needs.
+pub const STREAM_TRIMMED: &str = "StreamTrimmed";
+
+/// Times a slice renews an expired iterator before it gives the message back.
+const RENEWALS: u32 = 3;
+
+/// Records changed up to this long before the job's start are replayed too: change times
+/// are approximate and rounded down to the second (replaying a change the snapshot saw is
+/// harmless; missing one is not).
+pub const SINCE_MARGIN_SECONDS: i64 = 300;
+/// DynamoDB Streams keeps a record 24 hours; the replay must begin this much earlier.
+const RETENTION_SAFETY_SECONDS: i64 = 3_600;
+/// A shard whose last read was at its tip is read again after this long.
+pub const TIP_POLL_SECONDS: u32 = 1;
+
+/// The oldest change an online job replays: its start (T0) less the margin.
+pub fn since(job: &Job) -> DateTime<Utc> {
+    job.started_at.unwrap_or_else(Utc::now) - chrono::Duration::seconds(SINCE_MARGIN_SECONDS)
+}
+
+/// The latest time the replay may begin reading a shard from its trim horizon: the records
+/// from [`since`] are trimmed 24 hours after it (less a safety bound).
+pub fn trim_by(job: &Job) -> DateTime<Utc> {
+    since(job) + chrono::Duration::hours(24) - chrono::Duration::seconds(RETENTION_SAFETY_SECONDS)
+}
+
+/// What a replay slice of `cursor`'s shard reads, for `job` as it is now (its shards drain
+/// `settle` after `complete`).
+pub fn shard_read(job: &Job, cursor: &ShardCursor, settle: std::time::Duration) -> Option<ShardRead> {
+    Some(ShardRead {
+        stream: job.spec.stream.as_ref()?.arn.clone(),
+        cursor: cursor.clone(),
+        since: since(job),
+        replay_from: job.replay_from?,
+        trim_by: trim_by(job),
+        drain_after: job.complete_requested_at.map(|t| t + chrono::Duration::from_std(settle).unwrap_or_default()),
+    })
+}
+
+/// The `StreamTrimmed` failure of a job, with what to do.
+pub fn trimmed_error(detail: &str) -> JobError {
+    JobError {
+        code: STREAM_TRIMMED.into(),
+        message: format!(
+            "the source's stream may no longer hold the changes this job must replay ({detail}); DynamoDB Streams keeps them 24 hours. Re-create the job, with a higher --max-write-rate / --max-read-rate or more Workers so that its snapshot ends sooner"
+        ),
+    }
+}
+
+/// [`trimmed_error`] as a slice's permanent failure.
+fn trimmed(shard: &str, detail: &str) -> AwsError {
+    AwsError::new(
+        ErrorKind::Other,
+        format!("reading shard {shard} of the source's stream"),
+        trimmed_error(detail).message,
+    )
+    .with_code(STREAM_TRIMMED)
+}
+
+/// Read and apply the slice `msg` describes (its `shard` is `read`), checking `control`
+/// between pages. `None` when the slice was abandoned.
+pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceControl + ?Sized>(
+    tables: &T,
+    streams: &R,
+    msg: &CopyChunk,
+    read: &ShardRead,
+    tuning: &Tuning,
+    control: &C,
+    stop_at: Instant,
+) -> Result<Option<SliceOutcome>, AwsError> {
+    let mut cursor = read.cursor.clone();
+    let mut out = SliceOutcome { partial: true, ..Default::default() };
+    // Every snapshot slice has stopped writing by `replay_from` (the launch delays the first
+    // message until then; a message delivered early waits).
+    let early = (read.replay_from - Utc::now()).to_std().unwrap_or_default();
+    if !early.is_zero() {
+        if Instant::now() + early >= stop_at {
+            return Ok(Some(out));
+        }
+        tokio::time::sleep(early).await;
+    }
+    if cursor.sequence.is_none() && cursor.parent.is_none() && Utc::now() > read.trim_by {
+        return Err(trimmed(&cursor.id, &format!("its first read comes after {}", read.trim_by)));
+    }
+    let throttles = AtomicU64::new(0);
+    let mut iterator = renew(streams, read, &cursor).await?;
+    let (mut records_read, mut renewals, mut first) = (0u64, 0u32, true);
+    loop {
+        if Instant::now() >= stop_at {
+            break;
+        }
+        let page = match streams.records(&iterator).await {
+            Ok(page) => page,
+            Err(e) if is(&e, EXPIRED_ITERATOR) && renewals < RENEWALS => {
+                renewals += 1;
+                iterator = renew(streams, read, &cursor).await?;
+                continue;
+            }
+            Err(e) if is(&e, TRIMMED) => return Err(trimmed(&cursor.id, &e.to_string())),
+            Err(e) => return Err(e),
+        };
+        if !first {
+            match control.proceed().await? {
+                Proceed::Go => {}
+                Proceed::Stop => break,
+                Proceed::Abandon => return Ok(None),
+            }
+        }
+        first = false;
+        let fresh: Vec<&Record> = page.records.iter().filter(|r| r.at >= read.since).collect();
+        match timeout_at(stop_at, apply(tables, msg, &fresh, tuning, &throttles)).await {
+            Ok(applied) => out.add(applied?),
+            // Cut at the deadline: the cursor stays before this page.
+            Err(_) => break,
+        }
+        out.items_written += fresh.len() as u64;
+        if let Some(last) = page.records.last() {
+            cursor.sequence = Some(last.sequence.clone());
+            cursor.changed_at = Some(last.at);
+        }
+        cursor.at_tip = page.records.is_empty();
+        records_read += page.records.len() as u64;
+        match page.next {
+            None => {
+                // A closed shard, read to its end.
+                cursor.closed = true;
+                out.partial = false;
+                break;
+            }
+            Some(next) => iterator = next,
+        }
+        if cursor.at_tip {
+            // After `complete`, a read at the tip drains the shard.
+            out.partial = read.drain_after.is_none_or(|d| Utc::now() < d);
+            break;
+        }
+        if records_read >= u64::from(msg.limits.max_items) {
+            break;
+        }
+    }
+    out.throttles = throttles.load(Ordering::Relaxed);
+    out.shard = Some(cursor);
+    Ok(Some(out))
+}
+
+/// An iterator from the cursor: after its last record, or from the trim horizon.
+async fn renew<R: Streams + ?Sized>(streams: &R, read: &ShardRead, cursor: &ShardCursor) -> Result<String, AwsError> {
+    let from = cursor.sequence.clone().map_or(Position::TrimHorizon, Position::After);
+    streams.iterator(&read.stream, &cursor.id, &from).await.map_err(|e| match is(&e, TRIMMED) {
+        true => trimmed(&cursor.id, &e.to_string()),
+        false => e,
+    })
+}
+
+/// What one page of records leaves in the target: puts of items' newest images, and deletes
+/// of target keys (each with the source key it must still belong to, when the target is
+/// keyed otherwise than the source).
+#[derive(Debug, Default, PartialEq)]
+pub struct Writes {
+    pub puts: Vec<Item>,
+    pub deletes: Vec<(Item, Option<Item>)>,
+}
+
+/// One source item's records of a page, collapsed.
+struct Collapsed<'a> {
+    /// Its last record's place in the page.
+    last: usize,
+    /// Its newest image, `None` if its last record removed it.
+    image: Option<&'a Item>,
+    /// Target keys it had before (from old images, or its key when the target is keyed by
+    /// the source's key).
+    old: Vec<Item>,
+    keys: &'a Item,
+}
+
+/// The writes `records` (in stream order) come to.
+pub fn collapse(records: &[&Record], source_key: &KeySchema, target_key: &KeySchema, keyed_by_source: bool) -> Writes {
+    let mut items: HashMap<String, Collapsed> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let e = items.entry(render_key(&source_key.key_of(&r.keys))).or_insert(Collapsed {
+            last: i,
+            image: None,
+            old: vec![],
+            keys: &r.keys,
+        });
+        e.last = i;
+        let old = match (keyed_by_source, &r.old_image) {
+            (true, _) if r.remove => Some(&r.keys),
+            (false, Some(old)) => Some(old),
+            _ => None,
+        };
+        if let Some(old) = old.filter(|o| target_key.rejection(o).is_none()) {
+            e.old.push(target_key.key_of(old));
+        }
+        e.image = if r.remove { None } else { r.new_image.as_ref() };
+    }
+    let mut writes = Writes::default();
+    let mut puts: HashMap<String, (usize, &Item)> = HashMap::new();
+    for e in items.values() {
+        let kept = e.image.map(|image| render_key(&target_key.key_of(image)));
+        if let Some(image) = e.image {
+            let at = puts.entry(kept.clone().expect("an image has a key")).or_insert((e.last, image));
+            if at.0 <= e.last {
+                *at = (e.last, image);
+            }
+        }
+        let owner = (!keyed_by_source).then(|| source_key.key_of(e.keys));
+        let mut seen: Vec<String> = kept.into_iter().collect();
+        for old in &e.old {
+            let k = render_key(old);
+            if !seen.contains(&k) {
+                seen.push(k);
+                writes.deletes.push((old.clone(), owner.clone()));
+            }
+        }
+    }
+    let mut puts: Vec<(usize, &Item)> = puts.into_values().collect();
+    puts.sort_by_key(|(i, _)| *i);
+    writes.puts = puts.into_iter().map(|(_, item)| item.clone()).collect();
+    writes
+}
+
+/// Apply one page of fresh records: its deletes, then its puts (distinct target keys, so
+/// their order does not matter; a put of a key another item's conditional delete names is
+/// safe either way).
+async fn apply<T: Tables + ?Sized>(
+    tables: &T,
+    msg: &CopyChunk,
+    records: &[&Record],
+    tuning: &Tuning,
+    throttles: &AtomicU64,
+) -> Result<SliceOutcome, AwsError> {
+    let writes = collapse(records, &msg.source_key, &msg.target_key, msg.target_key.within(&msg.source_key));
+    stream::iter(writes.deletes)
+        .map(|(key, owner)| delete(tables, &msg.target, key, owner, tuning))
+        .buffer_unordered(tuning.write_concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    let written = write_page(tables, msg, writes.puts, tuning, throttles).await?;
+    // The slice counts records applied, not items put.
+    Ok(SliceOutcome { items_written: 0, ..written })
+}
