@@ -1,9 +1,13 @@
 # tablecopy — the two commands a new user needs are `make demo` and `make test`.
-.PHONY: demo test bench bench-scale lint lint-infra build fmt localstack stop clean
+.PHONY: demo demo-online test bench bench-scale lint lint-infra build fmt localstack stop clean
 
 ## make demo: LocalStack, sample data, a copy job with a progress bar, the verified result
 demo:
 	scripts/demo.sh
+
+## make demo-online: the same with the application writing all along: an online job (it enables the source's stream), catch-up, `complete`, the verified result
+demo-online:
+	scripts/demo-online.sh
 
 ## make test: unit tests + LocalStack integration tests (starts and stops LocalStack itself)
 test:

@@ -1,5 +1,9 @@
 //! `make demo`'s data tool: seed a sample source table and a target with another key
-//! schema, and verify that the two hold the same items.
+//! schema, keep changing the source (`make demo-online`), and verify that the two hold the
+//! same items.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
 use aws_sdk_dynamodb::types::ScalarAttributeType as T;
@@ -20,6 +24,14 @@ enum Command {
         source: String,
         #[arg(long)]
         target: String,
+        #[arg(long, default_value_t = 50_000)]
+        items: u64,
+    },
+    /// Keep changing SOURCE (seeded with ITEMS items) until SIGTERM / Ctrl-C, then print what
+    /// was done: inserts, several updates of one item within a second, deletes, re-inserts.
+    Write {
+        #[arg(long)]
+        source: String,
         #[arg(long, default_value_t = 50_000)]
         items: u64,
     },
@@ -49,6 +61,21 @@ async fn main() -> Result<()> {
                 "seeded {source} with {items} items (every attribute type; {} near the 400 KB limit) in {:.1}s; created {target} keyed on customer + order_no",
                 items / 10_000,
                 started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Write { source, items } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let writing = tests::writer::writer(&ddb, &source, items, items, stop.clone());
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            stop.store(true, Ordering::SeqCst);
+            let log = writing.await??;
+            println!(
+                "the writer stopped: {} inserts, {} updates ({} within a second of the item's previous one), {} deletes, {} re-inserts of deleted keys",
+                log.inserts, log.updates, log.same_second, log.deletes, log.reinserts
             );
         }
         Command::Verify { source, target } => {

@@ -21,6 +21,7 @@ use shared::store::{DynamoStore, JobStore};
 use tokio_util::sync::CancellationToken;
 
 pub mod bench_kit;
+pub mod writer;
 
 pub const TEMPLATE: &str = include_str!("../infra/template.yaml");
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";

@@ -1140,11 +1140,27 @@ pub struct ShardCursor {
     /// drained after `complete`).
     #[serde(default)]
     pub closed: bool,
+    /// Where the last read left off (every record before it is in the target), and when it
+    /// was issued: the next read goes on from it while it is fresh (a shard may answer empty
+    /// pages before its next records, and this keeps their way), else from `sequence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterator_at: Option<DateTime<Utc>>,
 }
 
 impl ShardCursor {
     pub fn new(id: impl Into<String>, parent: Option<String>) -> Self {
-        Self { id: id.into(), parent, sequence: None, changed_at: None, at_tip: false, closed: false }
+        Self {
+            id: id.into(),
+            parent,
+            sequence: None,
+            changed_at: None,
+            at_tip: false,
+            closed: false,
+            iterator: None,
+            iterator_at: None,
+        }
     }
 
     /// Its lag at `now`, in milliseconds: 0 at its tip, else the age of its last record

@@ -32,6 +32,8 @@ pub const STREAM_TRIMMED: &str = "StreamTrimmed";
 
 /// Times a slice renews an expired iterator before it gives the message back.
 const RENEWALS: u32 = 3;
+/// A stored iterator is used for this long after it was issued (it expires after 15 minutes).
+const ITERATOR_FRESH_MINUTES: i64 = 10;
 
 /// Records changed up to this long before the job's start are replayed too: change times
 /// are approximate and rounded down to the second (replaying a change the snapshot saw is
@@ -103,26 +105,37 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
     // message until then; a message delivered early waits).
     let early = (read.replay_from - Utc::now()).to_std().unwrap_or_default();
     if !early.is_zero() {
-        if Instant::now() + early >= stop_at {
+        tokio::time::sleep_until(stop_at.min(Instant::now() + early)).await;
+        if Utc::now() < read.replay_from {
             return Ok(Some(out));
         }
-        tokio::time::sleep(early).await;
     }
     if cursor.sequence.is_none() && cursor.parent.is_none() && Utc::now() > read.trim_by {
         return Err(trimmed(&cursor.id, &format!("its first read comes after {}", read.trim_by)));
     }
     let throttles = AtomicU64::new(0);
-    let mut iterator = renew(streams, read, &cursor).await?;
+    // Every call to the stream ends by the deadline too (a slow answer must not keep the slice
+    // past it, holding its shard).
+    let fresh = cursor.iterator_at.is_some_and(|t| Utc::now() - t < chrono::Duration::minutes(ITERATOR_FRESH_MINUTES));
+    let mut iterator = match cursor.iterator.clone().filter(|_| fresh) {
+        Some(stored) => stored,
+        None => match timeout_at(stop_at, renew(streams, read, &cursor)).await {
+            Ok(renewed) => renewed?,
+            Err(_) => return Ok(Some(out)),
+        },
+    };
     let (mut records_read, mut renewals, mut first) = (0u64, 0u32, true);
     loop {
         if Instant::now() >= stop_at {
             break;
         }
-        let page = match streams.records(&iterator).await {
+        let Ok(answer) = timeout_at(stop_at, streams.records(&iterator)).await else { break };
+        let page = match answer {
             Ok(page) => page,
             Err(e) if is(&e, EXPIRED_ITERATOR) && renewals < RENEWALS => {
                 renewals += 1;
-                iterator = renew(streams, read, &cursor).await?;
+                let Ok(renewed) = timeout_at(stop_at, renew(streams, read, &cursor)).await else { break };
+                iterator = renewed?;
                 continue;
             }
             Err(e) if is(&e, TRIMMED) => return Err(trimmed(&cursor.id, &e.to_string())),
@@ -148,6 +161,8 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
             cursor.changed_at = Some(last.at);
         }
         cursor.at_tip = page.records.is_empty();
+        cursor.iterator = page.next.clone();
+        cursor.iterator_at = Some(Utc::now());
         records_read += page.records.len() as u64;
         match page.next {
             None => {

@@ -459,3 +459,39 @@ async fn complete_force_completes_a_job_still_copying_its_snapshot() {
     assert_eq!(job(&d, "force").status, JobStatus::Completed);
     assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
 }
+
+#[test]
+fn complete_and_mode_are_read_from_every_source() {
+    use serde_json::json;
+    let event = |detail_type: &str, detail: serde_json::Value| {
+        json!({"version": "0", "id": "e1", "detail-type": detail_type, "source": "my.app", "account": "000000000000",
+               "time": "2026-12-03T10:00:00Z", "region": "us-east-1", "resources": [], "detail": detail})
+    };
+    let complete = |force| JobRequest::Complete(CompleteRequest { job_name: "j1".into(), force });
+    assert_eq!(JobRequest::parse(json!({"action": "complete", "jobName": "j1"})).unwrap(), complete(false));
+    assert_eq!(
+        JobRequest::parse(event("tablecopy.CompleteJob", json!({"jobName": "j1", "force": true}))).unwrap(),
+        complete(true)
+    );
+    let body = json!({"jobName": "j1", "sourceTable": "a-src", "targetTable": "a-dst", "mode": "online", "enableStream": true});
+    match JobRequest::parse(body).unwrap() {
+        JobRequest::Create(c) => assert_eq!((c.mode, c.enable_stream), (Mode::Online, true)),
+        other => panic!("{other:?}"),
+    }
+    let e = JobRequest::parse(json!({"jobName": "j1", "sourceTable": "a-src", "targetTable": "a-dst", "mode": "live"}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown variant `live`, expected `offline` or `online`"), "{e}");
+
+    let props = |extra: serde_json::Value| {
+        let mut p = json!({"JobName": "j1", "SourceTable": "a-src", "TargetTable": "a-dst"});
+        p.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        JobProperties::parse(&p)
+    };
+    assert_eq!(props(json!({"Mode": "online"})).unwrap().mode, Mode::Online);
+    assert_eq!(props(json!({})).unwrap().mode, Mode::Offline);
+    let e = props(json!({"Mode": "online", "WaitForCompletion": "true"})).unwrap_err().to_string();
+    assert!(e.contains("drop WaitForCompletion"), "{e}");
+    let e = props(json!({"Mode": "Online"})).unwrap_err().to_string();
+    assert!(e.contains("Mode must be offline or online"), "{e}");
+}
