@@ -271,8 +271,11 @@ pub struct StreamLog {
     pub expire_next: u32,
     /// Records per GetRecords answer (the service's 1,000).
     pub page: usize,
+    /// Empty answers a new iterator gives before the records at its position ("it might take
+    /// multiple calls to get to a portion of the shard that contains stream records").
+    pub empty_pages: usize,
     next_sequence: u64,
-    iterators: HashMap<String, (usize, usize)>,
+    iterators: HashMap<String, (usize, usize, usize)>,
 }
 
 pub struct FakeShard {
@@ -305,6 +308,7 @@ impl FakeStream {
             shards: vec![FakeShard::new("shard-0", None)],
             expire_next: 0,
             page: 1_000,
+            empty_pages: 0,
             next_sequence: 1,
             iterators: HashMap::new(),
         };
@@ -380,9 +384,9 @@ impl StreamLog {
         at
     }
 
-    fn iterator(&mut self, shard: usize, position: usize) -> String {
+    fn iterator(&mut self, shard: usize, position: usize, empty: usize) -> String {
         let id = format!("iterator-{}", self.iterators.len());
-        self.iterators.insert(id.clone(), (shard, position));
+        self.iterators.insert(id.clone(), (shard, position, empty));
         id
     }
 }
@@ -420,7 +424,8 @@ impl Streams for FakeStream {
                 _ => return Err(stream_error(streams::TRIMMED, "GetShardIterator")),
             },
         };
-        Ok(log.iterator(i, position))
+        let empty = log.empty_pages;
+        Ok(log.iterator(i, position, empty))
     }
 
     async fn records(&self, iterator: &str) -> Result<RecordPage, AwsError> {
@@ -429,9 +434,12 @@ impl Streams for FakeStream {
             log.expire_next -= 1;
             return Err(stream_error(streams::EXPIRED_ITERATOR, "GetRecords"));
         }
-        let Some(&(shard, position)) = log.iterators.get(iterator) else {
+        let Some(&(shard, position, empty)) = log.iterators.get(iterator) else {
             return Err(stream_error(streams::EXPIRED_ITERATOR, "GetRecords"));
         };
+        if empty > 0 {
+            return Ok(RecordPage { records: vec![], next: Some(log.iterator(shard, position, empty - 1)) });
+        }
         let s = &log.shards[shard];
         if position < s.trimmed {
             return Err(stream_error(streams::TRIMMED, "GetRecords"));
@@ -439,7 +447,7 @@ impl Streams for FakeStream {
         let end = (position + log.page).min(s.records.len());
         let records = s.records[position..end].to_vec();
         let last = s.closed && end == s.records.len();
-        let next = (!last).then(|| log.iterator(shard, end));
+        let next = (!last).then(|| log.iterator(shard, end, 0));
         Ok(RecordPage { records, next })
     }
 }

@@ -95,9 +95,28 @@ pub struct ShardRead {
     /// A read from the trim horizon of a shard whose parent was not read must start before
     /// this, or the records the replay needs may have been trimmed (`StreamTrimmed`).
     pub trim_by: DateTime<Utc>,
-    /// After `complete`: a read at the shard's tip after this drains it (its cursor is done).
+    /// After `complete`: when the shard counts as drained (its cursor is done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain_after: Option<DateTime<Utc>>,
+    pub drain: Option<Drain>,
+}
+
+/// After `complete` at `after`, a shard is drained once its reads at the tip have stayed empty
+/// for `settle_ms` since `after` (or since its last record, if later), or once it reaches a
+/// record changed `settle_ms` after `after` (a source that never goes quiet, e.g. TTL deletes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drain {
+    pub after: DateTime<Utc>,
+    pub settle_ms: u64,
+}
+
+impl Drain {
+    /// Whether `cursor`, as a read left it at `now`, has drained.
+    pub fn drained(&self, cursor: &ShardCursor, now: DateTime<Utc>) -> bool {
+        let settle = chrono::Duration::milliseconds(self.settle_ms as i64);
+        let quiet = cursor.empty_since.filter(|_| cursor.at_tip).is_some_and(|t| now - t.max(self.after) >= settle);
+        let past = cursor.changed_at.is_some_and(|t| t >= self.after + settle);
+        quiet || past
+    }
 }
 
 /// Items whose TTL attribute (a number of seconds since the epoch, as DynamoDB TTL reads it)

@@ -581,9 +581,11 @@ pub struct KeySchema {
 }
 
 impl KeySchema {
-    /// Every attribute of this key is an attribute of `other` (of the same type).
-    pub fn within(&self, other: &KeySchema) -> bool {
-        self.attributes().all(|a| other.attributes().any(|o| o == a))
+    /// Both keys are made of the same attributes (of the same types), in whatever roles: a
+    /// source item keeps its target key for life, and no two source items share one.
+    pub fn same_attributes(&self, other: &KeySchema) -> bool {
+        let within = |a: &KeySchema, b: &KeySchema| a.attributes().all(|x| b.attributes().any(|y| x == y));
+        within(self, other) && within(other, self)
     }
 
     pub fn attributes(&self) -> impl Iterator<Item = &KeyAttribute> {
@@ -741,14 +743,6 @@ pub struct JobSpec {
     /// The stream an online job reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamSpec>,
-}
-
-impl JobSpec {
-    /// The target's key is made of source key attributes only: a source item keeps its
-    /// target key for life, and no two source items share one.
-    pub fn keyed_by_source(&self) -> bool {
-        self.target_key.within(&self.source_key)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1136,6 +1130,9 @@ pub struct ShardCursor {
     /// The last read was at the shard's tip: it returned no record.
     #[serde(default)]
     pub at_tip: bool,
+    /// Since when its reads have returned no record (`None`: its last read returned some).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_since: Option<DateTime<Utc>>,
     /// The shard is closed and was read to its end (a done cursor that is not closed was
     /// drained after `complete`).
     #[serde(default)]
@@ -1157,6 +1154,7 @@ impl ShardCursor {
             sequence: None,
             changed_at: None,
             at_tip: false,
+            empty_since: None,
             closed: false,
             iterator: None,
             iterator_at: None,

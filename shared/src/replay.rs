@@ -22,7 +22,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::config::Tuning;
 use crate::engine::{delete, write_page, Proceed, SliceControl, SliceOutcome};
 use crate::error::{AwsError, ErrorKind};
-use crate::messages::{CopyChunk, ShardRead};
+use crate::messages::{CopyChunk, Drain, ShardRead};
 use crate::model::{render_key, Item, Job, JobError, KeySchema, ShardCursor};
 use crate::streams::{is, Position, Record, Streams, EXPIRED_ITERATOR, TRIMMED};
 use crate::tables::Tables;
@@ -55,8 +55,8 @@ pub fn trim_by(job: &Job) -> DateTime<Utc> {
     since(job) + chrono::Duration::hours(24) - chrono::Duration::seconds(RETENTION_SAFETY_SECONDS)
 }
 
-/// What a replay slice of `cursor`'s shard reads, for `job` as it is now (its shards drain
-/// `settle` after `complete`).
+/// What a replay slice of `cursor`'s shard reads, for `job` as it is now (after `complete`,
+/// its shards drain once they stay empty for `settle`).
 pub fn shard_read(job: &Job, cursor: &ShardCursor, settle: std::time::Duration) -> Option<ShardRead> {
     Some(ShardRead {
         stream: job.spec.stream.as_ref()?.arn.clone(),
@@ -64,7 +64,9 @@ pub fn shard_read(job: &Job, cursor: &ShardCursor, settle: std::time::Duration) 
         since: since(job),
         replay_from: job.replay_from?,
         trim_by: trim_by(job),
-        drain_after: job.complete_requested_at.map(|t| t + chrono::Duration::from_std(settle).unwrap_or_default()),
+        drain: job
+            .complete_requested_at
+            .map(|after| Drain { after, settle_ms: settle.as_millis().min(u128::from(u64::MAX)) as u64 }),
     })
 }
 
@@ -100,7 +102,8 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
     stop_at: Instant,
 ) -> Result<Option<SliceOutcome>, AwsError> {
     let mut cursor = read.cursor.clone();
-    let mut out = SliceOutcome { partial: true, ..Default::default() };
+    // Whatever happens, the result carries the shard's cursor (its next slice needs it).
+    let mut out = SliceOutcome { partial: true, shard: Some(cursor.clone()), ..Default::default() };
     // Every snapshot slice has stopped writing by `replay_from` (the launch delays the first
     // message until then; a message delivered early waits).
     let early = (read.replay_from - Utc::now()).to_std().unwrap_or_default();
@@ -109,22 +112,33 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
         if Utc::now() < read.replay_from {
             return Ok(Some(out));
         }
+        match control.proceed().await? {
+            Proceed::Go => {}
+            Proceed::Stop => return Ok(Some(out)),
+            Proceed::Abandon => return Ok(None),
+        }
     }
-    if cursor.sequence.is_none() && cursor.parent.is_none() && Utc::now() > read.trim_by {
+    // A shard never read whose parent was not read by this job starts at the trim horizon,
+    // which must still hold the changes since T0.
+    if cursor.iterator_at.is_none() && cursor.parent.is_none() && Utc::now() > read.trim_by {
         return Err(trimmed(&cursor.id, &format!("its first read comes after {}", read.trim_by)));
     }
     let throttles = AtomicU64::new(0);
     // Every call to the stream ends by the deadline too (a slow answer must not keep the slice
     // past it, holding its shard).
     let fresh = cursor.iterator_at.is_some_and(|t| Utc::now() - t < chrono::Duration::minutes(ITERATOR_FRESH_MINUTES));
-    let mut iterator = match cursor.iterator.clone().filter(|_| fresh) {
+    let stored = cursor.iterator.clone().filter(|_| fresh);
+    let mut iterator = match stored {
         Some(stored) => stored,
         None => match timeout_at(stop_at, renew(streams, read, &cursor)).await {
-            Ok(renewed) => renewed?,
             Err(_) => return Ok(Some(out)),
+            Ok(renewed) => match renewed? {
+                Some(iterator) => iterator,
+                None => return Ok(Some(gone(out, cursor))),
+            },
         },
     };
-    let (mut records_read, mut renewals, mut first) = (0u64, 0u32, true);
+    let (mut records_read, mut renewals, mut refusals, mut first) = (0u64, 0u32, 0u32, true);
     loop {
         if Instant::now() >= stop_at {
             break;
@@ -132,13 +146,31 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
         let Ok(answer) = timeout_at(stop_at, streams.records(&iterator)).await else { break };
         let page = match answer {
             Ok(page) => page,
-            Err(e) if is(&e, EXPIRED_ITERATOR) && renewals < RENEWALS => {
+            Err(e) if (is(&e, EXPIRED_ITERATOR) || is(&e, TRIMMED)) && renewals < RENEWALS => {
                 renewals += 1;
-                let Ok(renewed) = timeout_at(stop_at, renew(streams, read, &cursor)).await else { break };
-                iterator = renewed?;
+                match timeout_at(stop_at, renew(streams, read, &cursor)).await {
+                    Err(_) => break,
+                    Ok(renewed) => match renewed? {
+                        Some(renewed) => iterator = renewed,
+                        None => return Ok(Some(gone(out, cursor))),
+                    },
+                }
                 continue;
             }
             Err(e) if is(&e, TRIMMED) => return Err(trimmed(&cursor.id, &e.to_string())),
+            // Throttled (more than two readers of the shard) or slow: keep what was applied,
+            // else wait a little and read again.
+            Err(e) if e.is_retryable() && (records_read > 0 || refusals >= RENEWALS) => {
+                if records_read > 0 {
+                    break;
+                }
+                return Err(e);
+            }
+            Err(e) if e.is_retryable() => {
+                refusals += 1;
+                tokio::time::sleep(crate::engine::backoff(refusals + 2)).await;
+                continue;
+            }
             Err(e) => return Err(e),
         };
         if !first {
@@ -156,13 +188,16 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
             Err(_) => break,
         }
         out.items_written += fresh.len() as u64;
+        let now = Utc::now();
         if let Some(last) = page.records.last() {
             cursor.sequence = Some(last.sequence.clone());
             cursor.changed_at = Some(last.at);
         }
         cursor.at_tip = page.records.is_empty();
+        // Emptiness counts from the first empty read after the last record.
+        cursor.empty_since = if cursor.at_tip { cursor.empty_since.or(Some(now)) } else { None };
         cursor.iterator = page.next.clone();
-        cursor.iterator_at = Some(Utc::now());
+        cursor.iterator_at = Some(now);
         records_read += page.records.len() as u64;
         match page.next {
             None => {
@@ -173,12 +208,13 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
             }
             Some(next) => iterator = next,
         }
-        if cursor.at_tip {
-            // After `complete`, a read at the tip drains the shard.
-            out.partial = read.drain_after.is_none_or(|d| Utc::now() < d);
-            break;
+        if let Some(drain) = &read.drain {
+            if drain.drained(&cursor, now) {
+                out.partial = false;
+                break;
+            }
         }
-        if records_read >= u64::from(msg.limits.max_items) {
+        if cursor.at_tip || records_read >= u64::from(msg.limits.max_items) {
             break;
         }
     }
@@ -187,13 +223,37 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
     Ok(Some(out))
 }
 
-/// An iterator from the cursor: after its last record, or from the trim horizon.
-async fn renew<R: Streams + ?Sized>(streams: &R, read: &ShardRead, cursor: &ShardCursor) -> Result<String, AwsError> {
+/// The outcome of a slice whose shard no longer exists (it aged out of the stream with
+/// nothing the job needs): the shard is done, as if read to its end.
+fn gone(out: SliceOutcome, mut cursor: ShardCursor) -> SliceOutcome {
+    tracing::warn!(shard = %cursor.id, "the shard aged out of the stream; it holds nothing the job needs");
+    cursor.closed = true;
+    SliceOutcome { partial: false, shard: Some(cursor), ..out }
+}
+
+/// An iterator from the cursor: after its last record, or from the trim horizon. `None` when
+/// the shard no longer exists and held nothing the job needs.
+///
+/// While the stream still holds every change since the job's start (its oldest record is
+/// younger than 24 hours; `since` is later than that), a position the stream trimmed, or a
+/// shard it deleted, held only older changes: the read goes on from the trim horizon (or the
+/// shard is done). Later, either means changes the job needs may be gone: `StreamTrimmed`.
+async fn renew<R: Streams + ?Sized>(
+    streams: &R,
+    read: &ShardRead,
+    cursor: &ShardCursor,
+) -> Result<Option<String>, AwsError> {
     let from = cursor.sequence.clone().map_or(Position::TrimHorizon, Position::After);
-    streams.iterator(&read.stream, &cursor.id, &from).await.map_err(|e| match is(&e, TRIMMED) {
-        true => trimmed(&cursor.id, &e.to_string()),
-        false => e,
-    })
+    let keeps_all = Utc::now() - chrono::Duration::hours(24) < read.since;
+    match streams.iterator(&read.stream, &cursor.id, &from).await {
+        Ok(iterator) => Ok(Some(iterator)),
+        Err(e) if is(&e, TRIMMED) && keeps_all => {
+            streams.iterator(&read.stream, &cursor.id, &Position::TrimHorizon).await.map(Some)
+        }
+        Err(e) if e.kind == ErrorKind::NotFound && keeps_all => Ok(None),
+        Err(e) if is(&e, TRIMMED) || e.kind == ErrorKind::NotFound => Err(trimmed(&cursor.id, &e.to_string())),
+        Err(e) => Err(e),
+    }
 }
 
 /// What one page of records leaves in the target: puts of items' newest images, and deletes
@@ -274,7 +334,7 @@ async fn apply<T: Tables + ?Sized>(
     tuning: &Tuning,
     throttles: &AtomicU64,
 ) -> Result<SliceOutcome, AwsError> {
-    let writes = collapse(records, &msg.source_key, &msg.target_key, msg.target_key.within(&msg.source_key));
+    let writes = collapse(records, &msg.source_key, &msg.target_key, msg.target_key.same_attributes(&msg.source_key));
     stream::iter(writes.deletes)
         .map(|(key, owner)| delete(tables, &msg.target, key, owner, tuning))
         .buffer_unordered(tuning.write_concurrency.max(1))

@@ -255,7 +255,8 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
             job.items_per_second(now)
                 .map(|r| {
                     format!(
-                        "{r:.0} (copy phase{})",
+                        "{r:.0} ({}{})",
+                        if job.spec.mode == Mode::Online { "snapshot and catch-up" } else { "copy phase" },
                         job.copy_ms(now).map(|ms| format!(", {}", duration(ms))).unwrap_or_default()
                     )
                 })
@@ -328,10 +329,14 @@ pub fn job_table(job: &Job, cursors: Option<&[Cursor]>, now: DateTime<Utc>) -> S
 
 /// An online job's replay in a line: records applied, worst lag, open shards.
 pub fn replay_line(r: &ReplayProgress) -> String {
+    let lag = match (r.open_shards, r.lag_ms) {
+        (0, _) => "none (every shard drained or read to its end)".to_string(),
+        (_, Some(ms)) => format!("{:.1} s", ms as f64 / 1000.0),
+        (_, None) => "not read yet".into(),
+    };
     format!(
-        "{} records applied, lag {}, {} of {} shard(s) open",
+        "{} records applied, lag {lag}, {} of {} shard(s) open",
         thousands(r.records_applied),
-        r.lag_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "not read yet".into()),
         r.open_shards,
         r.shards
     )
@@ -495,6 +500,26 @@ mod tests {
         let v = serde_json::json!({"items_copied": 1, "itemsPerSecond": 2.0, "spec": {"source_key": {"partition": {"name": "order_no"}}}, "history": [{"at_time": "a_b"}], "ControlTableName": "x"});
         let want = serde_json::json!({"itemsCopied": 1, "itemsPerSecond": 2.0, "spec": {"sourceKey": {"partition": {"name": "order_no"}}}, "history": [{"atTime": "a_b"}], "ControlTableName": "x"});
         assert_eq!(camel_case_keys(v), want);
+    }
+
+    #[test]
+    fn shard_cursors_and_the_replay_read_well() {
+        let now = Utc::now();
+        let stall = Duration::from_secs(60);
+        let parent = Cursor::shard(1_000_000_001, shared::model::ShardCursor::new("shard-p", None));
+        let child = Cursor::shard(1_000_000_002, shared::model::ShardCursor::new("shard-c", Some("shard-p".into())));
+        let both = [parent.clone(), child.clone()];
+        assert_eq!(segment_state(&child, &both, now, stall), "waiting for its parent shard");
+        let mut read = parent.clone();
+        read.done = true;
+        read.shard.as_mut().unwrap().closed = true;
+        assert_eq!(segment_state(&read, &both, now, stall), "closed, read to its end");
+        let table = segments_table(&[read, child], now, stall);
+        assert!(table.contains("shard shard-p: closed, read to its end"), "{table}");
+        let r = ReplayProgress { records_applied: 1234, open_shards: 2, shards: 3, lag_ms: Some(1500) };
+        assert_eq!(replay_line(&r), "1,234 records applied, lag 1.5 s, 2 of 3 shard(s) open");
+        let drained = ReplayProgress { open_shards: 0, lag_ms: None, ..r };
+        assert!(replay_line(&drained).contains("lag none (every shard drained or read to its end)"));
     }
 
     #[test]

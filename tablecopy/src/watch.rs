@@ -76,3 +76,28 @@ pub async fn watch<S: ControlStore>(
         tokio::time::sleep(Duration::from_millis(interval_ms)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::model::ReplayProgress;
+
+    #[test]
+    fn a_job_has_caught_up_once_its_snapshot_is_copied_and_its_lag_is_low() {
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "name": "j", "status": "Running", "write_region": "us-east-1", "estimated_total": 0,
+            "created_at": "2026-12-03T00:00:00Z", "updated_at": "2026-12-03T00:00:00Z",
+            "spec": {"source": "src", "target": "dst", "parallelism": 1, "on_item_error": "fail",
+                     "source_key": {"partition": {"name": "pk", "type": "S"}},
+                     "target_key": {"partition": {"name": "pk", "type": "S"}}, "mode": "online"}
+        }))
+        .unwrap();
+        let max = Duration::from_secs(5);
+        assert!(!caught_up(&job, max), "still copying its snapshot");
+        let replay = |lag_ms| Some(ReplayProgress { records_applied: 1, open_shards: 1, shards: 1, lag_ms });
+        let replaying = Job { replay_from: Some(chrono::Utc::now()), replay: replay(None), ..job };
+        assert!(!caught_up(&replaying, max), "no shard read yet");
+        assert!(!caught_up(&Job { replay: replay(Some(5_001)), ..replaying.clone() }, max));
+        assert!(caught_up(&Job { replay: replay(Some(5_000)), ..replaying }, max));
+    }
+}

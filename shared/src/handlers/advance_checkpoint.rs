@@ -199,7 +199,7 @@ async fn follow_up<S: ControlStore, Q: Outbox, T: Tables>(
         }
         return Ok(());
     }
-    if c.shard.as_ref().is_some_and(|s| s.closed) {
+    if c.shard.as_ref().is_some_and(|s| s.closed) && job.verify_started_at.is_none() {
         // A closed shard read to its end: its children are found and read now.
         match lineage::discover(&deps.store, &deps.tables, deps.streams.as_ref(), job).await? {
             Found::Lost(error) => return deps.control().send_failure(&job.name, Some(error)).await.map_err(Into::into),

@@ -52,11 +52,18 @@ pub async fn copy_chunk<T: Tables + ?Sized, R: Streams + ?Sized, S: ControlStore
             tracing::info!("slice not expected (job final, segment done, parked, or moved on); nothing written");
             return Ok(());
         }
-        Proceed::Stop => Ok(Some(SliceOutcome::default().ended_at(msg.start_key.clone().map(Into::into)))),
+        Proceed::Stop => Ok(Some(SliceOutcome {
+            shard: msg.shard.as_ref().map(|s| s.cursor.clone()),
+            ..SliceOutcome::default().ended_at(msg.start_key.clone().map(Into::into))
+        })),
         Proceed::Go if msg.pass.is_copy() => copy_slice(tables, &msg, tuning, &guard, stop_at).await,
         Proceed::Go if msg.pass == Pass::Replay => match &msg.shard {
             Some(read) => replay_slice(tables, streams, &msg, read, tuning, &guard, stop_at).await,
-            None => Ok(None),
+            None => Err(AwsError::new(
+                crate::error::ErrorKind::Other,
+                format!("replaying segment {} of job {}", msg.segment, msg.job),
+                "the message names no shard (the job has no stream or no replay start): the replay cannot go on",
+            )),
         },
         Proceed::Go => check_slice(tables, &msg, check.unwrap_or_default(), tuning, &guard, stop_at).await,
     };

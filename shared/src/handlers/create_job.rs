@@ -255,7 +255,7 @@ fn stream_refusal(
             "the stream of {source} is {}: its records lack the new images online mode writes. A stream's view type cannot change in place: disable it (aws dynamodb update-table --table-name {source} --stream-specification StreamEnabled=false), then\n  {enable}\n(its other readers must move to the new stream)",
             s.view.as_str()
         ),
-        Some(s) if s.view == StreamView::NewImage && !target.key.within(&info.key) => format!(
+        Some(s) if s.view == StreamView::NewImage && !target.key.same_attributes(&info.key) => format!(
             "the stream of {source} is NEW_IMAGE, but the target is keyed by [{}], not by the source's key [{}]: moving an item's target key needs its old image. Replace the stream with a NEW_AND_OLD_IMAGES one (disable it, then\n  {enable})",
             target.key, info.key
         ),

@@ -171,8 +171,12 @@ async fn replay_step<S: ControlStore, Q: Outbox, T: Tables>(
             return Ok(Step::Wait);
         }
     }
-    if !job.all_done(&store.cursors(&job.name).await?) || job.complete_requested_at.is_none() {
+    if !job.all_done(&store.cursors(&job.name).await?) {
         control.launch(&job).await?;
+        return Ok(Step::Wait);
+    }
+    if job.complete_requested_at.is_none() {
+        // Every shard known ended and no child is listed yet: the reconciler looks again.
         return Ok(Step::Wait);
     }
     tracing::info!(job = %job.name, "every shard drained; the verification begins");

@@ -48,8 +48,10 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T: Tables>(deps: &Deps<S, Q, 
             }
             (JobStatus::Paused, _) => control.stop_cursors(&job.name, job.epoch).await?,
             (JobStatus::Running, None) => {
-                if job.replay_from.is_some() {
-                    // Online: shards the stream began since (and a stream lost meanwhile).
+                if job.replay_from.is_some() && job.verify_started_at.is_none() {
+                    // Online, catching up or completing: shards the stream began since (and a
+                    // stream lost meanwhile). Not once the verification began: nothing may
+                    // write to the target then but the repair.
                     match lineage::discover(store, &deps.tables, deps.streams.as_ref(), &job).await? {
                         Found::Lost(error) => control.send_failure(&job.name, Some(error)).await?,
                         Found::Shards(0) => {}

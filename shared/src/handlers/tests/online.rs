@@ -330,6 +330,8 @@ async fn records_trimmed_after_the_cursor_fail_the_job_stream_trimmed() {
     // Paused for more than a day: the records after its cursor were trimmed.
     stream.put(&d.tables, "src", item(801));
     stream.trim("shard-0", 2);
+    d.store.state.lock().unwrap().jobs.get_mut(&name("trim")).unwrap().started_at =
+        Some(chrono::Utc::now() - chrono::Duration::hours(25));
     resume_job(&d, &name("trim")).await.unwrap();
     run_until(&d, "trim", 7, |_| {}, |j| j.status.is_final()).await;
     let j = job(&d, "trim");
@@ -494,4 +496,73 @@ fn complete_and_mode_are_read_from_every_source() {
     assert!(e.contains("drop WaitForCompletion"), "{e}");
     let e = props(json!({"Mode": "Online"})).unwrap_err().to_string();
     assert!(e.contains("Mode must be offline or online"), "{e}");
+}
+
+#[tokio::test]
+async fn a_shard_drains_only_after_staying_empty_not_at_its_first_empty_page() {
+    let (mut d, stream) = online_world(20, true);
+    d.config.tuning.drain_settle = Duration::from_millis(300);
+    create_job(&d, online("drain", 1)).await.unwrap();
+    run_until(&d, "drain", 12, |_| {}, caught_up).await;
+    // New iterators answer empty pages before the records behind them; the last changes come
+    // just before `complete`, and the slice that reads them starts from a new iterator.
+    stream.log.lock().unwrap().empty_pages = 3;
+    stream.log.lock().unwrap().expire_next = 1;
+    let mut writer = Writer::new(12, 1_000);
+    writer.write(&d, &stream, 20);
+    complete_job(&d, &name("drain"), false).await.unwrap();
+    run_until(&d, "drain", 12, |_| {}, |j| j.status.is_final()).await;
+    let j = job(&d, "drain");
+    assert_eq!(j.status, JobStatus::Completed);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    // Same key: had the shard drained at an empty page, the verification would have found the
+    // changes behind it missing and repaired them.
+    let v = j.verification.unwrap();
+    assert!(v.differing_buckets.is_empty(), "drained before its last records: {}", v.summary());
+}
+
+#[tokio::test]
+async fn a_known_shard_that_ages_out_with_nothing_needed_counts_as_read() {
+    let (d, stream) = online_world(20, true);
+    create_job(&d, online("gone", 1)).await.unwrap();
+    run_until(&d, "gone", 13, |_| {}, caught_up).await;
+    stream.split("shard-0", &["shard-1"]);
+    reconcile(&d).await.unwrap();
+    // The parent is deleted from the stream before its end is read (its stored iterator
+    // expires, and a new one cannot be had).
+    stream.age_out("shard-0");
+    stream.log.lock().unwrap().expire_next = 1;
+    stream.put(&d.tables, "src", item(900));
+    run_until(&d, "gone", 13, |_| {}, |j| j.replay.as_ref().is_some_and(|r| r.records_applied == 1)).await;
+    complete_job(&d, &name("gone"), false).await.unwrap();
+    run_until(&d, "gone", 13, |_| {}, |j| j.status.is_final()).await;
+    assert_eq!(job(&d, "gone").status, JobStatus::Completed, "{:?}", job(&d, "gone").error);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+}
+
+#[test]
+fn a_target_keyed_by_part_of_the_source_key_deletes_only_what_still_belongs_to_the_item() {
+    use crate::replay::collapse;
+    use crate::streams::Record;
+    let source = schema(("pk", KeyType::S), Some(("sk", KeyType::S)));
+    let target = schema(("pk", KeyType::S), None);
+    let it = |sk: &str| -> Item {
+        HashMap::from([
+            ("pk".to_string(), AttributeValue::S("p".into())),
+            ("sk".to_string(), AttributeValue::S(sk.into())),
+        ])
+    };
+    let remove = Record {
+        sequence: "1".into(),
+        at: chrono::Utc::now(),
+        remove: true,
+        keys: it("s1"),
+        new_image: None,
+        old_image: Some(it("s1")),
+    };
+    let same = target.same_attributes(&source);
+    assert!(!same, "(pk) is not (pk, sk)");
+    let writes = collapse(&[&remove], &source, &target, same);
+    assert_eq!(writes.deletes.len(), 1);
+    assert_eq!(writes.deletes[0].1, Some(it("s1")), "deleted only while it is (p, s1)'s copy");
 }
