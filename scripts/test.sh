@@ -27,21 +27,41 @@ eval "$(scripts/localstack.sh env)"
 cargo test --workspace --locked --exclude tests
 # The fault suite starts LocalStacks of its own and mostly waits (visibility timeouts, throttled
 # retries): it runs beside the other suites, from its binary (a second cargo would wait for the
-# first one's lock on the build directory). Every other [[test]] of tests/Cargo.toml runs in
+# first one's lock on the build directory), and the online suite (a few minutes of waiting
+# for its stream to be replayed) runs after it, in the background too. The rate budget's
+# suite measures time: it runs last, alone. Every other [[test]] of tests/Cargo.toml runs in
 # the foreground, so a new suite runs without being listed here.
-faults=$(cargo test --workspace --locked --test faults --no-run 2>&1 | sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
-case "$faults" in /*) ;; *) faults="$PWD/$faults" ;; esac
-[ -x "$faults" ] || { echo "the faults suite's binary was not found" >&2; exit 1; }
-(cd tests && exec "$faults") >.cache/faults.log 2>&1 &
+binary() {
+  local path
+  path=$(cargo test --workspace --locked --test "$1" --no-run 2>&1 | sed -n 's/^ *Executable .*(\(.*\))$/\1/p')
+  case "$path" in /*) ;; *) path="$PWD/$path" ;; esac
+  [ -x "$path" ] || { echo "the $1 suite's binary was not found" >&2; return 1; }
+  echo "$path"
+}
+faults=$(binary faults)
+online=$(binary online)
+rm -f .cache/background.status
+(
+  cd tests
+  "$faults" >../.cache/faults.log 2>&1 && f=0 || f=$?
+  echo "faults: $f" >../.cache/background.status
+  "$online" >../.cache/online.log 2>&1 && o=0 || o=$?
+  echo "online: $o" >>../.cache/background.status
+) &
 faulting=$!
 suites=$(awk '/^\[/ { block = $0 } block == "[[test]]" && $1 == "name" { gsub(/"/, "", $3); print "--test", $3 }' tests/Cargo.toml |
-  grep -v -- '--test faults$' || true)
+  grep -v -e '--test faults$' -e '--test online$' -e '--test pacing$' || true)
 [ -n "$suites" ] || { echo "no integration suite found in tests/Cargo.toml" >&2; exit 1; }
 status=0
 # shellcheck disable=SC2086 # one word per argument
 cargo test --workspace --locked --no-fail-fast $suites || status=$?
-wait "$faulting" || status=$((status == 0 ? 4 : status))
+wait "$faulting" || true
 faulting=
+grep -q "faults: 0" .cache/background.status || status=$((status == 0 ? 4 : status))
+grep -q "online: 0" .cache/background.status || status=$((status == 0 ? 5 : status))
+cargo test --workspace --locked --test pacing || status=$?
 echo "===== faults suite ====="
 cat .cache/faults.log
+echo "===== online suite ====="
+cat .cache/online.log
 exit "$status"

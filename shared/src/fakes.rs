@@ -274,6 +274,8 @@ pub struct StreamLog {
     /// Empty answers a new iterator gives before the records at its position ("it might take
     /// multiple calls to get to a portion of the shard that contains stream records").
     pub empty_pages: usize,
+    /// The Lambda functions reading the stream.
+    pub lambda_readers: Vec<String>,
     next_sequence: u64,
     iterators: HashMap<String, (usize, usize, usize)>,
 }
@@ -309,6 +311,7 @@ impl FakeStream {
             expire_next: 0,
             page: 1_000,
             empty_pages: 0,
+            lambda_readers: vec![],
             next_sequence: 1,
             iterators: HashMap::new(),
         };
@@ -449,5 +452,9 @@ impl Streams for FakeStream {
         let last = s.closed && end == s.records.len();
         let next = (!last).then(|| log.iterator(shard, end, 0));
         Ok(RecordPage { records, next })
+    }
+
+    async fn lambda_readers(&self, _arn: &str) -> Result<Vec<String>, AwsError> {
+        Ok(self.log.lock().unwrap().lambda_readers.clone())
     }
 }

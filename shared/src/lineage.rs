@@ -82,7 +82,9 @@ pub async fn discover<S: CursorStore + ?Sized, T: Tables + ?Sized, R: Streams + 
                     s.parent.clone().filter(|p| listed.contains(&p.as_str()) || known.contains_key(p.as_str()));
                 let number = free_number(&s.id, &taken);
                 taken.insert(number);
-                Cursor::shard(number, ShardCursor::new(s.id.clone(), parent))
+                let found =
+                    ShardCursor { found_at: Some(chrono::Utc::now()), ..ShardCursor::new(s.id.clone(), parent) };
+                Cursor::shard(number, found)
             })
             .collect();
         if new.is_empty() {

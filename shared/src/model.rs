@@ -1144,6 +1144,9 @@ pub struct ShardCursor {
     pub iterator: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iterator_at: Option<DateTime<Utc>>,
+    /// When the job found the shard (its cursor was created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_at: Option<DateTime<Utc>>,
 }
 
 impl ShardCursor {
@@ -1158,6 +1161,7 @@ impl ShardCursor {
             closed: false,
             iterator: None,
             iterator_at: None,
+            found_at: None,
         }
     }
 

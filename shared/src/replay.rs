@@ -57,13 +57,24 @@ pub fn trim_by(job: &Job) -> DateTime<Utc> {
 
 /// What a replay slice of `cursor`'s shard reads, for `job` as it is now (after `complete`,
 /// its shards drain once they stay empty for `settle`).
+///
+/// A shard found when the replay began may hold changes from [`since`] on: it is first read
+/// by [`trim_by`]. One found later (a child of a shard that ended during the catch-up) holds
+/// changes from about when it was found: it is first read within 23 hours of that.
 pub fn shard_read(job: &Job, cursor: &ShardCursor, settle: std::time::Duration) -> Option<ShardRead> {
+    let replay_from = job.replay_from?;
+    let first_read_by = match cursor.found_at {
+        Some(found) if found > replay_from => {
+            found + chrono::Duration::hours(24) - chrono::Duration::seconds(RETENTION_SAFETY_SECONDS)
+        }
+        _ => trim_by(job),
+    };
     Some(ShardRead {
         stream: job.spec.stream.as_ref()?.arn.clone(),
         cursor: cursor.clone(),
         since: since(job),
-        replay_from: job.replay_from?,
-        trim_by: trim_by(job),
+        replay_from,
+        trim_by: first_read_by,
         drain: job
             .complete_requested_at
             .map(|after| Drain { after, settle_ms: settle.as_millis().min(u128::from(u64::MAX)) as u64 }),
@@ -118,9 +129,9 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
             Proceed::Abandon => return Ok(None),
         }
     }
-    // A shard never read whose parent was not read by this job starts at the trim horizon,
-    // which must still hold the changes since T0.
-    if cursor.iterator_at.is_none() && cursor.parent.is_none() && Utc::now() > read.trim_by {
+    // A shard never read starts at the trim horizon, which must still hold the changes it
+    // carries that the job needs (a job paused for a day may find them gone).
+    if cursor.iterator_at.is_none() && Utc::now() > read.trim_by {
         return Err(trimmed(&cursor.id, &format!("its first read comes after {}", read.trim_by)));
     }
     let throttles = AtomicU64::new(0);

@@ -18,7 +18,19 @@ pub trait Responder: Send + Sync {
     async fn respond(&self, url: &str, response: &CloudFormationCustomResourceResponse) -> Result<(), AwsError>;
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>;
+pub(crate) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>;
+
+/// An HTTPS (and, for LocalStack, HTTP) client with hyper and rustls, trusting the machine's
+/// root certificates.
+pub(crate) fn https_client() -> Result<HttpsClient, String> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no TLS root certificates on this machine: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
 
 /// HTTPS (and, for LocalStack, HTTP) PUT with hyper and rustls. The client (and the TLS roots
 /// it loads from the machine) is built on the first answer: most invocations never answer.
@@ -29,15 +41,7 @@ pub struct HttpResponder {
 
 impl HttpResponder {
     fn client(&self) -> Result<&HttpsClient, AwsError> {
-        let built = self.client.get_or_init(|| {
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_native_roots()
-                .map_err(|e| format!("no TLS root certificates on this machine: {e}"))?
-                .https_or_http()
-                .enable_http1()
-                .build();
-            Ok(Client::builder(TokioExecutor::new()).build(https))
-        });
+        let built = self.client.get_or_init(https_client);
         built.as_ref().map_err(|e| AwsError::new(ErrorKind::Other, "answering CloudFormation", e.clone()))
     }
 }

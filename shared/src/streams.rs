@@ -69,6 +69,8 @@ pub trait Streams: Send + Sync {
     async fn iterator(&self, arn: &str, shard: &str, from: &Position) -> Result<String, AwsError>;
     /// At most 1,000 records (and 1 MB) from `iterator`.
     async fn records(&self, iterator: &str) -> Result<RecordPage, AwsError>;
+    /// The Lambda functions that read the stream (its enabled event source mappings).
+    async fn lambda_readers(&self, arn: &str) -> Result<Vec<String>, AwsError>;
 }
 
 /// How long [`enable`] waits for a new stream to be readable.
@@ -116,12 +118,105 @@ pub fn is(e: &AwsError, code: &str) -> bool {
 #[derive(Clone)]
 pub struct DynamoStreams {
     client: aws_sdk_dynamodbstreams::Client,
+    mappings: EventSourceMappings,
 }
 
 impl DynamoStreams {
-    pub fn new(client: aws_sdk_dynamodbstreams::Client) -> Self {
-        Self { client }
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Self { client: aws_sdk_dynamodbstreams::Client::new(sdk), mappings: EventSourceMappings::of(sdk) }
     }
+}
+
+/// Lambda's ListEventSourceMappings, the one Lambda call tablecopy makes: a SigV4-signed GET
+/// (no Lambda SDK crate, and its build time, for one call).
+#[derive(Clone)]
+struct EventSourceMappings {
+    endpoint: String,
+    region: String,
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+}
+
+impl EventSourceMappings {
+    fn of(sdk: &aws_config::SdkConfig) -> Self {
+        let region = sdk.region().map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
+        let endpoint =
+            sdk.endpoint_url().map_or_else(|| format!("https://lambda.{region}.amazonaws.com"), str::to_string);
+        Self { endpoint: endpoint.trim_end_matches('/').to_string(), region, credentials: sdk.credentials_provider() }
+    }
+
+    /// The functions of the mappings of `arn` that read it (enabled, or being enabled).
+    async fn readers(&self, arn: &str) -> Result<Vec<String>, AwsError> {
+        use aws_credential_types::provider::ProvideCredentials;
+        use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+        use http_body_util::{BodyExt, Full};
+
+        let context = format!("listing the Lambda event source mappings of {arn}");
+        let fail = |kind, detail: String| AwsError::new(kind, context.clone(), detail);
+        let provider =
+            self.credentials.as_ref().ok_or_else(|| fail(ErrorKind::NoCredentials, "no credentials".into()))?;
+        let identity =
+            provider.provide_credentials().await.map_err(|e| fail(ErrorKind::NoCredentials, e.to_string()))?.into();
+        let client = crate::responder::https_client().map_err(|e| fail(ErrorKind::Other, e))?;
+        let (mut readers, mut marker) = (vec![], None::<String>);
+        loop {
+            let mut url =
+                format!("{}/2015-03-31/event-source-mappings/?EventSourceArn={}", self.endpoint, query_encode(arn));
+            if let Some(m) = &marker {
+                url.push_str(&format!("&Marker={}", query_encode(m)));
+            }
+            let params = aws_sigv4::sign::v4::SigningParams::builder()
+                .identity(&identity)
+                .region(&self.region)
+                .name("lambda")
+                .time(std::time::SystemTime::now())
+                .settings(SigningSettings::default())
+                .build()
+                .map_err(|e| fail(ErrorKind::Other, e.to_string()))?
+                .into();
+            let signable = SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[]))
+                .map_err(|e| fail(ErrorKind::Validation, e.to_string()))?;
+            let (instructions, _) =
+                sign(signable, &params).map_err(|e| fail(ErrorKind::Other, e.to_string()))?.into_parts();
+            let mut request = http::Request::get(&url)
+                .body(Full::new(bytes::Bytes::new()))
+                .map_err(|e| fail(ErrorKind::Validation, e.to_string()))?;
+            instructions.apply_to_request_http1x(&mut request);
+            let reply = client.request(request).await.map_err(|e| fail(ErrorKind::Transient, e.to_string()))?;
+            let status = reply.status();
+            let body = reply.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            if !status.is_success() {
+                let kind = match status.as_u16() {
+                    403 => ErrorKind::AccessDenied,
+                    429 => ErrorKind::Throttled,
+                    s if s >= 500 => ErrorKind::Transient,
+                    _ => ErrorKind::Other,
+                };
+                return Err(fail(kind, format!("HTTP {status}: {}", String::from_utf8_lossy(&body))));
+            }
+            let page: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| fail(ErrorKind::Other, e.to_string()))?;
+            for m in page["EventSourceMappings"].as_array().into_iter().flatten() {
+                let state = m["State"].as_str().unwrap_or("");
+                if matches!(state, "Enabled" | "Enabling" | "Creating" | "Updating") {
+                    readers.push(m["FunctionArn"].as_str().unwrap_or("a function").to_string());
+                }
+            }
+            match page["NextMarker"].as_str() {
+                Some(next) if !next.is_empty() => marker = Some(next.to_string()),
+                _ => return Ok(readers),
+            }
+        }
+    }
+}
+
+/// `s` percent-encoded for a URL query (every byte but the unreserved ones).
+fn query_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -194,5 +289,9 @@ impl Streams for DynamoStreams {
             })
             .collect();
         Ok(RecordPage { records, next: out.next_shard_iterator })
+    }
+
+    async fn lambda_readers(&self, arn: &str) -> Result<Vec<String>, AwsError> {
+        self.mappings.readers(arn).await
     }
 }

@@ -258,13 +258,22 @@ async fn dispatch(cli: Cli) -> Result<std::process::ExitCode> {
                     next => break next,
                 }
             };
+            // The list index holds no phase: a running job (at most MaxRunningJobs of them) is
+            // read whole for its label (`Running (catching up)`, `Running (verifying)`).
+            let mut labels = Vec::with_capacity(jobs.len());
+            for j in &jobs {
+                labels.push(match j.status {
+                    shared::model::JobStatus::Running => {
+                        deps.store.get_job(&j.name).await?.map(|job| job.status_label())
+                    }
+                    _ => None,
+                });
+            }
+            let views: Vec<_> = jobs.iter().zip(labels).map(|(j, label)| render::SummaryView::new(j, label)).collect();
             match g.output {
-                Output::Json => {
-                    let views: Vec<_> = jobs.iter().map(render::SummaryView::new).collect();
-                    print_json(&serde_json::json!({ "jobs": views, "nextToken": next }))?
-                }
+                Output::Json => print_json(&serde_json::json!({ "jobs": views, "nextToken": next }))?,
                 Output::Table => {
-                    out(render::jobs_table(&jobs))?;
+                    out(render::jobs_table(&views))?;
                     if let Some(t) = next {
                         eprintln!("more jobs: add --next-token {t:?} (or --all)");
                     }

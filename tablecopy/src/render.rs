@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use shared::model::{
-    Cursor, Job, JobStatus, JobSummary, Mode, Phase, ReplayProgress, SegmentCheck, Verification, VerifyMode,
-};
+use shared::model::{Cursor, Job, JobSummary, Mode, Phase, ReplayProgress, SegmentCheck, Verification, VerifyMode};
 
 /// The stack outputs of the dead-letter queues, and the queue each serves.
 pub const DEAD_LETTER_QUEUES: [(&str, &str); 4] = [
@@ -72,11 +70,14 @@ pub struct SummaryView<'a> {
     #[serde(flatten)]
     pub job: &'a JobSummary,
     pub percent: f64,
+    /// The status as `show` prints it (a running job's phase included).
+    pub status_label: String,
 }
 
 impl<'a> SummaryView<'a> {
-    pub fn new(job: &'a JobSummary) -> Self {
-        Self { job, percent: job.percent() }
+    /// `job`, with its full status label when one was read (`label`), else the list index's.
+    pub fn new(job: &'a JobSummary, label: Option<String>) -> Self {
+        Self { job, percent: job.percent(), status_label: label.unwrap_or_else(|| job.status_label()) }
     }
 }
 
@@ -408,17 +409,15 @@ pub fn segments_table(cursors: &[Cursor], now: DateTime<Utc>, stall: Duration) -
 }
 
 /// The `list` table.
-pub fn jobs_table(jobs: &[JobSummary]) -> String {
+pub fn jobs_table(jobs: &[SummaryView]) -> String {
     let mut out =
-        format!("{:<24} {:<20} {:<45} {:>7}  {}\n", "NAME", "STATUS", "SOURCE -> TARGET", "PERCENT", "CREATED");
-    for j in jobs {
+        format!("{:<24} {:<28} {:<45} {:>7}  {}\n", "NAME", "STATUS", "SOURCE -> TARGET", "PERCENT", "CREATED");
+    for v in jobs {
+        let j = v.job;
         out.push_str(&format!(
-            "{:<24} {:<20} {:<45} {:>6.1}%  {}\n",
+            "{:<24} {:<28} {:<45} {:>6.1}%  {}\n",
             j.name.as_str(),
-            match j.spec.mode {
-                Mode::Online if j.status == JobStatus::Running && j.pending.is_none() => "Running (online)".into(),
-                _ => j.status_label(),
-            },
+            v.status_label,
             format!("{} -> {}", j.spec.source, j.spec.target),
             j.percent(),
             time(Some(j.created_at))

@@ -170,8 +170,13 @@ pub async fn check_create<S: ControlStore, Q: Outbox, T: Tables>(
     // read and verified), and a repairing job's target has no other writer (its repair would
     // delete the other's items, or the other overwrite what it verified).
     let sched = deps.store.scheduler().await?;
+    // Unfinished online jobs reading the same source's stream.
+    let mut stream_jobs = vec![];
     for entry in sched.running.iter().chain(&sched.queued).filter(|e| e.job != name) {
         if let Some(other) = deps.store.get_job(&entry.job).await?.filter(|j| !j.status.is_final()) {
+            if other.spec.mode == Mode::Online && other.spec.source == source {
+                stream_jobs.push(format!("tablecopy job {}", other.name));
+            }
             let (s, t) = (&other.spec.source, &other.spec.target);
             let shared_repaired_target = t == &target && (req.repairs() || other.spec.repair);
             if shared_repaired_target || t == &source || s == &target {
@@ -196,8 +201,12 @@ pub async fn check_create<S: ControlStore, Q: Outbox, T: Tables>(
     if let Some(conflict) = target_info.key.conflict_with(&source_info.key) {
         return Err(InvalidInput(conflict).into());
     }
+    let mut readers = None;
     if req.mode == Mode::Online {
         stream_refusal(req, &source, &source_info, &target_info)?;
+        if let Some(stream) = &source_info.stream {
+            readers = readers_warning(deps.streams.as_ref(), &source, stream, stream_jobs).await;
+        }
     }
     // A target keyed otherwise: a sample of the source for items its key cannot hold and for
     // target keys two source items share.
@@ -231,8 +240,38 @@ pub async fn check_create<S: ControlStore, Q: Outbox, T: Tables>(
     let target_empty = deps.tables.is_empty(&target).await?;
     let mut warnings = warnings(&source, &source_info, &target, &target_info, target_empty);
     warnings.extend(sample.and_then(|r| r.warning(&source, &target, &target_info.key)));
+    warnings.extend(readers);
     let stream = source_info.stream.clone().filter(|_| req.mode == Mode::Online);
     Ok(Checked { name, source, target, source_info, target_info, parallelism, target_empty, warnings, stream })
+}
+
+/// Online: a warning when the source's stream already has two readers or more (DynamoDB
+/// Streams throttles a shard read by more than two), or when they cannot be counted. The
+/// readers are `jobs` (tablecopy's own online jobs on the source) and Lambda's event source
+/// mappings of the stream.
+async fn readers_warning(
+    streams: &dyn crate::streams::Streams,
+    source: &TableName,
+    stream: &StreamSpec,
+    jobs: Vec<String>,
+) -> Option<String> {
+    let mut readers = jobs;
+    match streams.lambda_readers(&stream.arn).await {
+        Ok(functions) => readers.extend(functions.into_iter().map(|f| format!("Lambda {f}"))),
+        Err(e) => {
+            return Some(format!(
+                "could not count the readers of the stream of {source} ({e}); DynamoDB Streams throttles a shard read by more than two readers: check its triggers with aws lambda list-event-source-mappings --event-source-arn {}",
+                stream.arn
+            ))
+        }
+    }
+    (readers.len() >= 2).then(|| {
+        format!(
+            "the stream of {source} already has {} readers ({}): DynamoDB Streams throttles a shard read by more than two, so this job's replay and theirs will be slowed; disable a trigger while the job runs if you can",
+            readers.len(),
+            readers.join(", ")
+        )
+    })
 }
 
 /// Online: the source's stream must carry what the replay needs, new images (and old ones

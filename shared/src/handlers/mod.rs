@@ -78,7 +78,7 @@ impl AwsDeps {
                 "default",
                 config.resources.event_source.clone(),
             )),
-            streams: Arc::new(DynamoStreams::new(aws_sdk_dynamodbstreams::Client::new(sdk))),
+            streams: Arc::new(DynamoStreams::new(sdk)),
             config,
         }
     }

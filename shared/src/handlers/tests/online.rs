@@ -566,3 +566,44 @@ fn a_target_keyed_by_part_of_the_source_key_deletes_only_what_still_belongs_to_t
     assert_eq!(writes.deletes.len(), 1);
     assert_eq!(writes.deletes[0].1, Some(it("s1")), "deleted only while it is (p, s1)'s copy");
 }
+
+#[tokio::test]
+async fn a_stream_with_two_readers_already_gets_a_warning() {
+    let (d, stream) = online_world(5, true);
+    stream.log.lock().unwrap().lambda_readers = vec!["arn:aws:lambda:us-east-1:1:function:indexer".into()];
+    let one = create_job(&d, online("r1", 1)).await.unwrap();
+    assert!(one.warnings.iter().all(|w| !w.contains("readers")), "{:?}", one.warnings);
+    // A second online job on the same source: the Lambda trigger and the first job read it.
+    d.tables.add("dst2", schema(("pk", KeyType::S), None), vec![]);
+    let two = create_job(&d, CreateJobRequest { target_table: "dst2".into(), ..online("r2", 1) }).await.unwrap();
+    let w = two.warnings.iter().find(|w| w.contains("readers")).expect("a readers warning");
+    assert!(
+        w.contains("already has 2 readers (tablecopy job r1, Lambda arn:aws:lambda:us-east-1:1:function:indexer)"),
+        "{w}"
+    );
+}
+
+#[tokio::test]
+async fn a_child_shard_first_read_more_than_a_day_after_it_was_found_fails_stream_trimmed() {
+    let (d, stream) = online_world(10, true);
+    create_job(&d, online("child", 1)).await.unwrap();
+    run_until(&d, "child", 14, |_| {}, caught_up).await;
+    stream.split("shard-0", &["shard-1"]);
+    reconcile(&d).await.unwrap();
+    pause_job(&d, &name("child")).await.unwrap();
+    run_until(&d, "child", 14, |_| {}, |j| j.status == JobStatus::Paused).await;
+    // Paused for a day: the child (found during the catch-up) may have lost its first records
+    // when it is first read.
+    {
+        let hours_ago = |h| Some(chrono::Utc::now() - chrono::Duration::hours(h));
+        let mut s = d.store.state.lock().unwrap();
+        let job = s.jobs.get_mut(&name("child")).unwrap();
+        (job.started_at, job.replay_from) = (hours_ago(27), hours_ago(26));
+        let child = s.cursors.values_mut().find(|c| c.shard.as_ref().is_some_and(|s| s.id == "shard-1")).unwrap();
+        child.shard.as_mut().unwrap().found_at = hours_ago(25);
+    }
+    resume_job(&d, &name("child")).await.unwrap();
+    run_until(&d, "child", 14, |_| {}, |j| j.status.is_final()).await;
+    let j = job(&d, "child");
+    assert_eq!((j.status, j.error.unwrap().code.as_str()), (JobStatus::Failed, STREAM_TRIMMED));
+}
