@@ -9,9 +9,10 @@ mkdir -p .cache
 scripts/localstack.sh start >.cache/localstack-start.out 2>.cache/localstack-start.err &
 starting=$!
 faulting=
-# On any exit (Ctrl-C too): stop the fault suite if it still runs (it stops its own
+# On any exit (Ctrl-C too): stop the background suites if they still run (the fault suite stops its own
 # LocalStacks), then LocalStack if this script started it.
-trap '[ -n "$faulting" ] && kill "$faulting" 2>/dev/null && wait "$faulting" 2>/dev/null; wait "$starting" 2>/dev/null; [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop' EXIT
+# shellcheck disable=SC2086 # one word per process
+trap '[ -n "$faulting" ] && kill $faulting 2>/dev/null && wait $faulting 2>/dev/null; wait "$starting" 2>/dev/null; [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop' EXIT
 cargo test --workspace --locked --no-run
 if ! wait "$starting"; then
   cat .cache/localstack-start.err >&2
@@ -25,10 +26,10 @@ eval "$(scripts/localstack.sh env)"
 # LocalStack). Targets are always selected with --workspace, as the build above was, so that
 # cargo resolves the same features and builds nothing twice.
 cargo test --workspace --locked --exclude tests
-# The fault suite starts LocalStacks of its own and mostly waits (visibility timeouts, throttled
-# retries): it runs beside the other suites, from its binary (a second cargo would wait for the
-# first one's lock on the build directory), and the online suite (a few minutes of waiting
-# for its stream to be replayed) runs after it, in the background too. The rate budget's
+# Two suites run in the background beside the others, each from its binary (a second cargo
+# would wait for the first one's lock on the build directory): the fault suite (it starts
+# LocalStacks of its own and mostly waits: visibility timeouts, throttled retries) and the
+# online suite (a few minutes of waiting for its stream to be replayed). The rate budget's
 # suite measures time: it runs last, alone. Every other [[test]] of tests/Cargo.toml runs in
 # the foreground, so a new suite runs without being listed here.
 binary() {
@@ -38,30 +39,29 @@ binary() {
   [ -x "$path" ] || { echo "the $1 suite's binary was not found" >&2; return 1; }
   echo "$path"
 }
-faults=$(binary faults)
-online=$(binary online)
-rm -f .cache/background.status
-(
-  cd tests
-  "$faults" >../.cache/faults.log 2>&1 && f=0 || f=$?
-  echo "faults: $f" >../.cache/background.status
-  "$online" >../.cache/online.log 2>&1 && o=0 || o=$?
-  echo "online: $o" >>../.cache/background.status
-) &
-faulting=$!
+background=(faults online)
+pids=()
+for suite in "${background[@]}"; do
+  path=$(binary "$suite")
+  rm -f ".cache/$suite.status"
+  (cd tests && "$path" >"../.cache/$suite.log" 2>&1 && echo 0 >"../.cache/$suite.status" || echo $? >"../.cache/$suite.status") &
+  pids+=($!)
+done
+faulting="${pids[*]}"
 suites=$(awk '/^\[/ { block = $0 } block == "[[test]]" && $1 == "name" { gsub(/"/, "", $3); print "--test", $3 }' tests/Cargo.toml |
   grep -v -e '--test faults$' -e '--test online$' -e '--test pacing$' || true)
 [ -n "$suites" ] || { echo "no integration suite found in tests/Cargo.toml" >&2; exit 1; }
 status=0
 # shellcheck disable=SC2086 # one word per argument
 cargo test --workspace --locked --no-fail-fast $suites || status=$?
-wait "$faulting" || true
+wait "${pids[@]}" || true
 faulting=
-grep -q "faults: 0" .cache/background.status || status=$((status == 0 ? 4 : status))
-grep -q "online: 0" .cache/background.status || status=$((status == 0 ? 5 : status))
+for suite in "${background[@]}"; do
+  [ "$(cat ".cache/$suite.status" 2>/dev/null)" = 0 ] || status=$((status == 0 ? 4 : status))
+done
 cargo test --workspace --locked --test pacing || status=$?
-echo "===== faults suite ====="
-cat .cache/faults.log
-echo "===== online suite ====="
-cat .cache/online.log
+for suite in "${background[@]}"; do
+  echo "===== $suite suite ====="
+  cat ".cache/$suite.log"
+done
 exit "$status"

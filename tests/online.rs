@@ -226,51 +226,38 @@ async fn check(w: &World, src: &str, done: &Job, log: &Log, rekeyed: bool) -> Re
     Ok(())
 }
 
-#[tokio::test]
-async fn an_online_copy_under_a_writer_ends_with_the_target_equal_to_the_source() -> Result<()> {
+/// One online copy of `n` sample items under a writer (one at a time, see [`ONE_AT_A_TIME`]),
+/// into a target keyed `pk` or re-keyed, with `kills` runner deaths during the catch-up: it
+/// ends `Completed`, verified, every repair explained, the target equal to the source.
+async fn online_copy(tag: &str, n: u64, rekeyed: bool, kills: usize) -> Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let w = world("on-same").await?;
-    let (src, dst) = tables(&w, "on-same", 1_000, false).await?;
-    let (done, log) = copy_under_writes(&w, "same", &src, &dst, 1_000, 0).await?;
-    check(&w, &src, &done, &log, false).await?;
+    let w = world(&format!("on-{tag}")).await?;
+    let (src, dst) = tables(&w, &format!("on-{tag}"), n, rekeyed).await?;
+    let (done, log) = copy_under_writes(&w, tag, &src, &dst, n, kills).await?;
+    check(&w, &src, &done, &log, rekeyed).await?;
     let items = assert_same_items(&w.ddb, &src, &dst).await?;
     eprintln!(
-        "same key: {items} items, writer {log:?}, replay {:?}, verification {}",
+        "{tag}: {items} items, writer {log:?}, replay {:?}, verification {}",
         done.replay,
         done.verification.unwrap().summary()
     );
     w.cleanup(&[&src, &dst]).await;
     Ok(())
+}
+
+#[tokio::test]
+async fn an_online_copy_under_a_writer_ends_with_the_target_equal_to_the_source() -> Result<()> {
+    online_copy("same", 600, false, 0).await
 }
 
 #[tokio::test]
 async fn an_online_copy_into_a_rekeyed_target_under_a_writer_ends_exact() -> Result<()> {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let w = world("on-rekey").await?;
-    let (src, dst) = tables(&w, "on-rekey", 1_000, true).await?;
-    let (done, log) = copy_under_writes(&w, "rekey", &src, &dst, 1_000, 0).await?;
-    check(&w, &src, &done, &log, true).await?;
-    let items = assert_same_items(&w.ddb, &src, &dst).await?;
-    eprintln!(
-        "re-keyed: {items} items, writer {log:?}, replay {:?}, verification {}",
-        done.replay,
-        done.verification.unwrap().summary()
-    );
-    w.cleanup(&[&src, &dst]).await;
-    Ok(())
+    online_copy("rekey", 600, true, 0).await
 }
 
 #[tokio::test]
 async fn an_online_copy_survives_the_runner_killed_twice_during_the_catch_up() -> Result<()> {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let w = world("on-kill").await?;
-    let (src, dst) = tables(&w, "on-kill", 1_000, true).await?;
-    let (done, log) = copy_under_writes(&w, "kill", &src, &dst, 1_000, 2).await?;
-    check(&w, &src, &done, &log, true).await?;
-    let items = assert_same_items(&w.ddb, &src, &dst).await?;
-    eprintln!("killed twice: {items} items, writer {log:?}, replay {:?}", done.replay);
-    w.cleanup(&[&src, &dst]).await;
-    Ok(())
+    online_copy("kill", 600, true, 2).await
 }
 
 #[tokio::test]

@@ -607,3 +607,72 @@ async fn a_child_shard_first_read_more_than_a_day_after_it_was_found_fails_strea
     let j = job(&d, "child");
     assert_eq!((j.status, j.error.unwrap().code.as_str()), (JobStatus::Failed, STREAM_TRIMMED));
 }
+
+#[tokio::test]
+async fn pause_resume_and_cancel_work_while_completing() {
+    // Paused while draining, and paused while verifying: each resumes to the same end.
+    for (tag, pause_after, label) in [("drain", 0, "Running (completing)"), ("verify", 1, "Running (verifying)")] {
+        let (d, stream) = online_world(30, false);
+        let mut writer = Writer::new(13, 1_000);
+        create_job(&d, online(tag, 2)).await.unwrap();
+        run_until(&d, tag, 3, |_| {}, caught_up).await;
+        writer.write(&d, &stream, 15);
+        complete_job(&d, &name(tag), false).await.unwrap();
+        run_until(&d, tag, 3, |_| {}, |j| pause_after == 0 || j.verify_started_at.is_some()).await;
+        pause_job(&d, &name(tag)).await.unwrap();
+        run_until(&d, tag, 3, |_| {}, |j| j.status == JobStatus::Paused).await;
+        let paused = job(&d, tag);
+        assert!(paused.complete_requested_at.is_some(), "{tag}: the pause keeps the completion asked");
+        assert_eq!(d.outbox.take().len(), 0, "{tag}: a paused job reads nothing");
+        resume_job(&d, &name(tag)).await.unwrap();
+        assert_eq!(job(&d, tag).status_label(), label, "{tag}: resumed where it paused");
+        run_until(&d, tag, 3, |_| {}, |j| j.status.is_final()).await;
+        let j = job(&d, tag);
+        assert_eq!(j.status, JobStatus::Completed, "{tag}: {:?}", j.error);
+        assert!(j.verification.unwrap().passed, "{tag}");
+        assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")), "{tag}");
+    }
+    // Cancelled while completing: it ends Cancelled and nothing is written after.
+    let (d, stream) = online_world(30, false);
+    let mut writer = Writer::new(14, 1_000);
+    create_job(&d, online("cc", 2)).await.unwrap();
+    run_until(&d, "cc", 4, |_| {}, caught_up).await;
+    writer.write(&d, &stream, 15);
+    complete_job(&d, &name("cc"), false).await.unwrap();
+    run_until(&d, "cc", 4, |_| {}, rounds(1)).await;
+    cancel_job(&d, &name("cc"), false).await.unwrap();
+    run_until(&d, "cc", 4, |_| {}, |j| j.status.is_final()).await;
+    assert_eq!(job(&d, "cc").status, JobStatus::Cancelled);
+    writer.write(&d, &stream, 5);
+    let before = d.tables.items("dst");
+    run_until(&d, "cc", 4, |_| {}, |_| false).await;
+    assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(before), "nothing written after the cancel");
+}
+
+#[tokio::test]
+async fn a_write_region_change_fails_an_online_job_like_an_offline_one() {
+    for stage in ["snapshot", "catching up", "completing"] {
+        let (d, stream) = online_world(30, false);
+        let mut writer = Writer::new(15, 1_000);
+        create_job(&d, online("wr", 2)).await.unwrap();
+        if stage != "snapshot" {
+            run_until(&d, "wr", 5, |_| {}, caught_up).await;
+            writer.write(&d, &stream, 10);
+        }
+        if stage == "completing" {
+            complete_job(&d, &name("wr"), false).await.unwrap();
+        }
+        d.store.set_write_region("us-west-2", chrono::Utc::now()).await.unwrap();
+        run_until(&d, "wr", 5, |_| {}, |j| j.status.is_final()).await;
+        let j = job(&d, "wr");
+        assert_eq!(j.status, JobStatus::Failed, "{stage}");
+        let e = j.error.unwrap();
+        assert_eq!(e.code, "WriteRegionChanged", "{stage}");
+        assert!(e.message.contains("from us-east-1 to us-west-2"), "{stage}: {e:?}");
+        // Nothing more is written into the target, whatever is still queued or written to the source.
+        writer.write(&d, &stream, 5);
+        let before = d.tables.items("dst");
+        run_until(&d, "wr", 5, |_| {}, |_| false).await;
+        assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(before), "{stage}");
+    }
+}
