@@ -13,27 +13,12 @@ ITEMS="${ITEMS:-20000}"
 export TABLECOPY_STACK_NAME="${STACK:-tablecopy-demo-online}"
 SOURCE=demo-live-orders
 TARGET=demo-live-orders-by-customer
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-step "Starting LocalStack (installs it on first use: about a minute)"
-scripts/localstack.sh start
-eval "$(scripts/localstack.sh env)"
-
-step "Building tablecopy"
-cargo build --locked -p tablecopy -p tests --bins
-BIN=target/debug
-
-step "Deploying infra/template.yaml as stack $TABLECOPY_STACK_NAME (CopyChunkVisibilityTimeout=30)"
-"$BIN/tablecopy" local deploy --parameter CopyChunkVisibilityTimeout=30
-
-step "Sample data: $SOURCE (key pk) with $ITEMS items; $TARGET (key customer + order_no)"
-"$BIN/demo" seed --source "$SOURCE" --target "$TARGET" --items "$ITEMS"
-
-step "Starting the local runner (logs: .cache/demo-online-runner.log)"
-DRAIN_SETTLE_SECONDS=5 "$BIN/tablecopy" local run --concurrency 4 >.cache/demo-online-runner.out 2>.cache/demo-online-runner.log &
-RUNNER=$!
 WRITER=
-trap 'kill $RUNNER $WRITER 2>/dev/null || true' EXIT
+# shellcheck source=scripts/demo-lib.sh
+. scripts/demo-lib.sh
+
+demo_setup --parameter CopyChunkVisibilityTimeout=30
+demo_runner demo-online-runner DRAIN_SETTLE_SECONDS=5
 
 step "The application keeps writing to $SOURCE (a writer in the background)"
 "$BIN/demo" write --source "$SOURCE" --items "$ITEMS" &
@@ -58,13 +43,4 @@ step "tablecopy complete --job-name $JOB   (drain the stream, verify, repair)"
 "$BIN/tablecopy" complete --job-name "$JOB" | grep -E '^(Status)'
 "$BIN/tablecopy" watch --job-name "$JOB" >/dev/null
 
-step "Cross-checking the job's own verification: $SOURCE and $TARGET, item by item"
-"$BIN/demo" verify --source "$SOURCE" --target "$TARGET"
-
-step "tablecopy show --job-name $JOB"
-"$BIN/tablecopy" show --job-name "$JOB"
-
-kill -TERM "$RUNNER" && wait "$RUNNER" || true
-trap - EXIT
-echo
-echo "LocalStack keeps running ('make stop' stops it)."
+demo_finish "$JOB"
