@@ -123,6 +123,15 @@ impl Writer {
     }
 }
 
+/// Once `name` is final, nothing more reaches the target: neither what is still queued (a
+/// backstop finalize, a last slice) nor what the writer changes in the source afterwards.
+async fn nothing_written_after_the_end(d: &FakeDeps, stream: &FakeStream, writer: &mut Writer, name: &str) {
+    writer.write(d, stream, 5);
+    let before = d.tables.items("dst");
+    run_until(d, name, 8, |_| {}, |_| false).await;
+    assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(before), "{name}: written after its end");
+}
+
 /// Create, copy under writes, catch up under writes, `complete`, and run to the end.
 async fn copy_online(d: &FakeDeps, stream: &FakeStream, name: &str, seed: u64) -> Job {
     let mut writer = Writer::new(seed, 1_000);
@@ -354,11 +363,7 @@ async fn pause_resume_and_cancel_work_while_catching_up() {
     cancel_job(&d, &name("prc"), false).await.unwrap();
     run_until(&d, "prc", 8, |_| {}, |j| j.status.is_final()).await;
     assert_eq!(job(&d, "prc").status, JobStatus::Cancelled);
-    writer.write(&d, &stream, 5);
-    let before = d.tables.items("dst");
-    // What is still queued (a backstop finalize, a last slice) writes nothing.
-    run_until(&d, "prc", 8, |_| {}, |_| false).await;
-    assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(before), "nothing written after the cancel");
+    nothing_written_after_the_end(&d, &stream, &mut writer, "prc").await;
 }
 
 #[tokio::test]
@@ -643,10 +648,7 @@ async fn pause_resume_and_cancel_work_while_completing() {
     cancel_job(&d, &name("cc"), false).await.unwrap();
     run_until(&d, "cc", 4, |_| {}, |j| j.status.is_final()).await;
     assert_eq!(job(&d, "cc").status, JobStatus::Cancelled);
-    writer.write(&d, &stream, 5);
-    let before = d.tables.items("dst");
-    run_until(&d, "cc", 4, |_| {}, |_| false).await;
-    assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(before), "nothing written after the cancel");
+    nothing_written_after_the_end(&d, &stream, &mut writer, "cc").await;
 }
 
 #[tokio::test]
@@ -669,10 +671,6 @@ async fn a_write_region_change_fails_an_online_job_like_an_offline_one() {
         let e = j.error.unwrap();
         assert_eq!(e.code, "WriteRegionChanged", "{stage}");
         assert!(e.message.contains("from us-east-1 to us-west-2"), "{stage}: {e:?}");
-        // Nothing more is written into the target, whatever is still queued or written to the source.
-        writer.write(&d, &stream, 5);
-        let before = d.tables.items("dst");
-        run_until(&d, "wr", 5, |_| {}, |_| false).await;
-        assert_eq!(sorted_canonical(d.tables.items("dst")), sorted_canonical(before), "{stage}");
+        nothing_written_after_the_end(&d, &stream, &mut writer, "wr").await;
     }
 }
