@@ -9,10 +9,10 @@ mkdir -p .cache
 scripts/localstack.sh start >.cache/localstack-start.out 2>.cache/localstack-start.err &
 starting=$!
 faulting=
-# On any exit (Ctrl-C too): stop the background suites if they still run (the fault suite stops its own
-# LocalStacks), then LocalStack if this script started it.
+# On any exit (Ctrl-C too): stop the background suites if they still run, then LocalStack if
+# this script started it.
 # shellcheck disable=SC2086 # one word per process
-trap '[ -n "$faulting" ] && kill $faulting 2>/dev/null && wait $faulting 2>/dev/null; wait "$starting" 2>/dev/null; [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop' EXIT
+trap '[ -n "$faulting" ] && { kill $faulting 2>/dev/null; wait $faulting 2>/dev/null; }; wait "$starting" 2>/dev/null; [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop' EXIT
 cargo test --workspace --locked --no-run
 if ! wait "$starting"; then
   cat .cache/localstack-start.err >&2
@@ -40,25 +40,29 @@ binary() {
   echo "$path"
 }
 background=(faults online)
-pids=()
+paths=()
 for suite in "${background[@]}"; do
   path=$(binary "$suite")
-  rm -f ".cache/$suite.status"
-  (cd tests && "$path" >"../.cache/$suite.log" 2>&1 && echo 0 >"../.cache/$suite.status" || echo $? >"../.cache/$suite.status") &
-  pids+=($!)
+  paths+=("$path")
 done
-faulting="${pids[*]}"
+pids=()
+for i in "${!background[@]}"; do
+  # exec: the process waited for (and stopped on exit) is the suite itself.
+  (cd tests && exec "${paths[$i]}") >".cache/${background[$i]}.log" 2>&1 &
+  pids+=($!)
+  faulting="${pids[*]}"
+done
 suites=$(awk '/^\[/ { block = $0 } block == "[[test]]" && $1 == "name" { gsub(/"/, "", $3); print "--test", $3 }' tests/Cargo.toml |
   grep -v -e '--test faults$' -e '--test online$' -e '--test pacing$' || true)
 [ -n "$suites" ] || { echo "no integration suite found in tests/Cargo.toml" >&2; exit 1; }
 status=0
 # shellcheck disable=SC2086 # one word per argument
 cargo test --workspace --locked --no-fail-fast $suites || status=$?
-wait "${pids[@]}" || true
-faulting=
-for suite in "${background[@]}"; do
-  [ "$(cat ".cache/$suite.status" 2>/dev/null)" = 0 ] || status=$((status == 0 ? 4 : status))
+# Exit status 4 when the fault suite failed, 5 when the online suite did.
+for i in "${!background[@]}"; do
+  wait "${pids[$i]}" || status=$((status == 0 ? 4 + i : status))
 done
+faulting=
 cargo test --workspace --locked --test pacing || status=$?
 for suite in "${background[@]}"; do
   echo "===== $suite suite ====="

@@ -228,6 +228,7 @@ impl<'a, S: ControlStore, Q: Outbox> Control<'a, S, Q> {
         let now = Utc::now();
         let mut bodies = vec![];
         for c in &idle {
+            let c = &lineage::with_floor(c, &cursors);
             let pace = match c.shard {
                 Some(_) => None,
                 None => {

@@ -20,6 +20,20 @@ use crate::tables::Tables;
 /// Shard cursors are numbered from here (scan segments are below 1,000).
 pub const SHARD_BASE: u32 = 1_000_000_000;
 
+/// `c` as its first slice reads it: a shard cursor without a floor gets one from its parent's
+/// done cursor (see [`ShardCursor::floor`]). Every other cursor as it is.
+pub fn with_floor(c: &Cursor, cursors: &[Cursor]) -> Cursor {
+    let mut c = c.clone();
+    if let Some(shard) = c.shard.as_mut().filter(|s| s.floor.is_none()) {
+        let parent = shard
+            .parent
+            .as_ref()
+            .and_then(|p| cursors.iter().filter(|o| o.done).filter_map(|o| o.shard.as_ref()).find(|s| &s.id == p));
+        shard.floor = parent.and_then(|p| p.changed_at.max(p.floor));
+    }
+    c
+}
+
 /// What a look at the stream found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Found {
@@ -82,9 +96,7 @@ pub async fn discover<S: CursorStore + ?Sized, T: Tables + ?Sized, R: Streams + 
                     s.parent.clone().filter(|p| listed.contains(&p.as_str()) || known.contains_key(p.as_str()));
                 let number = free_number(&s.id, &taken);
                 taken.insert(number);
-                let found =
-                    ShardCursor { found_at: Some(chrono::Utc::now()), ..ShardCursor::new(s.id.clone(), parent) };
-                Cursor::shard(number, found)
+                Cursor::shard(number, ShardCursor::new(s.id.clone(), parent))
             })
             .collect();
         if new.is_empty() {

@@ -1144,9 +1144,12 @@ pub struct ShardCursor {
     pub iterator: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iterator_at: Option<DateTime<Utc>>,
-    /// When the job found the shard (its cursor was created).
+    /// No record of the shard changed before this: a child begins when its parent ends, so
+    /// its parent's last record's change time (or, for a parent without records, the parent's
+    /// own floor). Set when the shard is first launched; `None` for a shard without a parent
+    /// known to the job (the job's `since` bounds it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub found_at: Option<DateTime<Utc>>,
+    pub floor: Option<DateTime<Utc>>,
 }
 
 impl ShardCursor {
@@ -1161,7 +1164,7 @@ impl ShardCursor {
             closed: false,
             iterator: None,
             iterator_at: None,
-            found_at: None,
+            floor: None,
         }
     }
 

@@ -58,17 +58,13 @@ pub fn trim_by(job: &Job) -> DateTime<Utc> {
 /// What a replay slice of `cursor`'s shard reads, for `job` as it is now (after `complete`,
 /// its shards drain once they stay empty for `settle`).
 ///
-/// A shard found when the replay began may hold changes from [`since`] on: it is first read
-/// by [`trim_by`]. One found later (a child of a shard that ended during the catch-up) holds
-/// changes from about when it was found: it is first read within 23 hours of that.
+/// A shard's first read (from its trim horizon) must begin within 23 hours of the oldest
+/// change it may hold that the job needs: [`since`], or the shard's floor if later (a child
+/// holds nothing older than its parent's last record).
 pub fn shard_read(job: &Job, cursor: &ShardCursor, settle: std::time::Duration) -> Option<ShardRead> {
     let replay_from = job.replay_from?;
-    let first_read_by = match cursor.found_at {
-        Some(found) if found > replay_from => {
-            found + chrono::Duration::hours(24) - chrono::Duration::seconds(RETENTION_SAFETY_SECONDS)
-        }
-        _ => trim_by(job),
-    };
+    let oldest = cursor.floor.map_or(since(job), |floor| floor.max(since(job)));
+    let first_read_by = oldest + (trim_by(job) - since(job));
     Some(ShardRead {
         stream: job.spec.stream.as_ref()?.arn.clone(),
         cursor: cursor.clone(),

@@ -15,6 +15,8 @@ use crate::tables::Tables;
 pub const EXPIRED_ITERATOR: &str = "ExpiredIteratorException";
 /// The service's code for a position older than the stream's 24 hours.
 pub const TRIMMED: &str = "TrimmedDataAccessException";
+/// How long create waits for Lambda's list of a stream's event source mappings.
+const READERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A shard as DescribeStream lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +294,45 @@ impl Streams for DynamoStreams {
     }
 
     async fn lambda_readers(&self, arn: &str) -> Result<Vec<String>, AwsError> {
-        self.mappings.readers(arn).await
+        // Create waits this long at most (Lambda may be unreachable, e.g. from a VPC without a
+        // route to it): then it warns that it could not count the readers.
+        match tokio::time::timeout(READERS_TIMEOUT, self.mappings.readers(arn)).await {
+            Ok(readers) => readers,
+            Err(_) => Err(AwsError::new(
+                ErrorKind::Transient,
+                format!("listing the Lambda event source mappings of {arn}"),
+                format!("Lambda did not answer within {} s", READERS_TIMEOUT.as_secs()),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unanswered_readers_count_ends_in_an_error_create_turns_into_a_warning() {
+        // An endpoint that accepts connections and never answers (a Lambda out of reach).
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = vec![];
+            while let Ok((socket, _)) = silent.accept().await {
+                open.push(socket);
+            }
+        });
+        let sdk = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("id", "secret", None, None, "test"),
+            ))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let streams = DynamoStreams::new(&sdk);
+        let e = streams.lambda_readers("arn:aws:dynamodb:us-east-1:1:table/t/stream/x").await.unwrap_err();
+        assert!(e.to_string().contains("did not answer within 5 s"), "{e}");
+        held.abort();
     }
 }

@@ -588,29 +588,89 @@ async fn a_stream_with_two_readers_already_gets_a_warning() {
     );
 }
 
-#[tokio::test]
-async fn a_child_shard_first_read_more_than_a_day_after_it_was_found_fails_stream_trimmed() {
+/// The hours-ago time `h`.
+fn hours_ago(h: i64) -> Option<chrono::DateTime<chrono::Utc>> {
+    Some(chrono::Utc::now() - chrono::Duration::hours(h))
+}
+
+/// A job caught up with a record in its one shard, paused just after that shard ended in a
+/// child (found before the pause, or only when the parent is read to its end after the
+/// resume); then, while it is paused, its start moved `started` hours back, the replay's
+/// `replay_from` `replay_from` hours back and the parent's last record `parent_last` hours.
+async fn paused_at_a_split(
+    name: &str,
+    found_before: bool,
+    started: i64,
+    replay_from: i64,
+    parent_last: i64,
+) -> FakeDeps {
     let (d, stream) = online_world(10, true);
-    create_job(&d, online("child", 1)).await.unwrap();
-    run_until(&d, "child", 14, |_| {}, caught_up).await;
+    create_job(&d, online(name, 1)).await.unwrap();
+    run_until(&d, name, 14, |_| {}, caught_up).await;
+    stream.put(&d.tables, "src", item(600));
+    run_until(&d, name, 14, |_| {}, |j| caught_up(j) && j.replay.as_ref().unwrap().records_applied > 0).await;
     stream.split("shard-0", &["shard-1"]);
-    reconcile(&d).await.unwrap();
-    pause_job(&d, &name("child")).await.unwrap();
-    run_until(&d, "child", 14, |_| {}, |j| j.status == JobStatus::Paused).await;
-    // Paused for a day: the child (found during the catch-up) may have lost its first records
-    // when it is first read.
-    {
-        let hours_ago = |h| Some(chrono::Utc::now() - chrono::Duration::hours(h));
-        let mut s = d.store.state.lock().unwrap();
-        let job = s.jobs.get_mut(&name("child")).unwrap();
-        (job.started_at, job.replay_from) = (hours_ago(27), hours_ago(26));
-        let child = s.cursors.values_mut().find(|c| c.shard.as_ref().is_some_and(|s| s.id == "shard-1")).unwrap();
-        child.shard.as_mut().unwrap().found_at = hours_ago(25);
+    stream.put(&d.tables, "src", item(601));
+    if found_before {
+        reconcile(&d).await.unwrap();
     }
-    resume_job(&d, &name("child")).await.unwrap();
-    run_until(&d, "child", 14, |_| {}, |j| j.status.is_final()).await;
-    let j = job(&d, "child");
-    assert_eq!((j.status, j.error.unwrap().code.as_str()), (JobStatus::Failed, STREAM_TRIMMED));
+    pause_job(&d, &JobName::parse(name).unwrap()).await.unwrap();
+    run_until(&d, name, 14, |_| {}, |j| j.status == JobStatus::Paused).await;
+    let mut s = d.store.state.lock().unwrap();
+    let job = s.jobs.get_mut(&JobName::parse(name).unwrap()).unwrap();
+    (job.started_at, job.replay_from) = (hours_ago(started), hours_ago(replay_from));
+    let parent = s.cursors.values_mut().find_map(|c| c.shard.as_mut().filter(|s| s.id == "shard-0")).unwrap();
+    parent.changed_at = hours_ago(parent_last);
+    drop(s);
+    d
+}
+
+#[tokio::test]
+async fn a_child_first_read_more_than_a_day_after_its_parent_ended_fails_stream_trimmed() {
+    // Paused for a day after the parent's last record: the child (found before the pause, or
+    // found only at the resume, a day after it began) may have lost its first records.
+    for found_before in [true, false] {
+        let d = paused_at_a_split("child", found_before, 27, 26, 25).await;
+        resume_job(&d, &name("child")).await.unwrap();
+        run_until(
+            &d,
+            "child",
+            14,
+            |_| {},
+            |j| j.status.is_final() || (caught_up(j) && j.replay.as_ref().unwrap().records_applied >= 2),
+        )
+        .await;
+        let j = job(&d, "child");
+        assert_eq!(
+            (j.status, j.error.map(|e| e.code)),
+            (JobStatus::Failed, Some(STREAM_TRIMMED.to_string())),
+            "found before the pause: {found_before}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_child_whose_parent_ended_an_hour_ago_is_read_even_a_day_after_the_job_began() {
+    // A snapshot of almost a day: the replay began just before the stream's 24 hours from the
+    // job's start ran out, and read the root shard then. Its child is read after that bound,
+    // but its records are an hour old at most: all of them are still in the stream.
+    let d = paused_at_a_split("long", true, 23, 0, 1).await;
+    resume_job(&d, &name("long")).await.unwrap();
+    run_until(
+        &d,
+        "long",
+        15,
+        |_| {},
+        |j| j.status.is_final() || (caught_up(j) && j.replay.as_ref().unwrap().records_applied >= 2),
+    )
+    .await;
+    let j = job(&d, "long");
+    assert_eq!(j.status, JobStatus::Running, "{:?}", j.error);
+    complete_job(&d, &name("long"), false).await.unwrap();
+    run_until(&d, "long", 15, |_| {}, |j| j.status.is_final()).await;
+    let j = job(&d, "long");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
 }
 
 #[tokio::test]
