@@ -390,6 +390,7 @@ fn recorded(job: &str, src: &str, dst: &str, parallelism: u32) -> (Job, Vec<Curs
         verification: None,
         replay_from: None,
         complete_requested_at: None,
+        stream_listed_at: None,
         replay: None,
     };
     (job, (0..parallelism).map(Cursor::start).collect())

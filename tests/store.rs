@@ -81,6 +81,7 @@ fn job(name: &str) -> Job {
         verification: None,
         replay_from: None,
         complete_requested_at: None,
+        stream_listed_at: None,
         replay: None,
     }
 }
@@ -282,6 +283,14 @@ async fn contract<S: ControlStore>(s: &S, name: &str) -> Result<Transcript> {
             j.stalled,
         ),
     );
+
+    // When an online job last listed its stream: recorded as given (a job that does not exist
+    // gets nothing).
+    s.mark_listed(&n, at(45)).await?;
+    t.note("stream listed", s.get_job(&n).await?.unwrap().stream_listed_at);
+    let absent = JobName::parse("absent").unwrap();
+    s.mark_listed(&absent, at(45)).await?;
+    t.note("stream listed, no such job", s.get_job(&absent).await?.is_none());
 
     // A final move with its counters, the pending request required, and the scheduler.
     let mut done = sched.next();

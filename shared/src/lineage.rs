@@ -13,23 +13,25 @@ use sha2::{Digest, Sha256};
 
 use crate::error::AwsError;
 use crate::model::{Cursor, Job, JobError, ShardCursor};
-use crate::store::CursorStore;
+use crate::store::{CursorStore, JobStore};
 use crate::streams::Streams;
 use crate::tables::Tables;
 
 /// Shard cursors are numbered from here (scan segments are below 1,000).
 pub const SHARD_BASE: u32 = 1_000_000_000;
 
-/// `c` as its first slice reads it: a shard cursor without a floor gets one from its parent's
-/// done cursor (see [`ShardCursor::floor`]). Every other cursor as it is.
+/// `c` as its slice reads it: a shard cursor's floor raised to its done parent's last record
+/// and floor (see [`ShardCursor::floor`]). Every other cursor as it is.
 pub fn with_floor(c: &Cursor, cursors: &[Cursor]) -> Cursor {
     let mut c = c.clone();
-    if let Some(shard) = c.shard.as_mut().filter(|s| s.floor.is_none()) {
+    if let Some(shard) = c.shard.as_mut() {
         let parent = shard
             .parent
             .as_ref()
             .and_then(|p| cursors.iter().filter(|o| o.done).filter_map(|o| o.shard.as_ref()).find(|s| &s.id == p));
-        shard.floor = parent.and_then(|p| p.changed_at.max(p.floor));
+        if let Some(p) = parent {
+            shard.floor = shard.floor.max(p.changed_at).max(p.floor);
+        }
     }
     c
 }
@@ -54,7 +56,7 @@ pub fn ready(c: &Cursor, cursors: &[Cursor]) -> bool {
 
 /// Give every shard of the job's stream a cursor (parked, at its trim horizon), if the stream
 /// is still the job's and enabled. `cursors` are the job's cursors as read.
-pub async fn discover<S: CursorStore + ?Sized, T: Tables + ?Sized, R: Streams + ?Sized>(
+pub async fn discover<S: CursorStore + JobStore + ?Sized, T: Tables + ?Sized, R: Streams + ?Sized>(
     store: &S,
     tables: &T,
     streams: &R,
@@ -75,6 +77,9 @@ pub async fn discover<S: CursorStore + ?Sized, T: Tables + ?Sized, R: Streams + 
         }
         None => return Ok(Found::Lost(disabled(job))),
     }
+    // Every shard this listing misses is created after it (DescribeStream lists a new shard
+    // within moments; the hour kept from the stream's 24 covers a slower listing).
+    let listed_at = chrono::Utc::now();
     let state = streams.describe(&spec.arn).await?;
     if !state.enabled {
         return Ok(Found::Lost(disabled(job)));
@@ -96,10 +101,16 @@ pub async fn discover<S: CursorStore + ?Sized, T: Tables + ?Sized, R: Streams + 
                     s.parent.clone().filter(|p| listed.contains(&p.as_str()) || known.contains_key(p.as_str()));
                 let number = free_number(&s.id, &taken);
                 taken.insert(number);
-                Cursor::shard(number, ShardCursor::new(s.id.clone(), parent))
+                // It was not there when the job last listed the stream.
+                Cursor::shard(
+                    number,
+                    ShardCursor { floor: job.stream_listed_at, ..ShardCursor::new(s.id.clone(), parent) },
+                )
             })
             .collect();
         if new.is_empty() {
+            // Every shard of this listing has a cursor: a shard found later was not in it.
+            store.mark_listed(&job.name, listed_at).await?;
             return Ok(Found::Shards(created));
         }
         tracing::info!(job = %job.name, shards = new.len(), "shards of the source's stream found");

@@ -846,6 +846,10 @@ pub struct Job {
     /// Online: when `complete` was asked for (the shards drain, then the job verifies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complete_requested_at: Option<DateTime<Utc>>,
+    /// Online: when the job last listed its stream's shards (a DescribeStream issued then, every
+    /// shard of whose answer has a cursor). A shard found later did not exist then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_listed_at: Option<DateTime<Utc>>,
     /// Online: what the replay did, summed from the shard cursors with the counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayProgress>,
@@ -1144,10 +1148,11 @@ pub struct ShardCursor {
     pub iterator: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iterator_at: Option<DateTime<Utc>>,
-    /// No record of the shard changed before this: a child begins when its parent ends, so
-    /// its parent's last record's change time (or, for a parent without records, the parent's
-    /// own floor). Set when the shard is first launched; `None` for a shard without a parent
-    /// known to the job (the job's `since` bounds it).
+    /// No record of the shard changed before this: it did not exist when the job listed the
+    /// stream before finding it (set when its cursor is created), and a child begins when its
+    /// parent ends, after its parent's last record and floor (raised when it is launched).
+    /// `None` for a shard found at the first listing, without a parent known to the job (the
+    /// job's `since` bounds it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floor: Option<DateTime<Utc>>,
 }

@@ -379,6 +379,7 @@ pub(crate) async fn create_job_from<S: ControlStore, Q: Outbox, T: Tables>(
         verification: None,
         replay_from: None,
         complete_requested_at: None,
+        stream_listed_at: None,
         replay: None,
     };
     for attempt in 1.. {

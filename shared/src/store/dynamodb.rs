@@ -745,6 +745,18 @@ impl JobStore for DynamoStore {
         Ok(())
     }
 
+    async fn mark_listed(&self, name: &JobName, at: DateTime<Utc>) -> Result<(), AwsError> {
+        // Unconditional but for the job's existence: a slower lister writing an earlier time
+        // only makes the bound it gives stricter.
+        let update = self
+            .update_item(key(job_pk(name), JOB_SK))
+            .condition_expression("attribute_exists(pk)")
+            .update_expression("SET stream_listed_at = :at")
+            .expression_attribute_values(":at", job_time(at));
+        self.run(update, &format!("recording when job {name} listed its stream")).await?;
+        Ok(())
+    }
+
     async fn mark(&self, name: &JobName, milestone: Milestone, at: DateTime<Utc>) -> Result<bool, AwsError> {
         let mut update = self
             .update_item(key(job_pk(name), JOB_SK))

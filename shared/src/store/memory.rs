@@ -396,6 +396,16 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
+    async fn mark_listed(&self, name: &JobName, at: DateTime<Utc>) -> Result<(), AwsError> {
+        self.fault("mark_listed")?;
+        let mut s = self.state.lock().unwrap();
+        if let Some(job) = s.jobs.get_mut(name) {
+            job.stream_listed_at = Some(at);
+            s.writes += 1;
+        }
+        Ok(())
+    }
+
     async fn mark(&self, name: &JobName, milestone: Milestone, at: DateTime<Utc>) -> Result<bool, AwsError> {
         self.fault("mark")?;
         let mut s = self.state.lock().unwrap();

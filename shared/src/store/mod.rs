@@ -243,6 +243,9 @@ pub trait JobStore: Send + Sync {
     /// Record that the first `n` entries of the job's history were published as events, if
     /// fewer were recorded so far.
     async fn mark_announced(&self, name: &JobName, n: u64) -> Result<(), AwsError>;
+    /// Online: record that the job listed its stream's shards at `at` (see
+    /// [`crate::model::Job::stream_listed_at`]).
+    async fn mark_listed(&self, name: &JobName, at: DateTime<Utc>) -> Result<(), AwsError>;
     /// Record a moment of a job's life once; `false` if it was recorded already or the job is
     /// not in a state it applies to ([`Milestone::applies`]).
     async fn mark(&self, name: &JobName, milestone: Milestone, at: DateTime<Utc>) -> Result<bool, AwsError>;

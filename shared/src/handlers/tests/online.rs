@@ -596,14 +596,9 @@ fn hours_ago(h: i64) -> Option<chrono::DateTime<chrono::Utc>> {
 /// A job caught up with a record in its one shard, paused just after that shard ended in a
 /// child (found before the pause, or only when the parent is read to its end after the
 /// resume); then, while it is paused, its start moved `started` hours back, the replay's
-/// `replay_from` `replay_from` hours back and the parent's last record `parent_last` hours.
-async fn paused_at_a_split(
-    name: &str,
-    found_before: bool,
-    started: i64,
-    replay_from: i64,
-    parent_last: i64,
-) -> FakeDeps {
+/// `replay_from` `replay_from` hours back, and the parent's last record and what the job saw
+/// of the stream (its last listing, the floors it gave shards) `seen` hours back.
+async fn paused_at_a_split(name: &str, found_before: bool, started: i64, replay_from: i64, seen: i64) -> FakeDeps {
     let (d, stream) = online_world(10, true);
     create_job(&d, online(name, 1)).await.unwrap();
     run_until(&d, name, 14, |_| {}, caught_up).await;
@@ -619,8 +614,13 @@ async fn paused_at_a_split(
     let mut s = d.store.state.lock().unwrap();
     let job = s.jobs.get_mut(&JobName::parse(name).unwrap()).unwrap();
     (job.started_at, job.replay_from) = (hours_ago(started), hours_ago(replay_from));
-    let parent = s.cursors.values_mut().find_map(|c| c.shard.as_mut().filter(|s| s.id == "shard-0")).unwrap();
-    parent.changed_at = hours_ago(parent_last);
+    job.stream_listed_at = hours_ago(seen);
+    for shard in s.cursors.values_mut().filter_map(|c| c.shard.as_mut()) {
+        shard.floor = shard.floor.and(hours_ago(seen));
+        if shard.id == "shard-0" {
+            shard.changed_at = hours_ago(seen);
+        }
+    }
     drop(s);
     d
 }
@@ -733,4 +733,45 @@ async fn a_write_region_change_fails_an_online_job_like_an_offline_one() {
         assert!(e.message.contains("from us-east-1 to us-west-2"), "{stage}: {e:?}");
         nothing_written_after_the_end(&d, &stream, &mut writer, "wr").await;
     }
+}
+
+#[tokio::test]
+async fn a_child_of_a_shard_quiet_for_a_day_is_read_when_the_job_listed_the_stream_just_before() {
+    // A job left catching up for more than a day; its shard had no write after the first hour
+    // and ends now (DynamoDB rotates shards, written or not). The job listed the stream just
+    // before (the reconciler does, every few minutes), without the child: its records are new.
+    let (d, stream) = online_world(10, true);
+    create_job(&d, online("idle", 1)).await.unwrap();
+    run_until(&d, "idle", 16, |_| {}, caught_up).await;
+    stream.put(&d.tables, "src", item(600));
+    run_until(&d, "idle", 16, |_| {}, |j| caught_up(j) && j.replay.as_ref().unwrap().records_applied > 0).await;
+    // (Paused a moment, so that no slice in flight holds the cursor whose times move back.)
+    pause_job(&d, &name("idle")).await.unwrap();
+    run_until(&d, "idle", 16, |_| {}, |j| j.status == JobStatus::Paused).await;
+    {
+        let mut s = d.store.state.lock().unwrap();
+        let job = s.jobs.get_mut(&name("idle")).unwrap();
+        (job.started_at, job.replay_from, job.stream_listed_at) = (hours_ago(30), hours_ago(29), hours_ago(29));
+        let parent = s.cursors.values_mut().find_map(|c| c.shard.as_mut().filter(|s| s.id == "shard-0")).unwrap();
+        parent.changed_at = hours_ago(29);
+    }
+    resume_job(&d, &name("idle")).await.unwrap();
+    reconcile(&d).await.unwrap();
+    stream.split("shard-0", &["shard-1"]);
+    stream.put(&d.tables, "src", item(601));
+    run_until(
+        &d,
+        "idle",
+        16,
+        |_| {},
+        |j| j.status.is_final() || (caught_up(j) && j.replay.as_ref().unwrap().records_applied >= 2),
+    )
+    .await;
+    let j = job(&d, "idle");
+    assert_eq!(j.status, JobStatus::Running, "{:?}", j.error);
+    complete_job(&d, &name("idle"), false).await.unwrap();
+    run_until(&d, "idle", 16, |_| {}, |j| j.status.is_final()).await;
+    let j = job(&d, "idle");
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
 }
