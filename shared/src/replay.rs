@@ -125,11 +125,6 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
             Proceed::Abandon => return Ok(None),
         }
     }
-    // A shard never read starts at the trim horizon, which must still hold the changes it
-    // carries that the job needs (a job paused for a day may find them gone).
-    if cursor.iterator_at.is_none() && Utc::now() > read.trim_by {
-        return Err(trimmed(&cursor.id, &format!("its first read comes after {}", read.trim_by)));
-    }
     let throttles = AtomicU64::new(0);
     // Every call to the stream ends by the deadline too (a slow answer must not keep the slice
     // past it, holding its shard).
@@ -251,6 +246,13 @@ async fn renew<R: Streams + ?Sized>(
     cursor: &ShardCursor,
 ) -> Result<Option<String>, AwsError> {
     let from = cursor.sequence.clone().map_or(Position::TrimHorizon, Position::After);
+    // A shard with no record read yet (never read, or read only at its empty tip, a position
+    // no sequence number holds) is read from its trim horizon, which never reports what was
+    // trimmed: it must still hold every change the shard may carry that the job needs (a job
+    // paused for a day may find them gone).
+    if from == Position::TrimHorizon && Utc::now() > read.trim_by {
+        return Err(trimmed(&cursor.id, &format!("it is read from its start after {}", read.trim_by)));
+    }
     let keeps_all = Utc::now() - chrono::Duration::hours(24) < read.since;
     match streams.iterator(&read.stream, &cursor.id, &from).await {
         Ok(iterator) => Ok(Some(iterator)),

@@ -235,7 +235,14 @@ impl Streams for DynamoStreams {
                 .send()
                 .await
                 .map_err(|e| classify(format!("describing stream {arn}"), e))?;
-            let Some(d) = out.stream_description else { return Ok(state) };
+            // (A listing cut short would make shards found later look newer than they are.)
+            let Some(d) = out.stream_description else {
+                return Err(AwsError::new(
+                    ErrorKind::Transient,
+                    format!("describing stream {arn}"),
+                    "the answer held no stream description",
+                ));
+            };
             state.enabled = matches!(d.stream_status(), Some(StreamStatus::Enabled | StreamStatus::Enabling) | None);
             state.shards.extend(d.shards().iter().filter_map(|s| {
                 Some(Shard { id: s.shard_id()?.to_string(), parent: s.parent_shard_id().map(str::to_string) })
@@ -334,5 +341,26 @@ mod tests {
         let e = streams.lambda_readers("arn:aws:dynamodb:us-east-1:1:table/t/stream/x").await.unwrap_err();
         assert!(e.to_string().contains("did not answer within 5 s"), "{e}");
         held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_describe_stream_answer_without_a_description_is_an_error_not_an_empty_listing() {
+        let http = aws_smithy_http_client::test_util::infallible_client_fn(|_req| {
+            http::Response::builder()
+                .status(200)
+                .header("content-type", "application/x-amz-json-1.0")
+                .body("{}".to_string())
+                .unwrap()
+        });
+        let sdk = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new("id", "secret", None, None, "test"),
+            ))
+            .http_client(http)
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let e = DynamoStreams::new(&sdk).describe("arn:aws:dynamodb:us-east-1:1:table/t/stream/x").await.unwrap_err();
+        assert!(e.is_retryable() && e.to_string().contains("no stream description"), "{e}");
     }
 }

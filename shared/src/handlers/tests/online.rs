@@ -775,3 +775,38 @@ async fn a_child_of_a_shard_quiet_for_a_day_is_read_when_the_job_listed_the_stre
     assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
     assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
 }
+
+#[tokio::test]
+async fn a_shard_read_only_at_its_empty_tip_read_from_its_start_a_day_later_fails_stream_trimmed() {
+    // A shard read only at its empty tip has no sequence number to go on from: after a pause
+    // of a day it is read from its trim horizon, which may have silently lost its first records.
+    let (d, stream) = online_world(10, true);
+    create_job(&d, online("empty", 1)).await.unwrap();
+    run_until(&d, "empty", 17, |_| {}, caught_up).await;
+    pause_job(&d, &name("empty")).await.unwrap();
+    run_until(&d, "empty", 17, |_| {}, |j| j.status == JobStatus::Paused).await;
+    stream.put(&d.tables, "src", item(600));
+    stream.put(&d.tables, "src", item(601));
+    // The first change aged out while the job was paused.
+    stream.trim("shard-0", 1);
+    {
+        let mut s = d.store.state.lock().unwrap();
+        let job = s.jobs.get_mut(&name("empty")).unwrap();
+        (job.started_at, job.replay_from, job.stream_listed_at) = (hours_ago(27), hours_ago(26), hours_ago(26));
+        let shard = s.cursors.values_mut().find_map(|c| c.shard.as_mut()).unwrap();
+        assert_eq!(shard.sequence, None, "read only at its empty tip");
+        // Its last read, at its tip, was a day ago.
+        shard.iterator_at = hours_ago(25);
+    }
+    resume_job(&d, &name("empty")).await.unwrap();
+    run_until(
+        &d,
+        "empty",
+        17,
+        |_| {},
+        |j| j.status.is_final() || (caught_up(j) && j.replay.as_ref().unwrap().records_applied > 0),
+    )
+    .await;
+    let j = job(&d, "empty");
+    assert_eq!((j.status, j.error.map(|e| e.code)), (JobStatus::Failed, Some(STREAM_TRIMMED.to_string())));
+}
