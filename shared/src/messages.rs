@@ -92,8 +92,8 @@ pub struct ShardRead {
     pub since: DateTime<Utc>,
     /// Nothing is written before this: every snapshot slice has stopped writing by then.
     pub replay_from: DateTime<Utc>,
-    /// The shard's first read (from its trim horizon) must start before this, or records the
-    /// replay needs may have been trimmed (`StreamTrimmed`).
+    /// A read of the shard from its trim horizon (while no record of it was read) must start
+    /// before this, or records the replay needs may have been trimmed (`StreamTrimmed`).
     pub trim_by: DateTime<Utc>,
     /// After `complete`: when the shard counts as drained (its cursor is done).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -58,19 +58,19 @@ pub fn trim_by(job: &Job) -> DateTime<Utc> {
 /// What a replay slice of `cursor`'s shard reads, for `job` as it is now (after `complete`,
 /// its shards drain once they stay empty for `settle`).
 ///
-/// A shard's first read (from its trim horizon) must begin within 23 hours of the oldest
-/// change it may hold that the job needs: [`since`], or the shard's floor if later (a child
-/// holds nothing older than its parent's last record).
+/// A read of the shard from its trim horizon (while no record of it was read) must begin
+/// within 23 hours of the oldest change it may hold that the job needs: [`since`], or the
+/// shard's floor if later (see [`crate::model::ShardCursor::floor`]).
 pub fn shard_read(job: &Job, cursor: &ShardCursor, settle: std::time::Duration) -> Option<ShardRead> {
     let replay_from = job.replay_from?;
     let oldest = cursor.floor.map_or(since(job), |floor| floor.max(since(job)));
-    let first_read_by = oldest + (trim_by(job) - since(job));
+    let read_from_start_by = oldest + (trim_by(job) - since(job));
     Some(ShardRead {
         stream: job.spec.stream.as_ref()?.arn.clone(),
         cursor: cursor.clone(),
         since: since(job),
         replay_from,
-        trim_by: first_read_by,
+        trim_by: read_from_start_by,
         drain: job
             .complete_requested_at
             .map(|after| Drain { after, settle_ms: settle.as_millis().min(u128::from(u64::MAX)) as u64 }),
