@@ -52,7 +52,13 @@ pub fn since(job: &Job) -> DateTime<Utc> {
 /// The latest time the replay may begin reading a shard from its trim horizon: the records
 /// from [`since`] are trimmed 24 hours after it (less a safety bound).
 pub fn trim_by(job: &Job) -> DateTime<Utc> {
-    since(job) + chrono::Duration::hours(24) - chrono::Duration::seconds(RETENTION_SAFETY_SECONDS)
+    read_by(since(job))
+}
+
+/// The latest time a read from a trim horizon still finds every record changed from `oldest`
+/// on: they are trimmed 24 hours after it (less a safety bound).
+fn read_by(oldest: DateTime<Utc>) -> DateTime<Utc> {
+    oldest + chrono::Duration::hours(24) - chrono::Duration::seconds(RETENTION_SAFETY_SECONDS)
 }
 
 /// What a replay slice of `cursor`'s shard reads, for `job` as it is now (after `complete`,
@@ -62,15 +68,13 @@ pub fn trim_by(job: &Job) -> DateTime<Utc> {
 /// within 23 hours of the oldest change it may hold that the job needs: [`since`], or the
 /// shard's floor if later (see [`crate::model::ShardCursor::floor`]).
 pub fn shard_read(job: &Job, cursor: &ShardCursor, settle: std::time::Duration) -> Option<ShardRead> {
-    let replay_from = job.replay_from?;
-    let oldest = cursor.floor.map_or(since(job), |floor| floor.max(since(job)));
-    let read_from_start_by = oldest + (trim_by(job) - since(job));
+    let since = since(job);
     Some(ShardRead {
         stream: job.spec.stream.as_ref()?.arn.clone(),
         cursor: cursor.clone(),
-        since: since(job),
-        replay_from,
-        trim_by: read_from_start_by,
+        since,
+        replay_from: job.replay_from?,
+        trim_by: read_by(cursor.floor.map_or(since, |floor| floor.max(since))),
         drain: job
             .complete_requested_at
             .map(|after| Drain { after, settle_ms: settle.as_millis().min(u128::from(u64::MAX)) as u64 }),

@@ -78,6 +78,20 @@ fn caught_up(j: &Job) -> bool {
     j.replay_from.is_some() && j.replay.as_ref().is_some_and(|r| r.lag_ms == Some(0))
 }
 
+/// A `done` for [`run_until`]: the job ended, or caught up with `n` records applied.
+fn ended_or_applied(n: u64) -> impl FnMut(&Job) -> bool {
+    move |j| j.status.is_final() || (caught_up(j) && j.replay.as_ref().is_some_and(|r| r.records_applied >= n))
+}
+
+/// `complete` the job and run it to its end: it completes with the tables equal.
+async fn complete_to_the_end(d: &FakeDeps, name: &str, seed: u64) {
+    complete_job(d, &JobName::parse(name).unwrap(), false).await.unwrap();
+    run_until(d, name, seed, |_| {}, |j| j.status.is_final()).await;
+    let j = job(d, name);
+    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+}
+
 /// A writer's change to the source: updates (moving the target key), deletes, re-inserts of
 /// deleted keys and inserts, several to one item in a row.
 struct Writer {
@@ -632,14 +646,7 @@ async fn a_child_first_read_more_than_a_day_after_its_parent_ended_fails_stream_
     for found_before in [true, false] {
         let d = paused_at_a_split("child", found_before, 27, 26, 25).await;
         resume_job(&d, &name("child")).await.unwrap();
-        run_until(
-            &d,
-            "child",
-            14,
-            |_| {},
-            |j| j.status.is_final() || (caught_up(j) && j.replay.as_ref().unwrap().records_applied >= 2),
-        )
-        .await;
+        run_until(&d, "child", 14, |_| {}, ended_or_applied(2)).await;
         let j = job(&d, "child");
         assert_eq!(
             (j.status, j.error.map(|e| e.code)),
@@ -656,21 +663,10 @@ async fn a_child_whose_parent_ended_an_hour_ago_is_read_even_a_day_after_the_job
     // but its records are an hour old at most: all of them are still in the stream.
     let d = paused_at_a_split("long", true, 23, 0, 1).await;
     resume_job(&d, &name("long")).await.unwrap();
-    run_until(
-        &d,
-        "long",
-        15,
-        |_| {},
-        |j| j.status.is_final() || (caught_up(j) && j.replay.as_ref().unwrap().records_applied >= 2),
-    )
-    .await;
+    run_until(&d, "long", 15, |_| {}, ended_or_applied(2)).await;
     let j = job(&d, "long");
     assert_eq!(j.status, JobStatus::Running, "{:?}", j.error);
-    complete_job(&d, &name("long"), false).await.unwrap();
-    run_until(&d, "long", 15, |_| {}, |j| j.status.is_final()).await;
-    let j = job(&d, "long");
-    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
-    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    complete_to_the_end(&d, "long", 15).await;
 }
 
 #[tokio::test]
@@ -759,21 +755,10 @@ async fn a_child_of_a_shard_quiet_for_a_day_is_read_when_the_job_listed_the_stre
     reconcile(&d).await.unwrap();
     stream.split("shard-0", &["shard-1"]);
     stream.put(&d.tables, "src", item(601));
-    run_until(
-        &d,
-        "idle",
-        16,
-        |_| {},
-        |j| j.status.is_final() || (caught_up(j) && j.replay.as_ref().unwrap().records_applied >= 2),
-    )
-    .await;
+    run_until(&d, "idle", 16, |_| {}, ended_or_applied(2)).await;
     let j = job(&d, "idle");
     assert_eq!(j.status, JobStatus::Running, "{:?}", j.error);
-    complete_job(&d, &name("idle"), false).await.unwrap();
-    run_until(&d, "idle", 16, |_| {}, |j| j.status.is_final()).await;
-    let j = job(&d, "idle");
-    assert_eq!(j.status, JobStatus::Completed, "{:?}", j.error);
-    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    complete_to_the_end(&d, "idle", 16).await;
 }
 
 #[tokio::test]
@@ -799,14 +784,7 @@ async fn a_shard_read_only_at_its_empty_tip_read_from_its_start_a_day_later_fail
         shard.iterator_at = hours_ago(25);
     }
     resume_job(&d, &name("empty")).await.unwrap();
-    run_until(
-        &d,
-        "empty",
-        17,
-        |_| {},
-        |j| j.status.is_final() || (caught_up(j) && j.replay.as_ref().unwrap().records_applied > 0),
-    )
-    .await;
+    run_until(&d, "empty", 17, |_| {}, ended_or_applied(1)).await;
     let j = job(&d, "empty");
     assert_eq!((j.status, j.error.map(|e| e.code)), (JobStatus::Failed, Some(STREAM_TRIMMED.to_string())));
 }
