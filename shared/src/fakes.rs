@@ -276,6 +276,9 @@ pub struct StreamLog {
     pub empty_pages: usize,
     /// The Lambda functions reading the stream.
     pub lambda_readers: Vec<String>,
+    /// The error code every call answers, as long as it is set (a policy without
+    /// `dynamodb:DescribeStream` and the rest: `AccessDeniedException`).
+    pub refuse: Option<&'static str>,
     next_sequence: u64,
     iterators: HashMap<String, (usize, usize, usize)>,
 }
@@ -312,6 +315,7 @@ impl FakeStream {
             page: 1_000,
             empty_pages: 0,
             lambda_readers: vec![],
+            refuse: None,
             next_sequence: 1,
             iterators: HashMap::new(),
         };
@@ -405,6 +409,9 @@ impl Streams for FakeStream {
             return Err(stream_error("ResourceNotFoundException", "DescribeStream"));
         }
         let log = self.log.lock().unwrap();
+        if let Some(code) = log.refuse {
+            return Err(stream_error(code, "DescribeStream"));
+        }
         let shards = log
             .shards
             .iter()
@@ -416,6 +423,9 @@ impl Streams for FakeStream {
 
     async fn iterator(&self, arn: &str, shard: &str, from: &Position) -> Result<String, AwsError> {
         let mut log = self.log.lock().unwrap();
+        if let Some(code) = log.refuse {
+            return Err(stream_error(code, "GetShardIterator"));
+        }
         let Some(i) = log.shards.iter().position(|s| s.id == shard && s.listed).filter(|_| arn == self.arn) else {
             return Err(stream_error("ResourceNotFoundException", "GetShardIterator"));
         };
@@ -433,6 +443,9 @@ impl Streams for FakeStream {
 
     async fn records(&self, iterator: &str) -> Result<RecordPage, AwsError> {
         let mut log = self.log.lock().unwrap();
+        if let Some(code) = log.refuse {
+            return Err(stream_error(code, "GetRecords"));
+        }
         if log.expire_next > 0 {
             log.expire_next -= 1;
             return Err(stream_error(streams::EXPIRED_ITERATOR, "GetRecords"));

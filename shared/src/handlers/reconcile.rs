@@ -14,7 +14,7 @@ use crate::error::AwsError;
 use crate::events::JobStalled;
 use crate::lineage::{self, Found};
 use crate::metrics::Metrics;
-use crate::model::{JobStatus, Progress};
+use crate::model::{Job, JobStatus, Progress};
 use crate::queue::Outbox;
 use crate::store::ControlStore;
 use crate::tables::Tables;
@@ -28,6 +28,9 @@ pub struct Reconciled {
     pub stalled: u32,
 }
 
+/// One pass. A job whose look fails (its stream refused, the control table throttled) is
+/// logged and passed over, so that it does not hold up the other jobs; the pass then
+/// returns the first such error once every job was looked at.
 pub async fn reconcile<S: ControlStore, Q: Outbox, T: Tables>(deps: &Deps<S, Q, T>) -> Result<Reconciled, AwsError> {
     let (store, control) = (&deps.store, deps.control());
     control.schedule().await?;
@@ -37,60 +40,78 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T: Tables>(deps: &Deps<S, Q, 
         // State changes whose events a dead process did not publish.
         control.announce_now(&entry.job).await;
     }
-    let stall_after = chrono::Duration::from_std(deps.config.tuning.stall_after()).unwrap_or(chrono::Duration::MAX);
+    let mut first_error = None;
     for entry in sched.running {
         let Some(job) = store.get_job(&entry.job).await? else { continue };
         found.jobs += 1;
-        let cursors = match (job.status, job.pending) {
-            (JobStatus::Running, Some(_)) => {
-                control.settle(&job.name).await?;
-                store.cursors(&job.name).await?
+        match reconcile_job(deps, &job).await {
+            Ok(stalled) => found.stalled += stalled,
+            Err(e) => {
+                tracing::error!(job = %job.name, error = %e, "the reconciler could not look at this job; the other jobs go on");
+                first_error.get_or_insert(e);
             }
-            (JobStatus::Paused, _) => control.stop_cursors(&job.name, job.epoch).await?,
-            (JobStatus::Running, None) => {
-                if job.replay_from.is_some() && job.verify_started_at.is_none() {
-                    // Online, catching up or completing: shards the stream began since (and a
-                    // stream lost meanwhile). Not once the verification began: nothing may
-                    // write to the target then but the repair.
-                    match lineage::discover(store, &deps.tables, deps.streams.as_ref(), &job).await? {
-                        Found::Lost(error) => control.send_failure(&job.name, Some(error)).await?,
-                        Found::Shards(0) => {}
-                        Found::Shards(_) => control.launch(&job).await?,
-                    }
-                }
-                let cursors = store.cursors(&job.name).await?;
-                if let Some(replay) = Progress::of(&cursors).replay {
-                    Metrics::new("reconcile", job.name.as_str())
-                        .millis("ReplayLag", replay.lag_ms.unwrap_or(0))
-                        .count("OpenShards", u64::from(replay.open_shards))
-                        .emit();
-                }
-                if job.all_done(&cursors) {
-                    tracing::warn!(job = %job.name, "every segment is done but the job is not final: asking finalize");
-                    control.send_finalize(&job.name).await?;
-                }
-                cursors
-            }
-            _ => continue,
-        };
-        let now = Utc::now();
-        let stalled =
-            cursors.iter().filter(|c| c.in_flight() && c.updated_at.is_some_and(|t| now - t > stall_after)).count()
-                as u32;
-        if stalled != job.stalled {
-            if stalled > job.stalled {
-                tracing::warn!(job = %job.name, stalled, "segments without progress: see the copy-chunk dead-letter queue");
-                // An event bus that fails must not stop the pass for the other jobs: the count
-                // is then not recorded, so the next pass publishes it again.
-                if let Err(e) = deps.events.publish(vec![JobStalled::event(job.name.as_str(), stalled)]).await {
-                    tracing::warn!(job = %job.name, error = %e, "could not publish JobStalled; the next pass tries again");
-                    found.stalled += stalled;
-                    continue;
-                }
-            }
-            store.set_stalled(&job.name, stalled).await?;
         }
-        found.stalled += stalled;
     }
-    Ok(found)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(found),
+    }
+}
+
+/// Look at one job holding a running slot; returns its segments without progress for longer
+/// than the stall bound.
+async fn reconcile_job<S: ControlStore, Q: Outbox, T: Tables>(
+    deps: &Deps<S, Q, T>,
+    job: &Job,
+) -> Result<u32, AwsError> {
+    let (store, control) = (&deps.store, deps.control());
+    let cursors = match (job.status, job.pending) {
+        (JobStatus::Running, Some(_)) => {
+            control.settle(&job.name).await?;
+            store.cursors(&job.name).await?
+        }
+        (JobStatus::Paused, _) => control.stop_cursors(&job.name, job.epoch).await?,
+        (JobStatus::Running, None) => {
+            if job.replay_from.is_some() && job.verify_started_at.is_none() {
+                // Online, catching up or completing: shards the stream began since (and a
+                // stream lost meanwhile). Not once the verification began: nothing may
+                // write to the target then but the repair.
+                match lineage::discover(store, &deps.tables, deps.streams.as_ref(), job).await? {
+                    Found::Lost(error) => control.send_failure(&job.name, Some(error)).await?,
+                    Found::Shards(0) => {}
+                    Found::Shards(_) => control.launch(job).await?,
+                }
+            }
+            let cursors = store.cursors(&job.name).await?;
+            if let Some(replay) = Progress::of(&cursors).replay {
+                Metrics::new("reconcile", job.name.as_str())
+                    .millis("ReplayLag", replay.lag_ms.unwrap_or(0))
+                    .count("OpenShards", u64::from(replay.open_shards))
+                    .emit();
+            }
+            if job.all_done(&cursors) {
+                tracing::warn!(job = %job.name, "every segment is done but the job is not final: asking finalize");
+                control.send_finalize(&job.name).await?;
+            }
+            cursors
+        }
+        _ => return Ok(0),
+    };
+    let stall_after = chrono::Duration::from_std(deps.config.tuning.stall_after()).unwrap_or(chrono::Duration::MAX);
+    let now = Utc::now();
+    let stalled =
+        cursors.iter().filter(|c| c.in_flight() && c.updated_at.is_some_and(|t| now - t > stall_after)).count() as u32;
+    if stalled != job.stalled {
+        if stalled > job.stalled {
+            tracing::warn!(job = %job.name, stalled, "segments without progress: see the copy-chunk dead-letter queue");
+            // An event bus that fails must not stop the pass for the other jobs: the count
+            // is then not recorded, so the next pass publishes it again.
+            if let Err(e) = deps.events.publish(vec![JobStalled::event(job.name.as_str(), stalled)]).await {
+                tracing::warn!(job = %job.name, error = %e, "could not publish JobStalled; the next pass tries again");
+                return Ok(stalled);
+            }
+        }
+        store.set_stalled(&job.name, stalled).await?;
+    }
+    Ok(stalled)
 }

@@ -788,3 +788,27 @@ async fn a_shard_read_only_at_its_empty_tip_read_from_its_start_a_day_later_fail
     let j = job(&d, "empty");
     assert_eq!((j.status, j.error.map(|e| e.code)), (JobStatus::Failed, Some(STREAM_TRIMMED.to_string())));
 }
+
+#[tokio::test]
+async fn a_stream_that_refuses_one_job_does_not_stop_the_reconciler_for_the_others() {
+    let (mut d, stream) = online_world(10, true);
+    d.config.tuning.max_running_jobs = 2;
+    d.tables.add("dst2", schema(("pk", KeyType::S), None), vec![]);
+    create_job(&d, online("refused", 1)).await.unwrap();
+    run_until(&d, "refused", 9, |_| {}, caught_up).await;
+    // A second job runs beside it; its slice made no progress for a day.
+    let behind = CreateJobRequest { target_table: "dst2".into(), ..request("behind", 1, OnItemError::Fail) };
+    create_job(&d, behind).await.unwrap();
+    d.outbox.take();
+    for ((job, _), c) in d.store.state.lock().unwrap().cursors.iter_mut() {
+        if job.as_str() == "behind" {
+            c.updated_at = Some(chrono::Utc::now() - chrono::Duration::days(1));
+        }
+    }
+    // The first job's stream refuses every call from now on (a policy changed).
+    stream.log.lock().unwrap().refuse = Some("AccessDeniedException");
+    let e = reconcile(&d).await.unwrap_err();
+    assert_eq!(e.code(), Some("AccessDeniedException"), "{e}");
+    assert_eq!(job(&d, "behind").stalled, 1, "the other job's stall is recorded all the same");
+    assert_eq!(job(&d, "refused").status, JobStatus::Running);
+}
