@@ -168,6 +168,23 @@ impl World {
         Ok(shared::queue::queue_depth(&self.sqs, url).await?)
     }
 
+    /// Wait until the copy-chunk and checkpoint queues are empty (a running runner handled
+    /// every message, late ones included) and stay so for two seconds.
+    pub async fn queues_handled(&self) -> Result<()> {
+        for _ in 0..900 {
+            let mut depth = 0;
+            for url in [&self.resources().copy_chunk_queue_url, &self.resources().checkpoint_queue_url] {
+                depth += self.queue_depth(url).await?;
+            }
+            if depth == 0 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("messages were still on the copy-chunk or checkpoint queue after 3 minutes")
+    }
+
     /// Every item of the control table.
     pub async fn control_items(&self) -> Result<Vec<Item>> {
         scan_all(&self.ddb, &self.resources().control_table).await
