@@ -129,6 +129,9 @@ async fn copy_under_writes(w: &World, job: &str, src: &str, dst: &str, n: u64, k
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::SeqCst);
     let log = writing.await??;
+    // The writes are stopped once the stream holds them: a starved LocalStack publishes
+    // records seconds late, which a user's DynamoDB does not (see `published`).
+    published(w, src).await?;
     let j = live(w, job).await?;
     // (`show` may add "stalled" while a killed runner's slices wait for their visibility.)
     assert_eq!(j.online_stage(), Some("catching up"), "{}", j.status_label());
@@ -138,6 +141,22 @@ async fn copy_under_writes(w: &World, job: &str, src: &str, dst: &str, n: u64, k
     let done = wait_final(w, job).await?;
     runner.stop().await;
     Ok((done, log))
+}
+
+/// Wait until the stream of `src` holds as many records three seconds apart (at most a
+/// minute).
+async fn published(w: &World, src: &str) -> Result<()> {
+    let count = || async { Ok::<u64, anyhow::Error>(stream_states(w, src).await?.values().map(|(_, n)| n).sum()) };
+    let mut last = count().await?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = count().await?;
+        if now == last {
+            return Ok(());
+        }
+        last = now;
+    }
+    anyhow::bail!("LocalStack's stream of {src} was still publishing records a minute after the writes stopped")
 }
 
 /// The state the source's stream leaves each item in: the last record of each key (`None`:
@@ -152,7 +171,7 @@ async fn stream_states(w: &World, src: &str) -> Result<HashMap<String, (Option<I
         // A shard may answer empty pages before its next records: read on through a few.
         let mut empty = 0;
         while empty < 5 {
-            let page = streams.records(&iterator).await?;
+            let page = streams.records(&iterator, 1_000).await?;
             for r in &page.records {
                 let state = last.entry(render_key(&r.keys)).or_insert((None, 0));
                 *state = (if r.remove { None } else { r.new_image.clone() }, state.1 + 1);
@@ -189,8 +208,9 @@ fn normalized(item: &Item) -> String {
 }
 
 /// The job completed verified, the writer did every kind of change, and every write of the
-/// repair is explained by an item whose last stream record is not its state in the source:
-/// what LocalStack's stream got out of order (DESIGN.md §8), not what the replay missed. Such
+/// repair is explained by an item whose last stream record is not its state in the source
+/// (or that has no record): what LocalStack's stream got out of order (DESIGN.md §8) or lost,
+/// not what the replay missed. Such
 /// an item needs one put with the same key; re-keyed, also a delete of each target key its
 /// out-of-order records may have left (at most one per record).
 async fn check(w: &World, src: &str, done: &Job, log: &Log, rekeyed: bool) -> Result<()> {
@@ -210,8 +230,15 @@ async fn check(w: &World, src: &str, done: &Job, log: &Log, rekeyed: bool) -> Re
     // The table stores numbers normalized (680.80 as 680.8); LocalStack's stream keeps them
     // as written.
     let same = |a: Option<&Item>, b: Option<&Item>| a.map(normalized) == b.map(normalized);
-    let stale: Vec<u64> =
-        states.iter().filter(|(k, (state, _))| !same(state.as_ref(), source.get(*k))).map(|(_, (_, n))| *n).collect();
+    // An item of the source of which the stream holds no record (LocalStack lost them) is
+    // stale too.
+    let unrecorded = source.keys().filter(|k| !states.contains_key(*k)).map(|_| 0);
+    let stale: Vec<u64> = states
+        .iter()
+        .filter(|(k, (state, _))| !same(state.as_ref(), source.get(*k)))
+        .map(|(_, (_, n))| *n)
+        .chain(unrecorded)
+        .collect();
     let bound = if rekeyed { stale.iter().map(|n| 1 + n).sum() } else { stale.len() as u64 };
     let stale = stale.len();
     eprintln!(
