@@ -8,11 +8,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mkdir -p .cache
 scripts/localstack.sh start >.cache/localstack-start.out 2>.cache/localstack-start.err &
 starting=$!
+# The online suite has a LocalStack of its own: one LocalStack is one Python process, which
+# the suites running side by side otherwise queue for, and a stream starved of it publishes
+# its records late.
+ONLINE_ENDPOINT=http://127.0.0.1:4570
+starting_online=
 faulting=
-# On any exit (Ctrl-C too): stop the background suites if they still run, then LocalStack if
-# this script started it.
+# On any exit (Ctrl-C too): stop the background suites if they still run, then the
+# LocalStacks this script started.
 # shellcheck disable=SC2086 # one word per process
-trap '[ -n "$faulting" ] && { kill $faulting 2>/dev/null; wait $faulting 2>/dev/null; }; wait "$starting" 2>/dev/null; [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop' EXIT
+trap '[ -n "$faulting" ] && { kill $faulting 2>/dev/null; wait $faulting 2>/dev/null; }
+  wait "$starting" $starting_online 2>/dev/null
+  [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop
+  [ -n "$starting_online" ] && [ "$(cat .cache/localstack-online.out 2>/dev/null)" = started ] &&
+    LOCALSTACK_ENDPOINT=$ONLINE_ENDPOINT scripts/localstack.sh stop' EXIT
 cargo test --workspace --locked --no-run
 if ! wait "$starting"; then
   cat .cache/localstack-start.err >&2
@@ -21,6 +30,9 @@ if ! wait "$starting"; then
 fi
 cat .cache/localstack-start.err >&2
 eval "$(scripts/localstack.sh env)"
+# (Started once the first one is: both would install LocalStack into the same place.)
+LOCALSTACK_ENDPOINT=$ONLINE_ENDPOINT scripts/localstack.sh start >.cache/localstack-online.out 2>.cache/localstack-online.err &
+starting_online=$!
 
 # Every crate's unit and doc tests, and the CLI's suite (tablecopy/tests: the binary against
 # LocalStack). Targets are always selected with --workspace, as the build above was, so that
@@ -40,15 +52,21 @@ binary() {
   echo "$path"
 }
 background=(faults online)
+endpoints=("$AWS_ENDPOINT_URL" "$ONLINE_ENDPOINT")
 paths=()
 for suite in "${background[@]}"; do
   path=$(binary "$suite")
   paths+=("$path")
 done
+if ! wait "$starting_online"; then
+  cat .cache/localstack-online.err >&2
+  echo "the online suite's LocalStack ($ONLINE_ENDPOINT) did not start (see above)" >&2
+  exit 1
+fi
 pids=()
 for i in "${!background[@]}"; do
   # exec: the process waited for (and stopped on exit) is the suite itself.
-  (cd tests && exec "${paths[$i]}") >".cache/${background[$i]}.log" 2>&1 &
+  (cd tests && AWS_ENDPOINT_URL=${endpoints[$i]} exec "${paths[$i]}") >".cache/${background[$i]}.log" 2>&1 &
   pids+=($!)
   faulting="${pids[*]}"
 done
