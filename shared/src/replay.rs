@@ -149,10 +149,7 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
         if Instant::now() >= stop_at {
             break;
         }
-        // No more records than the slice has room for: a page it cannot apply in its time
-        // would be read again by every next slice, and the shard would never move.
-        let room = u32::try_from(u64::from(msg.limits.max_items).saturating_sub(records_read)).unwrap_or(0);
-        let Ok(answer) = timeout_at(stop_at, streams.records(&iterator, room.max(1))).await else { break };
+        let Ok(answer) = timeout_at(stop_at, streams.records(&iterator)).await else { break };
         let page = match answer {
             Ok(page) => page,
             Err(e) if (is(&e, EXPIRED_ITERATOR) || is(&e, TRIMMED)) && renewals < RENEWALS => {

@@ -812,22 +812,3 @@ async fn a_stream_that_refuses_one_job_does_not_stop_the_reconciler_for_the_othe
     assert_eq!(job(&d, "behind").stalled, 1, "the other job's stall is recorded all the same");
     assert_eq!(job(&d, "refused").status, JobStatus::Running);
 }
-
-#[tokio::test]
-async fn a_replay_slice_reads_no_more_records_than_a_slice_holds() {
-    // A backlog larger than a slice (a page of the stream holds up to 1,000 records): each
-    // slice reads at most its own size, so that it applies what it read within its time.
-    let (mut d, stream) = online_world(10, true);
-    d.config.tuning.slice.max_items = 50;
-    create_job(&d, online("backlog", 1)).await.unwrap();
-    run_until(&d, "backlog", 3, |_| {}, caught_up).await;
-    for i in 100..220 {
-        stream.put(&d.tables, "src", item(i));
-    }
-    let (kind, slice) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::CopyChunk).unwrap();
-    assert_eq!(decode::<crate::messages::CopyChunk>(&slice).unwrap().limits.max_items, 50);
-    handle(&d, kind, &slice, 1).await.unwrap();
-    assert_eq!(d.tables.items("dst").len(), 10 + 50, "one slice applied one slice's records");
-    run_until(&d, "backlog", 3, |_| {}, ended_or_applied(120)).await;
-    complete_to_the_end(&d, "backlog", 3).await;
-}
