@@ -7,6 +7,6 @@ grep -v '^{"_aws"' "$@" | awk '
   /^---- .* ----$/ { print; next }
   /^Error: / || /^thread .* panicked at/ { print; after = 4; next }
   /^test result: FAILED/ || /^failures:$/ { print; next }
-  /^    [a-z0-9_]+$/ { print; next }
+  /^    [a-z0-9_:]+$/ { print; next }
   after > 0 { print; after--; next }
 ' | cut -c1-600 | head -n 80

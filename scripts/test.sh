@@ -14,14 +14,20 @@ starting=$!
 ONLINE_ENDPOINT=http://127.0.0.1:4570
 starting_online=
 faulting=
-# On any exit (Ctrl-C too): stop the background suites if they still run, then the
-# LocalStacks this script started.
-# shellcheck disable=SC2086 # one word per process
-trap '[ -n "$faulting" ] && { kill $faulting 2>/dev/null; wait $faulting 2>/dev/null; }
+# On any exit (Ctrl-C too): stop the background suites if they still run, then every
+# LocalStack this script launched (one it found running answers `running` and is left alone),
+# healthy or not; each step whatever the one before did.
+cleanup() {
+  set +e
+  # shellcheck disable=SC2086 # one word per process
+  [ -n "$faulting" ] && { kill $faulting 2>/dev/null; wait $faulting 2>/dev/null; }
+  # shellcheck disable=SC2086 # empty, or one pid
   wait "$starting" $starting_online 2>/dev/null
-  [ "$(cat .cache/localstack-start.out 2>/dev/null)" = started ] && scripts/localstack.sh stop
-  [ -n "$starting_online" ] && [ "$(cat .cache/localstack-online.out 2>/dev/null)" = started ] &&
-    LOCALSTACK_ENDPOINT=$ONLINE_ENDPOINT scripts/localstack.sh stop' EXIT
+  [ "$(cat .cache/localstack-start.out 2>/dev/null)" != running ] && scripts/localstack.sh stop
+  [ -n "$starting_online" ] && [ "$(cat .cache/localstack-online.out 2>/dev/null)" != running ] &&
+    LOCALSTACK_ENDPOINT=$ONLINE_ENDPOINT scripts/localstack.sh stop
+}
+trap cleanup EXIT
 cargo test --workspace --locked --no-run
 if ! wait "$starting"; then
   cat .cache/localstack-start.err >&2

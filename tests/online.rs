@@ -171,7 +171,7 @@ async fn stream_states(w: &World, src: &str) -> Result<HashMap<String, (Option<I
         // A shard may answer empty pages before its next records: read on through a few.
         let mut empty = 0;
         while empty < 5 {
-            let page = streams.records(&iterator, 1_000).await?;
+            let page = streams.records(&iterator).await?;
             for r in &page.records {
                 let state = last.entry(render_key(&r.keys)).or_insert((None, 0));
                 *state = (if r.remove { None } else { r.new_image.clone() }, state.1 + 1);

@@ -14,7 +14,7 @@ use crate::error::AwsError;
 use crate::events::JobStalled;
 use crate::lineage::{self, Found};
 use crate::metrics::Metrics;
-use crate::model::{Job, JobStatus, Progress};
+use crate::model::{JobName, JobStatus, Progress};
 use crate::queue::Outbox;
 use crate::store::ControlStore;
 use crate::tables::Tables;
@@ -42,12 +42,14 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T: Tables>(deps: &Deps<S, Q, 
     }
     let mut first_error = None;
     for entry in sched.running {
-        let Some(job) = store.get_job(&entry.job).await? else { continue };
-        found.jobs += 1;
-        match reconcile_job(deps, &job).await {
-            Ok(stalled) => found.stalled += stalled,
+        match reconcile_job(deps, &entry.job).await {
+            Ok(None) => {}
+            Ok(Some(stalled)) => {
+                found.jobs += 1;
+                found.stalled += stalled;
+            }
             Err(e) => {
-                tracing::error!(job = %job.name, error = %e, "the reconciler could not look at this job; the other jobs go on");
+                tracing::error!(job = %entry.job, error = %e, "the reconciler could not look at this job; the other jobs go on");
                 first_error.get_or_insert(e);
             }
         }
@@ -58,12 +60,17 @@ pub async fn reconcile<S: ControlStore, Q: Outbox, T: Tables>(deps: &Deps<S, Q, 
     }
 }
 
-/// Look at one job holding a running slot; returns its segments without progress for longer
-/// than the stall bound.
+/// Look at one job holding a running slot (`None`: it is gone); returns its segments without
+/// progress for longer than the stall bound. A stream that cannot be read is reported after
+/// the rest of the look (a stream refused for good leaves the shards stalled, and that is
+/// recorded).
 async fn reconcile_job<S: ControlStore, Q: Outbox, T: Tables>(
     deps: &Deps<S, Q, T>,
-    job: &Job,
-) -> Result<u32, AwsError> {
+    name: &JobName,
+) -> Result<Option<u32>, AwsError> {
+    let Some(job) = deps.store.get_job(name).await? else { return Ok(None) };
+    let job = &job;
+    let mut unreadable = None;
     let (store, control) = (&deps.store, deps.control());
     let cursors = match (job.status, job.pending) {
         (JobStatus::Running, Some(_)) => {
@@ -76,10 +83,11 @@ async fn reconcile_job<S: ControlStore, Q: Outbox, T: Tables>(
                 // Online, catching up or completing: shards the stream began since (and a
                 // stream lost meanwhile). Not once the verification began: nothing may
                 // write to the target then but the repair.
-                match lineage::discover(store, &deps.tables, deps.streams.as_ref(), job).await? {
-                    Found::Lost(error) => control.send_failure(&job.name, Some(error)).await?,
-                    Found::Shards(0) => {}
-                    Found::Shards(_) => control.launch(job).await?,
+                match lineage::discover(store, &deps.tables, deps.streams.as_ref(), job).await {
+                    Ok(Found::Lost(error)) => control.send_failure(&job.name, Some(error)).await?,
+                    Ok(Found::Shards(0)) => {}
+                    Ok(Found::Shards(_)) => control.launch(job).await?,
+                    Err(e) => unreadable = Some(e),
                 }
             }
             let cursors = store.cursors(&job.name).await?;
@@ -95,7 +103,7 @@ async fn reconcile_job<S: ControlStore, Q: Outbox, T: Tables>(
             }
             cursors
         }
-        _ => return Ok(0),
+        _ => return Ok(Some(0)),
     };
     let stall_after = chrono::Duration::from_std(deps.config.tuning.stall_after()).unwrap_or(chrono::Duration::MAX);
     let now = Utc::now();
@@ -108,10 +116,10 @@ async fn reconcile_job<S: ControlStore, Q: Outbox, T: Tables>(
             // is then not recorded, so the next pass publishes it again.
             if let Err(e) = deps.events.publish(vec![JobStalled::event(job.name.as_str(), stalled)]).await {
                 tracing::warn!(job = %job.name, error = %e, "could not publish JobStalled; the next pass tries again");
-                return Ok(stalled);
+                return unreadable.map_or(Ok(Some(stalled)), Err);
             }
         }
         store.set_stalled(&job.name, stalled).await?;
     }
-    Ok(stalled)
+    unreadable.map_or(Ok(Some(stalled)), Err)
 }

@@ -796,19 +796,18 @@ async fn a_stream_that_refuses_one_job_does_not_stop_the_reconciler_for_the_othe
     d.tables.add("dst2", schema(("pk", KeyType::S), None), vec![]);
     create_job(&d, online("refused", 1)).await.unwrap();
     run_until(&d, "refused", 9, |_| {}, caught_up).await;
-    // A second job runs beside it; its slice made no progress for a day.
+    // A second job runs beside it; neither job's slices made progress for a day.
     let behind = CreateJobRequest { target_table: "dst2".into(), ..request("behind", 1, OnItemError::Fail) };
     create_job(&d, behind).await.unwrap();
     d.outbox.take();
-    for ((job, _), c) in d.store.state.lock().unwrap().cursors.iter_mut() {
-        if job.as_str() == "behind" {
-            c.updated_at = Some(chrono::Utc::now() - chrono::Duration::days(1));
-        }
+    for c in d.store.state.lock().unwrap().cursors.values_mut() {
+        c.updated_at = Some(chrono::Utc::now() - chrono::Duration::days(1));
     }
     // The first job's stream refuses every call from now on (a policy changed).
     stream.log.lock().unwrap().refuse = Some("AccessDeniedException");
     let e = reconcile(&d).await.unwrap_err();
     assert_eq!(e.code(), Some("AccessDeniedException"), "{e}");
     assert_eq!(job(&d, "behind").stalled, 1, "the other job's stall is recorded all the same");
-    assert_eq!(job(&d, "refused").status, JobStatus::Running);
+    let refused = job(&d, "refused");
+    assert_eq!((refused.status, refused.stalled), (JobStatus::Running, 1), "its own stalled shard too");
 }
