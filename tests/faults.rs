@@ -20,7 +20,8 @@ use shared::queue::{Outbox, QueueKind, SqsOutbox};
 use shared::scheduler::Entry;
 use shared::store::{CursorStore, JobStore, Transition};
 use tests::{
-    assert_same_items, rekey_tables, request, runner_opts, scan_all, small_slices, wait_final, wait_for, World,
+    assert_same_items, rekey_tables, request, runner_opts, scan_all, small_slices, wait_final, wait_for, wait_settled,
+    World,
 };
 
 fn name(s: &str) -> JobName {
@@ -86,7 +87,9 @@ async fn a_late_copy_chunk_message_after_completed_writes_nothing() -> Result<()
     let (src, dst) = rekey_tables(&w, "late-done", 1_000, &[]).await?;
     let runner = w.start_runner(runner_opts());
     create_job(&w.deps, request("late", &src, &dst)).await?;
-    let done = wait_final(&w, "late").await?;
+    // (Settled: the move to Completed and the write that records it published are two
+    // writes, and the control table is compared from the second one on.)
+    let done = wait_settled(&w, "late", "a final state", |j| j.status.is_final()).await?;
     assert_eq!(done.status, JobStatus::Completed, "{:?}", done.error);
     assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 1_000);
 
@@ -166,10 +169,13 @@ async fn late_copy_chunk_messages_while_paused_and_after_cancelled_write_nothing
     create_job(&w.deps, request("ls", &src, &dst)).await?;
     wait_for(&w, "ls", "progress", |j| j.items_copied >= 200).await?;
     pause_job(&w.deps, &name("ls")).await?;
-    let paused = wait_for(&w, "ls", "Paused", |j| j.status == JobStatus::Paused).await?;
-    for (state, settled) in [("Paused", paused.clone()), ("Cancelled", cancel_job(&w.deps, &name("ls"), false).await?)]
-    {
-        assert_eq!(settled.status.as_str(), state);
+    let paused = wait_settled(&w, "ls", "Paused", |j| j.status == JobStatus::Paused).await?;
+    for state in [JobStatus::Paused, JobStatus::Cancelled] {
+        if state == JobStatus::Cancelled {
+            cancel_job(&w.deps, &name("ls"), false).await?;
+        }
+        let settled = wait_settled(&w, "ls", state.as_str(), |j| j.status == state).await?;
+        assert_eq!(settled.status, state);
         let target = scan_all(&w.ddb, &dst).await?;
         assert_eq!(target.len() as u64, paused.items_copied, "{state}: the target holds what was counted");
         let control = w.control_items().await?;

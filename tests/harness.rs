@@ -484,6 +484,13 @@ pub async fn wait_final(w: &World, job: &str) -> Result<Job> {
     wait_for(w, job, "a final state", |j| j.status.is_final()).await
 }
 
+/// Poll the job until `done` holds and every state change of it is published (recorded by a
+/// write of its own right after the move, or by finalize later): from then on nothing but a
+/// request changes its item.
+pub async fn wait_settled(w: &World, job: &str, what: &str, done: impl Fn(&Job) -> bool) -> Result<Job> {
+    wait_for(w, job, &format!("{what}, published"), |j| done(j) && !j.unannounced()).await
+}
+
 /// Small slices, so a copy is many slices long and requests or kills land in the middle of it.
 pub fn small_slices(max_items: u32) -> Tuning {
     Tuning { slice: shared::messages::SliceLimits { max_items, max_bytes: 1 << 24 }, ..Tuning::default() }
