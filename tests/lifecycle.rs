@@ -49,7 +49,7 @@ fn states(j: &Job) -> Vec<JobStatus> {
 #[tokio::test]
 async fn pause_then_resume_mid_copy_copies_every_item_once() -> Result<()> {
     let w = World::with_tuning("pause", small_slices(100)).await?;
-    let (src, dst) = rekey_tables(&w, "pause", 6_000, &[]).await?;
+    let (src, dst) = rekey_tables(&w, "pause", 3_000, &[]).await?;
     let runner = w.start_runner(runner_opts());
     create_job(&w.deps, request("p1", &src, &dst)).await?;
     wait_for(&w, "p1", "500 items copied", |j| j.items_copied >= 500).await?;
@@ -57,7 +57,7 @@ async fn pause_then_resume_mid_copy_copies_every_item_once() -> Result<()> {
     let asked = pause_job(&w.deps, &name("p1")).await?;
     assert!(asked.pending == Some(JobStatus::Paused) || asked.status == JobStatus::Paused, "{asked:?}");
     let paused = wait_for(&w, "p1", "Paused", |j| j.status == JobStatus::Paused).await?;
-    assert!(paused.items_copied < 6_000, "paused mid-copy ({} items)", paused.items_copied);
+    assert!(paused.items_copied < 3_000, "paused mid-copy ({} items)", paused.items_copied);
     assert_nothing_in_flight(&w, &paused, &dst).await?;
 
     let resumed = resume_job(&w.deps, &name("p1")).await?;
@@ -65,8 +65,8 @@ async fn pause_then_resume_mid_copy_copies_every_item_once() -> Result<()> {
     let done = wait_final(&w, "p1").await?;
     runner.stop().await;
     assert_eq!(done.status, JobStatus::Completed, "{:?}", done.error);
-    assert_eq!(done.items_copied, 6_000, "nothing counted twice, nothing skipped");
-    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 6_000);
+    assert_eq!(done.items_copied, 3_000, "nothing counted twice, nothing skipped");
+    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 3_000);
     use JobStatus::*;
     assert_eq!(states(&done), [Queued, Running, Paused, Running, Completed]);
     w.cleanup(&[&src, &dst]).await;
@@ -76,7 +76,7 @@ async fn pause_then_resume_mid_copy_copies_every_item_once() -> Result<()> {
 #[tokio::test]
 async fn cancel_mid_copy_keeps_what_was_copied_and_starts_the_next_queued_job() -> Result<()> {
     let w = World::with_tuning("cancel", small_slices(100)).await?;
-    let (src, dst) = rekey_tables(&w, "cancel", 6_000, &[]).await?;
+    let (src, dst) = rekey_tables(&w, "cancel", 3_000, &[]).await?;
     let dst2 = unique("cancel-dst2");
     create_table(&w.ddb, &dst2, ("customer", T::S), Some(("order_no", T::N))).await?;
     let runner = w.start_runner(runner_opts());
@@ -87,7 +87,7 @@ async fn cancel_mid_copy_keeps_what_was_copied_and_starts_the_next_queued_job() 
 
     cancel_job(&w.deps, &name("c1"), false).await?;
     let cancelled = wait_for(&w, "c1", "Cancelled", |j| j.status == JobStatus::Cancelled).await?;
-    assert!(cancelled.items_copied < 6_000, "cancelled mid-copy");
+    assert!(cancelled.items_copied < 3_000, "cancelled mid-copy");
     assert!(cancelled.error.is_none());
     let in_target = scan_all(&w.ddb, &dst).await?.len() as u64;
     assert_eq!(in_target, cancelled.items_copied, "what was copied stays, and the counters say how much");
@@ -96,7 +96,7 @@ async fn cancel_mid_copy_keeps_what_was_copied_and_starts_the_next_queued_job() 
     runner.stop().await;
     assert_eq!(second.status, JobStatus::Completed, "{:?}", second.error);
     assert!(second.started_at.unwrap() >= cancelled.completed_at.unwrap(), "c2 started after c1 was cancelled");
-    assert_eq!(assert_same_items(&w.ddb, &src, &dst2).await?, 6_000);
+    assert_eq!(assert_same_items(&w.ddb, &src, &dst2).await?, 3_000);
     // A cancelled job never changes (only its event bookkeeping catches up after the move).
     let later = job(&w, "c1").await?;
     assert_eq!(Job { announced: 0, ..later }, Job { announced: 0, ..cancelled }, "a cancelled job never changes");
@@ -334,7 +334,7 @@ fn event(detail_type: &str, detail: serde_json::Value) -> serde_json::Value {
 #[tokio::test]
 async fn events_and_invoke_payloads_create_pause_resume_and_cancel_jobs() -> Result<()> {
     let w = World::with_tuning("events", small_slices(100)).await?;
-    let (src, dst) = rekey_tables(&w, "events", 4_000, &[]).await?;
+    let (src, dst) = rekey_tables(&w, "events", 2_000, &[]).await?;
     let runner = w.start_runner(runner_opts());
     let detail = json!({"jobName": "ev1", "sourceTable": src, "targetTable": dst, "parallelism": 4});
     let created = create_job_invoke(&w.deps, event("tablecopy.CreateJob", detail)).await?;
@@ -346,7 +346,7 @@ async fn events_and_invoke_payloads_create_pause_resume_and_cancel_jobs() -> Res
     assert_eq!(resumed["status"], "Running");
     let done = wait_final(&w, "ev1").await?;
     assert_eq!(done.status, JobStatus::Completed, "{:?}", done.error);
-    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 4_000);
+    assert_eq!(assert_same_items(&w.ddb, &src, &dst).await?, 2_000);
 
     // A second job by direct invoke, cancelled by event while it runs.
     create_job_invoke(&w.deps, json!({"jobName": "ev2", "sourceTable": src, "targetTable": dst})).await?;
