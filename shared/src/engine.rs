@@ -19,7 +19,7 @@ use crate::model::{
 use crate::tables::{Tables, WriteError};
 
 /// BatchWriteItem's limit.
-const BATCH: usize = 25;
+pub(crate) const BATCH: usize = 25;
 /// Items asked of one Scan page (DynamoDB also ends a page at 1 MB).
 pub(crate) const PAGE_LIMIT: u32 = 1_000;
 

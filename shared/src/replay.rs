@@ -20,7 +20,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::time::{timeout_at, Instant};
 
 use crate::config::Tuning;
-use crate::engine::{delete, write_page, Proceed, SliceControl, SliceOutcome};
+use crate::engine::{delete, write_page, Proceed, SliceControl, SliceOutcome, BATCH};
 use crate::error::{AwsError, ErrorKind};
 use crate::messages::{CopyChunk, Drain, ShardRead};
 use crate::model::{render_key, Item, Job, JobError, KeySchema, ShardCursor};
@@ -187,24 +187,45 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
             }
         }
         first = false;
-        let fresh: Vec<&Record> = page.records.iter().filter(|r| r.at >= read.since).collect();
-        match timeout_at(stop_at, apply(tables, msg, &fresh, tuning, &throttles)).await {
-            Ok(applied) => out.add(applied?),
-            // Cut at the deadline: the cursor stays before this page.
-            Err(_) => break,
-        }
-        out.items_written += fresh.len() as u64;
-        let now = Utc::now();
-        if let Some(last) = page.records.last() {
+        // The page (up to 1,000 records) is applied in parts, each what the slice writes at
+        // once (its concurrent batches, at most its size), the cursor moving after each: a
+        // slice cut at its deadline keeps the parts it applied, and the next one goes on after
+        // them (from the sequence number: this page's iterator would skip the rest). Cut with
+        // its cursor before the page, every next slice would read the same page again, and a
+        // page no slice can apply whole would hold the shard.
+        let part = (msg.limits.max_items as usize).min(tuning.write_concurrency * BATCH).max(1);
+        let mut cut = false;
+        for part in page.records.chunks(part) {
+            let fresh: Vec<&Record> = part.iter().filter(|r| r.at >= read.since).collect();
+            cut = Instant::now() >= stop_at;
+            if !cut {
+                match timeout_at(stop_at, apply(tables, msg, &fresh, tuning, &throttles)).await {
+                    Ok(applied) => out.add(applied?),
+                    Err(_) => cut = true,
+                }
+            }
+            if cut {
+                break;
+            }
+            out.items_written += fresh.len() as u64;
+            records_read += part.len() as u64;
+            let last = part.last().expect("a part holds records");
             cursor.sequence = Some(last.sequence.clone());
             cursor.changed_at = Some(last.at);
+            cursor.at_tip = false;
+            cursor.empty_since = None;
+            cursor.iterator = None;
+            cursor.iterator_at = None;
         }
+        if cut {
+            break;
+        }
+        let now = Utc::now();
         cursor.at_tip = page.records.is_empty();
         // Emptiness counts from the first empty read after the last record.
         cursor.empty_since = if cursor.at_tip { cursor.empty_since.or(Some(now)) } else { None };
         cursor.iterator = page.next.clone();
         cursor.iterator_at = Some(now);
-        records_read += page.records.len() as u64;
         match page.next {
             None => {
                 // A closed shard, read to its end.

@@ -811,3 +811,39 @@ async fn a_stream_that_refuses_one_job_does_not_stop_the_reconciler_for_the_othe
     let refused = job(&d, "refused");
     assert_eq!((refused.status, refused.stalled), (JobStatus::Running, 1), "its own stalled shard too");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_page_no_slice_can_apply_whole_is_taken_up_where_the_last_slice_stopped() {
+    // A backlog of 120 records comes in one page (a page holds up to 1,000), and the target
+    // takes two batches (50 items) from each slice before it throttles it until its deadline.
+    // Each slice applies the page in parts of a slice's size and its cursor moves after each
+    // part, so the next slice goes on from there: the shard moves 50 records a slice. (Cut
+    // with its cursor at the page's start, every slice would read the same page again and
+    // none would get further than the first.)
+    let (mut d, stream) = online_world(10, true);
+    d.config.tuning.slice.max_items = 50;
+    d.config.tuning.max_write_attempts = u32::MAX;
+    create_job(&d, online("backlog", 1)).await.unwrap();
+    run_until(&d, "backlog", 3, |_| {}, caught_up).await;
+    for i in 100..220 {
+        stream.put(&d.tables, "src", item(i));
+    }
+    let tables = &d.tables;
+    let mut seen = 0;
+    run_until(
+        &d,
+        "backlog",
+        3,
+        |_| *tables.throttle_after.lock().unwrap() = Some(2),
+        |j| {
+            seen += 1;
+            ended_or_applied(120)(j) || seen > 30
+        },
+    )
+    .await;
+    *d.tables.throttle_after.lock().unwrap() = None;
+    let (live, _) = crate::store::live_job(&d.store, &name("backlog")).await.unwrap().unwrap();
+    assert_eq!(live.status, JobStatus::Running, "{:?}", live.error);
+    assert_eq!(live.replay.as_ref().map(|r| r.records_applied), Some(120), "{:?}", live.replay);
+    complete_to_the_end(&d, "backlog", 3).await;
+}
