@@ -1,12 +1,12 @@
 //! Replay slices (online mode): read one shard of the source's stream from its cursor and
 //! apply its records to the target in order, page by page, until the slice's limits, the
-//! shard's tip, its end, a stop, or the deadline. A page is applied whole before the cursor
-//! may move past it: a page cut at the deadline or by a stop leaves the cursor where it was,
-//! and the next slice reads it again (applying a record twice, in order, ends in the same
-//! state). Records older than the job's start less a margin are skipped: the snapshot read
-//! their effect.
+//! shard's tip, its end, a stop, or the deadline. A page is applied in parts (what the slice
+//! writes at once), and the cursor moves past a part only once the part is applied: a part cut
+//! at the deadline or by a write error leaves the cursor after the previous one, and the next
+//! slice applies it again (applying a record twice, in order, ends in the same state). Records
+//! older than the job's start less a margin are skipped: the snapshot read their effect.
 //!
-//! Within a page, the records of one source item collapse in order to its last state: a put
+//! Within a part, the records of one source item collapse in order to its last state: a put
 //! of its newest image, or its removal. With a target keyed by other attributes than the
 //! source's key, every older target key the item had (from its old images) is deleted, only
 //! while that target item still belongs to it (a condition on its source-key attributes), so a
@@ -188,24 +188,46 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
         }
         first = false;
         // The page (up to 1,000 records) is applied in parts, each what the slice writes at
-        // once (its concurrent batches, at most its size), the cursor moving after each: a
-        // slice cut at its deadline keeps the parts it applied, and the next one goes on after
-        // them (from the sequence number: this page's iterator would skip the rest). Cut with
-        // its cursor before the page, every next slice would read the same page again, and a
-        // page no slice can apply whole would hold the shard.
-        let part = (msg.limits.max_items as usize).min(tuning.write_concurrency * BATCH).max(1);
-        let mut cut = false;
-        for part in page.records.chunks(part) {
-            let fresh: Vec<&Record> = part.iter().filter(|r| r.at >= read.since).collect();
-            cut = Instant::now() >= stop_at;
-            if !cut {
-                match timeout_at(stop_at, apply(tables, msg, &fresh, tuning, &throttles)).await {
-                    Ok(applied) => out.add(applied?),
-                    Err(_) => cut = true,
+        // once (its concurrent batches, at most its size), the cursor moving after each. A
+        // slice that ends inside the page (its size reached, a stop, its deadline, or a target
+        // still throttled after every write attempt) keeps the parts it applied, and the next
+        // slice goes on after them, from the sequence number (this page's iterator would skip
+        // the rest). Left before the page, the cursor would make every next slice read the
+        // same page again, and a page no slice can apply whole would hold the shard.
+        let size = (msg.limits.max_items as usize).min(tuning.write_concurrency * BATCH).max(1);
+        let mut parts = page.records.chunks(size).peekable();
+        let mut inside = false;
+        let mut first_part = true;
+        while let Some(part) = parts.next() {
+            if !std::mem::take(&mut first_part) {
+                match control.proceed().await? {
+                    Proceed::Go => {}
+                    Proceed::Stop => {
+                        inside = true;
+                        break;
+                    }
+                    Proceed::Abandon => return Ok(None),
                 }
             }
-            if cut {
+            let fresh: Vec<&Record> = part.iter().filter(|r| r.at >= read.since).collect();
+            if Instant::now() >= stop_at {
+                inside = true;
                 break;
+            }
+            match timeout_at(stop_at, apply(tables, msg, &fresh, tuning, &throttles)).await {
+                Ok(Ok(applied)) => out.add(applied),
+                // As a copy slice keeps its whole pages: with none applied, the message is
+                // retried later.
+                Ok(Err(e)) if e.is_retryable() && records_read > 0 => {
+                    tracing::warn!(shard = %cursor.id, error = %e, "ending the slice after its last whole part");
+                    inside = true;
+                    break;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    inside = true;
+                    break;
+                }
             }
             out.items_written += fresh.len() as u64;
             records_read += part.len() as u64;
@@ -216,8 +238,12 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
             cursor.empty_since = None;
             cursor.iterator = None;
             cursor.iterator_at = None;
+            if records_read >= u64::from(msg.limits.max_items) && parts.peek().is_some() {
+                inside = true;
+                break;
+            }
         }
-        if cut {
+        if inside {
             break;
         }
         let now = Utc::now();
@@ -290,18 +316,18 @@ async fn renew<R: Streams + ?Sized>(
     }
 }
 
-/// What one page of records leaves in the target: puts of items' newest images, and deletes
-/// of target keys (each with the source key it must still belong to, when the target is
-/// keyed otherwise than the source).
+/// What a run of records (a part of a page) leaves in the target: puts of items' newest
+/// images, and deletes of target keys (each with the source key it must still belong to, when
+/// the target is keyed otherwise than the source).
 #[derive(Debug, Default, PartialEq)]
 pub struct Writes {
     pub puts: Vec<Item>,
     pub deletes: Vec<(Item, Option<Item>)>,
 }
 
-/// One source item's records of a page, collapsed.
+/// One source item's records of a part, collapsed.
 struct Collapsed<'a> {
-    /// Its last record's place in the page.
+    /// Its last record's place in the part.
     last: usize,
     /// Its newest image, `None` if its last record removed it.
     image: Option<&'a Item>,
@@ -358,9 +384,9 @@ pub fn collapse(records: &[&Record], source_key: &KeySchema, target_key: &KeySch
     writes
 }
 
-/// Apply one page of fresh records: its deletes, then its puts (distinct target keys, so
-/// their order does not matter; a put of a key another item's conditional delete names is
-/// safe either way).
+/// Apply one part of a page (its fresh records): its deletes, then its puts (distinct target
+/// keys, so their order does not matter; a put of a key another item's conditional delete
+/// names is safe either way).
 async fn apply<T: Tables + ?Sized>(
     tables: &T,
     msg: &CopyChunk,

@@ -812,32 +812,42 @@ async fn a_stream_that_refuses_one_job_does_not_stop_the_reconciler_for_the_othe
     assert_eq!((refused.status, refused.stalled), (JobStatus::Running, 1), "its own stalled shard too");
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_page_no_slice_can_apply_whole_is_taken_up_where_the_last_slice_stopped() {
-    // A backlog of 120 records comes in one page (a page holds up to 1,000), and the target
-    // takes two batches (50 items) from each slice before it throttles it until its deadline.
-    // Each slice applies the page in parts of a slice's size and its cursor moves after each
-    // part, so the next slice goes on from there: the shard moves 50 records a slice. (Cut
-    // with its cursor at the page's start, every slice would read the same page again and
-    // none would get further than the first.)
-    let (mut d, stream) = online_world(10, true);
-    d.config.tuning.slice.max_items = 50;
-    d.config.tuning.max_write_attempts = u32::MAX;
-    create_job(&d, online("backlog", 1)).await.unwrap();
-    run_until(&d, "backlog", 3, |_| {}, caught_up).await;
-    for i in 100..220 {
+/// An online job of 10 items, caught up, then a backlog of 120 records that the stream
+/// returns in one page (a page holds up to 1,000): puts of 60 new items, then an update of
+/// each moving its target key, so that an item's records fall in different parts of the page.
+async fn backlog_in_one_page(d: &FakeDeps, stream: &FakeStream) {
+    create_job(d, online("backlog", 1)).await.unwrap();
+    run_until(d, "backlog", 3, |_| {}, caught_up).await;
+    for i in 100..160 {
         stream.put(&d.tables, "src", item(i));
     }
+    for i in 100..160 {
+        let mut moved = item(i);
+        moved.insert("customer".into(), AttributeValue::S(format!("moved-{i}")));
+        stream.put(&d.tables, "src", moved);
+    }
+}
+
+/// The target takes two batches (one part of 50 records) from each slice, then throttles it
+/// for good, and a slice may write `attempts` times: each slice must keep the part it applied,
+/// its cursor after it, so that the next one goes on from there. (Left with its cursor at the
+/// page's start, every slice read the same page again and none got further than the first.)
+async fn a_page_no_slice_can_apply_whole_is_taken_up_part_by_part(attempts: u32) {
+    let (mut d, stream) = online_world(10, false);
+    d.config.tuning.slice.max_items = 200;
+    d.config.tuning.write_concurrency = 2;
+    d.config.tuning.max_write_attempts = attempts;
+    backlog_in_one_page(&d, &stream).await;
     let tables = &d.tables;
-    let mut seen = 0;
+    let mut rounds = 0;
     run_until(
         &d,
         "backlog",
         3,
         |_| *tables.throttle_after.lock().unwrap() = Some(2),
         |j| {
-            seen += 1;
-            ended_or_applied(120)(j) || seen > 30
+            rounds += 1;
+            ended_or_applied(120)(j) || rounds > 30
         },
     )
     .await;
@@ -845,5 +855,35 @@ async fn a_page_no_slice_can_apply_whole_is_taken_up_where_the_last_slice_stoppe
     let (live, _) = crate::store::live_job(&d.store, &name("backlog")).await.unwrap().unwrap();
     assert_eq!(live.status, JobStatus::Running, "{:?}", live.error);
     assert_eq!(live.replay.as_ref().map(|r| r.records_applied), Some(120), "{:?}", live.replay);
+    // The replay alone (one shard, in order) left the target equal to the source.
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    complete_to_the_end(&d, "backlog", 3).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_page_no_slice_can_apply_whole_before_its_deadline_is_taken_up_part_by_part() {
+    a_page_no_slice_can_apply_whole_is_taken_up_part_by_part(u32::MAX).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_page_no_slice_can_write_whole_within_its_write_attempts_is_taken_up_part_by_part() {
+    a_page_no_slice_can_apply_whole_is_taken_up_part_by_part(Tuning::default().max_write_attempts).await;
+}
+
+#[tokio::test]
+async fn a_replay_slice_applies_no_more_records_than_its_size_and_the_next_goes_on_mid_page() {
+    let (mut d, stream) = online_world(10, true);
+    d.config.tuning.slice.max_items = 50;
+    backlog_in_one_page(&d, &stream).await;
+    let (kind, slice) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::CopyChunk).unwrap();
+    assert_eq!(decode::<crate::messages::CopyChunk>(&slice).unwrap().limits.max_items, 50);
+    handle(&d, kind, &slice, 1).await.unwrap();
+    let (_, result) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::Checkpoint).unwrap();
+    let result: crate::messages::ChunkResult = decode(&result).unwrap();
+    assert_eq!(result.items_written, 50, "one slice applied one slice's records");
+    assert_eq!(d.tables.items("dst").len(), 10 + 50);
+    deliver(&d, QueueKind::Checkpoint, &crate::messages::encode(&result)).await;
+    run_until(&d, "backlog", 3, |_| {}, ended_or_applied(120)).await;
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
     complete_to_the_end(&d, "backlog", 3).await;
 }
