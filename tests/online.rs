@@ -33,11 +33,13 @@ fn name(s: &str) -> JobName {
 /// A world whose slices live at most 30 s (the stack's copy-chunk visibility), so the replay
 /// begins 30 s after the snapshot (a replay slice must have time for a slow stream answer when
 /// LocalStack shares the cores with other suites), and whose shards drain 3 s after `complete`.
+/// Its slices hold 250 items (the snapshot's 600 items are 4 slices, one per segment) or stream
+/// records: with 100, a replay under the writer took half as long again to catch up.
 async fn world(tag: &str) -> Result<World> {
     let tuning = shared::config::Tuning {
         copy_visibility: Duration::from_secs(30),
         drain_settle: Duration::from_secs(3),
-        ..small_slices(100)
+        ..small_slices(250)
     };
     let params = [
         ("CopyChunkVisibilityTimeout".to_string(), "30".to_string()),
@@ -171,7 +173,7 @@ async fn stream_states(w: &World, src: &str) -> Result<HashMap<String, (Option<I
         // A shard may answer empty pages before its next records: read on through a few.
         let mut empty = 0;
         while empty < 5 {
-            let page = streams.records(&iterator).await?;
+            let page = streams.records(&iterator, 1_000).await?;
             for r in &page.records {
                 let state = last.entry(render_key(&r.keys)).or_insert((None, 0));
                 *state = (if r.remove { None } else { r.new_image.clone() }, state.1 + 1);

@@ -269,7 +269,7 @@ pub struct StreamLog {
     pub shards: Vec<FakeShard>,
     /// GetRecords calls that answer `ExpiredIteratorException`.
     pub expire_next: u32,
-    /// Records per GetRecords answer (the service's 1,000).
+    /// Records per GetRecords answer at most (the service's 1,000; a call's limit may lower it).
     pub page: usize,
     /// Empty answers a new iterator gives before the records at its position ("it might take
     /// multiple calls to get to a portion of the shard that contains stream records").
@@ -441,7 +441,7 @@ impl Streams for FakeStream {
         Ok(log.iterator(i, position, empty))
     }
 
-    async fn records(&self, iterator: &str) -> Result<RecordPage, AwsError> {
+    async fn records(&self, iterator: &str, limit: u32) -> Result<RecordPage, AwsError> {
         let mut log = self.log.lock().unwrap();
         if let Some(code) = log.refuse {
             return Err(stream_error(code, "GetRecords"));
@@ -460,7 +460,7 @@ impl Streams for FakeStream {
         if position < s.trimmed {
             return Err(stream_error(streams::TRIMMED, "GetRecords"));
         }
-        let end = (position + log.page).min(s.records.len());
+        let end = (position + log.page.min(limit.clamp(1, 1_000) as usize)).min(s.records.len());
         let records = s.records[position..end].to_vec();
         let last = s.closed && end == s.records.len();
         let next = (!last).then(|| log.iterator(shard, end, 0));

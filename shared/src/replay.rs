@@ -149,7 +149,10 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
         if Instant::now() >= stop_at {
             break;
         }
-        let Ok(answer) = timeout_at(stop_at, streams.records(&iterator)).await else { break };
+        // No more records than the slice has room for (it applies no more): the rest of a
+        // longer page would only be read again by the next slice.
+        let room = u32::try_from(u64::from(msg.limits.max_items).saturating_sub(records_read)).unwrap_or(0);
+        let Ok(answer) = timeout_at(stop_at, streams.records(&iterator, room.max(1))).await else { break };
         let page = match answer {
             Ok(page) => page,
             Err(e) if (is(&e, EXPIRED_ITERATOR) || is(&e, TRIMMED)) && renewals < RENEWALS => {

@@ -69,8 +69,9 @@ pub trait Streams: Send + Sync {
     async fn describe(&self, arn: &str) -> Result<StreamState, AwsError>;
     /// A shard iterator (valid for 15 minutes).
     async fn iterator(&self, arn: &str, shard: &str, from: &Position) -> Result<String, AwsError>;
-    /// At most 1,000 records (and 1 MB) from `iterator`.
-    async fn records(&self, iterator: &str) -> Result<RecordPage, AwsError>;
+    /// At most `limit` records (the service takes 1 to 1,000, and at most 1 MB) from
+    /// `iterator`.
+    async fn records(&self, iterator: &str, limit: u32) -> Result<RecordPage, AwsError>;
     /// The Lambda functions that read the stream (its enabled event source mappings).
     async fn lambda_readers(&self, arn: &str) -> Result<Vec<String>, AwsError>;
 }
@@ -268,11 +269,12 @@ impl Streams for DynamoStreams {
         })
     }
 
-    async fn records(&self, iterator: &str) -> Result<RecordPage, AwsError> {
+    async fn records(&self, iterator: &str, limit: u32) -> Result<RecordPage, AwsError> {
         let out = self
             .client
             .get_records()
             .shard_iterator(iterator)
+            .limit(limit.clamp(1, 1_000) as i32)
             .send()
             .await
             .map_err(|e| classify("reading stream records", e))?;
