@@ -192,17 +192,15 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
         first = false;
         // The page (up to 1,000 records) is applied in parts, each what the slice writes at
         // once (its concurrent batches, at most its size), the cursor moving after each. A
-        // slice that ends inside the page (its size reached, a stop, its deadline, or a target
-        // still throttled after every write attempt) keeps the parts it applied, and the next
-        // slice goes on after them, from the sequence number (this page's iterator would skip
-        // the rest). Left before the page, the cursor would make every next slice read the
-        // same page again, and a page no slice can apply whole would hold the shard.
+        // slice that ends inside the page (a stop, its deadline, or a target still throttled
+        // after every write attempt) keeps the parts it applied, and the next slice goes on
+        // after them, from the sequence number (this page's iterator would skip the rest).
+        // Left before the page, the cursor would make every next slice read the same page
+        // again, and a page no slice can apply whole would hold the shard.
         let size = (msg.limits.max_items as usize).min(tuning.write_concurrency * BATCH).max(1);
-        let mut parts = page.records.chunks(size).peekable();
         let mut inside = false;
-        let mut first_part = true;
-        while let Some(part) = parts.next() {
-            if !std::mem::take(&mut first_part) {
+        for (i, part) in page.records.chunks(size).enumerate() {
+            if i > 0 {
                 match control.proceed().await? {
                     Proceed::Go => {}
                     Proceed::Stop => {
@@ -241,10 +239,6 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
             cursor.empty_since = None;
             cursor.iterator = None;
             cursor.iterator_at = None;
-            if records_read >= u64::from(msg.limits.max_items) && parts.peek().is_some() {
-                inside = true;
-                break;
-            }
         }
         if inside {
             break;

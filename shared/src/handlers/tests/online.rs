@@ -871,7 +871,7 @@ async fn a_page_no_slice_can_write_whole_within_its_write_attempts_is_taken_up_p
 }
 
 #[tokio::test]
-async fn a_replay_slice_applies_no_more_records_than_its_size_and_the_next_goes_on_mid_page() {
+async fn a_replay_slice_reads_and_applies_no_more_records_than_its_size() {
     let (mut d, stream) = online_world(10, true);
     d.config.tuning.slice.max_items = 50;
     backlog_in_one_page(&d, &stream).await;
@@ -879,10 +879,38 @@ async fn a_replay_slice_applies_no_more_records_than_its_size_and_the_next_goes_
     assert_eq!(decode::<crate::messages::CopyChunk>(&slice).unwrap().limits.max_items, 50);
     handle(&d, kind, &slice, 1).await.unwrap();
     let (_, result) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::Checkpoint).unwrap();
-    let result: crate::messages::ChunkResult = decode(&result).unwrap();
-    assert_eq!(result.items_written, 50, "one slice applied one slice's records");
+    assert_eq!(decode::<crate::messages::ChunkResult>(&result).unwrap().items_written, 50, "one slice's records");
     assert_eq!(d.tables.items("dst").len(), 10 + 50);
-    deliver(&d, QueueKind::Checkpoint, &crate::messages::encode(&result)).await;
+    deliver(&d, QueueKind::Checkpoint, &result).await;
+    run_until(&d, "backlog", 3, |_| {}, ended_or_applied(120)).await;
+    assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
+    complete_to_the_end(&d, "backlog", 3).await;
+}
+
+#[tokio::test]
+async fn a_pause_while_a_slice_applies_a_page_stops_it_after_the_part_it_is_writing() {
+    let (mut d, stream) = online_world(10, true);
+    d.config.tuning.slice.max_items = 200;
+    d.config.tuning.write_concurrency = 2; // parts of 50 records
+    backlog_in_one_page(&d, &stream).await;
+    let (kind, slice) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::CopyChunk).unwrap();
+    // The slice's first write waits until the pause has landed.
+    let (release, held) = tokio::sync::oneshot::channel();
+    *d.tables.hold_next_write.lock().unwrap() = Some(held);
+    let pause = async {
+        let paused = pause_job(&d, &name("backlog")).await.unwrap();
+        assert_eq!(paused.pending, Some(JobStatus::Paused), "the slice is in flight");
+        release.send(()).unwrap();
+    };
+    let (sliced, ()) = tokio::join!(handle(&d, kind, &slice, 1), pause);
+    sliced.unwrap();
+    let (_, result) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::Checkpoint).unwrap();
+    assert_eq!(decode::<crate::messages::ChunkResult>(&result).unwrap().items_written, 50, "the first part only");
+    assert_eq!(d.tables.items("dst").len(), 10 + 50);
+    deliver(&d, QueueKind::Checkpoint, &result).await;
+    drain(&d, 0, false).await;
+    assert_eq!(job(&d, "backlog").status, JobStatus::Paused);
+    resume_job(&d, &name("backlog")).await.unwrap();
     run_until(&d, "backlog", 3, |_| {}, ended_or_applied(120)).await;
     assert_eq!(sorted_canonical(d.tables.items("src")), sorted_canonical(d.tables.items("dst")));
     complete_to_the_end(&d, "backlog", 3).await;
