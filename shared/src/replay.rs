@@ -145,7 +145,7 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
         },
     };
     let (mut records_read, mut renewals, mut refusals, mut first) = (0u64, 0u32, 0u32, true);
-    loop {
+    'pages: loop {
         if Instant::now() >= stop_at {
             break;
         }
@@ -198,37 +198,28 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
         // Left before the page, the cursor would make every next slice read the same page
         // again, and a page no slice can apply whole would hold the shard.
         let size = (msg.limits.max_items as usize).min(tuning.write_concurrency * BATCH).max(1);
-        let mut inside = false;
         for (i, part) in page.records.chunks(size).enumerate() {
             if i > 0 {
                 match control.proceed().await? {
                     Proceed::Go => {}
-                    Proceed::Stop => {
-                        inside = true;
-                        break;
-                    }
+                    Proceed::Stop => break 'pages,
                     Proceed::Abandon => return Ok(None),
                 }
             }
-            let fresh: Vec<&Record> = part.iter().filter(|r| r.at >= read.since).collect();
             if Instant::now() >= stop_at {
-                inside = true;
-                break;
+                break 'pages;
             }
+            let fresh: Vec<&Record> = part.iter().filter(|r| r.at >= read.since).collect();
             match timeout_at(stop_at, apply(tables, msg, &fresh, tuning, &throttles)).await {
                 Ok(Ok(applied)) => out.add(applied),
                 // As a copy slice keeps its whole pages: with none applied, the message is
                 // retried later.
                 Ok(Err(e)) if e.is_retryable() && records_read > 0 => {
                     tracing::warn!(shard = %cursor.id, error = %e, "ending the slice after its last whole part");
-                    inside = true;
-                    break;
+                    break 'pages;
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    inside = true;
-                    break;
-                }
+                Err(_) => break 'pages,
             }
             out.items_written += fresh.len() as u64;
             records_read += part.len() as u64;
@@ -239,9 +230,6 @@ pub async fn replay_slice<T: Tables + ?Sized, R: Streams + ?Sized, C: SliceContr
             cursor.empty_since = None;
             cursor.iterator = None;
             cursor.iterator_at = None;
-        }
-        if inside {
-            break;
         }
         let now = Utc::now();
         cursor.at_tip = page.records.is_empty();

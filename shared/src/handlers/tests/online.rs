@@ -828,6 +828,14 @@ async fn backlog_in_one_page(d: &FakeDeps, stream: &FakeStream) {
     }
 }
 
+/// The one slice result the outbox holds (a copy-chunk handler's message to advance-checkpoint).
+fn take_result(d: &FakeDeps) -> String {
+    let mut results = d.outbox.take().into_iter().filter(|(k, _)| *k == QueueKind::Checkpoint);
+    let (_, result) = results.next().expect("a slice result");
+    assert!(results.next().is_none(), "one slice result");
+    result
+}
+
 /// The target takes two batches (one part of 50 records) from each slice, then throttles it
 /// for good, and a slice may write `attempts` times: each slice must keep the part it applied,
 /// its cursor after it, so that the next one goes on from there. (Left with its cursor at the
@@ -875,10 +883,10 @@ async fn a_replay_slice_reads_and_applies_no_more_records_than_its_size() {
     let (mut d, stream) = online_world(10, true);
     d.config.tuning.slice.max_items = 50;
     backlog_in_one_page(&d, &stream).await;
-    let (kind, slice) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::CopyChunk).unwrap();
+    let slice = take_slices(&d).remove(0);
     assert_eq!(decode::<crate::messages::CopyChunk>(&slice).unwrap().limits.max_items, 50);
-    handle(&d, kind, &slice, 1).await.unwrap();
-    let (_, result) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::Checkpoint).unwrap();
+    handle(&d, QueueKind::CopyChunk, &slice, 1).await.unwrap();
+    let result = take_result(&d);
     assert_eq!(decode::<crate::messages::ChunkResult>(&result).unwrap().items_written, 50, "one slice's records");
     assert_eq!(d.tables.items("dst").len(), 10 + 50);
     deliver(&d, QueueKind::Checkpoint, &result).await;
@@ -893,7 +901,7 @@ async fn a_pause_while_a_slice_applies_a_page_stops_it_after_the_part_it_is_writ
     d.config.tuning.slice.max_items = 200;
     d.config.tuning.write_concurrency = 2; // parts of 50 records
     backlog_in_one_page(&d, &stream).await;
-    let (kind, slice) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::CopyChunk).unwrap();
+    let slice = take_slices(&d).remove(0);
     // The slice's first write waits until the pause has landed.
     let (release, held) = tokio::sync::oneshot::channel();
     *d.tables.hold_next_write.lock().unwrap() = Some(held);
@@ -902,9 +910,9 @@ async fn a_pause_while_a_slice_applies_a_page_stops_it_after_the_part_it_is_writ
         assert_eq!(paused.pending, Some(JobStatus::Paused), "the slice is in flight");
         release.send(()).unwrap();
     };
-    let (sliced, ()) = tokio::join!(handle(&d, kind, &slice, 1), pause);
+    let (sliced, ()) = tokio::join!(handle(&d, QueueKind::CopyChunk, &slice, 1), pause);
     sliced.unwrap();
-    let (_, result) = d.outbox.take().into_iter().find(|(k, _)| *k == QueueKind::Checkpoint).unwrap();
+    let result = take_result(&d);
     assert_eq!(decode::<crate::messages::ChunkResult>(&result).unwrap().items_written, 50, "the first part only");
     assert_eq!(d.tables.items("dst").len(), 10 + 50);
     deliver(&d, QueueKind::Checkpoint, &result).await;
